@@ -1,0 +1,94 @@
+"""A small base for configuration dataclasses: help text, validation, presets, JSON.
+
+Every config in layerif is a frozen-free ``@dataclass`` whose fields carry
+``metadata={"help": ...}``; subclasses validate in ``__post_init__`` (through
+:func:`check`) and expose presets as classmethods ``smoke()``, ``cpu()`` and ``paper()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["ConfigBase", "check", "field"]
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field with help text (shown by ``Config.help()``)."""
+    kw: dict[str, Any] = {"metadata": {"help": help}}
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    if default_factory is not dataclasses.MISSING:
+        kw["default_factory"] = default_factory
+    return dataclasses.field(**kw)
+
+
+def check(ok: bool, name: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError`` naming the parameter and its value unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: ``to_dict``, ``from_dict``, ``replace``, ``help``."""
+
+    PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields (dtypes as strings, tuples as lists)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+        kwargs = dict(data)
+        for f in dataclasses.fields(cls):
+            if f.name in kwargs and isinstance(kwargs[f.name], str) and "dtype" in f.name:
+                kwargs[f.name] = getattr(torch, kwargs[f.name])
+            if f.name in kwargs and isinstance(kwargs[f.name], list):
+                kwargs[f.name] = tuple(kwargs[f.name])
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides):
+        """Build a named preset (``smoke``, ``cpu``, ``paper``) with optional overrides."""
+        factory: Callable | None = getattr(cls, name, None) if name in cls.PRESETS else None
+        if factory is None:
+            raise ValueError(f"preset={name!r} is unknown for {cls.__name__}: choose from {cls.PRESETS}")
+        base = factory()
+        return base.replace(**overrides) if overrides else base
+
+    @classmethod
+    def help(cls) -> str:
+        """One line per field: name, default and help text."""
+        lines = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            lines.append(f"{f.name} (default {default!r}): {f.metadata.get('help', '')}")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Performance benchmarks (not tests): run with ``python -m layerif.bench NAME``."""

@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+
+# Tests never touch the network: hub lookups fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny():
+    """(model, tokenizer): a 4-block random Llama with a character tokenizer (float32)."""
+    from layerif.testing import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture
+def tiny64():
+    """The same tiny Llama in float64, for brute-force references."""
+    from layerif.testing import tiny_model
+
+    return tiny_model(dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded SmolLM2-135M on CPU (slow tests only)."""
+    from layerif import load_model
+
+    return load_model("smollm2-135m", device="cpu")
