@@ -1,0 +1,372 @@
+"""Prune a whole model block by block, with per-block (or per-matrix) sparsity ratios.
+
+The driver follows the sequential recipe of SparseGPT, Wanda and OWL:
+
+1. run the model on the calibration tokens until the first transformer block and keep the
+   block's inputs (hidden states) and whatever keyword arguments the model hands it
+   (attention mask, position ids, rotary ``position_embeddings``, ...);
+2. for each block in depth order: run it with hooks on its linear modules to collect
+   input statistics, prune every linear module, and run it again so that the *pruned*
+   block's outputs become the next block's inputs.
+
+Only hidden states travel between blocks, so memory grows with
+``n_samples x seq_len x hidden`` and never with the model's context length. Blocks are found
+with :func:`layerif.models.transformer_blocks` and linear modules with
+:func:`layerif.models.linear_modules`, so nothing here is Llama-specific.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import linear_modules, transformer_blocks
+from .magnitude import check_sparsity, magnitude
+from .sparsegpt import sparsegpt
+from .wanda import wanda
+
+__all__ = ["METHODS", "capture_block_inputs", "walk_blocks", "prune_model", "sparsity_report"]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+_STATS = {"magnitude": None, "wanda": "act_sq_norm", "sparsegpt": "hessian"}
+
+
+class _ReachedFirstBlock(Exception):
+    """Raised by the capture hook: nothing after the first block's inputs is needed."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def check_calibration(calibration) -> torch.Tensor:
+    """Raise ValueError unless ``calibration`` is a non-empty ``[n_samples, seq_len]`` id tensor."""
+    if calibration is None:
+        raise ValueError("calibration=None is invalid: expected a LongTensor [n_samples, seq_len] of token ids")
+    if (not isinstance(calibration, torch.Tensor) or calibration.dim() != 2
+            or calibration.is_floating_point() or calibration.dtype == torch.bool):
+        what = tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else type(calibration).__name__
+        raise ValueError(f"calibration of shape {what} is invalid: expected an integer tensor [n_samples, seq_len]")
+    if calibration.numel() == 0:
+        raise ValueError(f"calibration of shape {tuple(calibration.shape)} is empty: expected at least one token")
+    return calibration
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    # GPT-2's Conv1D stores the transpose of nn.Linear's [d_out, d_in] layout.
+    w = module.weight.data
+    return w.t() if type(module).__name__ == "Conv1D" else w
+
+
+def _set_weight(module: nn.Module, W: torch.Tensor) -> None:
+    _weight(module).copy_(W)
+
+
+class _BlockInputs:
+    """The first block's inputs for each calibration batch, plus the extra arguments.
+
+    The extra positional/keyword arguments depend only on the batch shape (calibration rows
+    are unpadded), so one copy per batch size is kept rather than one per batch.
+    """
+
+    def __init__(self):
+        self.hidden: list[torch.Tensor] = []
+        self.extra: dict[int, tuple[tuple, dict]] = {}
+
+    def args(self, i: int, device: torch.device) -> tuple[torch.Tensor, tuple, dict]:
+        h = self.hidden[i]
+        args, kwargs = self.extra[h.shape[0]]
+        return h.to(device), _to(args, device), _to(kwargs, device)
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> _BlockInputs:
+    """Run ``model`` on ``calibration`` up to its first transformer block and keep its inputs.
+
+    Args:
+        model: a causal LM (any architecture :func:`transformer_blocks` understands).
+        calibration: ``[n_samples, seq_len]`` token ids, unpadded.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        The captured hidden states (one tensor per batch) and the keyword arguments the
+        model passes to its blocks (the KV cache is disabled).
+
+    Raises:
+        ValueError: empty or malformed ``calibration``.
+        RuntimeError: the forward pass never reached the first block.
+    """
+    calibration = check_calibration(calibration)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: expected a positive int")
+    first = transformer_blocks(model)[0][1]
+    store = _BlockInputs()
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kwargs.pop("hidden_states")
+        store.hidden.append(hidden.detach())
+        if hidden.shape[0] not in store.extra:
+            store.extra[hidden.shape[0]] = (tuple(args), kwargs)
+        raise _ReachedFirstBlock
+
+    device = _device_of(model)
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, calibration.shape[0], batch_size):
+            batch = calibration[start:start + batch_size].to(device)
+            try:
+                model(input_ids=batch, use_cache=False)
+            except _ReachedFirstBlock:
+                continue
+            raise RuntimeError(f"the forward pass of {type(model).__name__} never reached its first block")
+    finally:
+        handle.remove()
+    return store
+
+
+def _block_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def _run_block(block: nn.Module, inputs: _BlockInputs) -> None:
+    device = _device_of(block)
+    for i in range(len(inputs.hidden)):
+        h, args, kwargs = inputs.args(i, device)
+        inputs.hidden[i] = _block_output(block(h, *args, **kwargs)).detach()
+
+
+@torch.no_grad()
+def _collect_stats(block: nn.Module, linears, inputs: _BlockInputs, kind: str) -> dict[str, torch.Tensor]:
+    """Per linear module: mean over sequences of sum_tokens x^2 (``act_sq_norm``) or 2 X X^T."""
+    sums: dict[str, torch.Tensor] = {}
+    n_seq = 0
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def make_hook(name):
+        def hook(module, args, output):
+            x = args[0]
+            # q/k/v (and gate/up) read the same tensor: compute its statistic once per pass.
+            hit = cache.get(id(x))
+            if hit is None or hit[0] is not x:
+                # float32 at least (bf16 sums of squares lose the small features).
+                x2 = x.detach().reshape(-1, x.shape[-1])
+                x2 = x2.to(torch.promote_types(x2.dtype, torch.float32))
+                stat = (x2 * x2).sum(0) if kind == "act_sq_norm" else x2.T @ x2
+                cache[id(x)] = hit = (x, stat)
+            sums[name] = hit[1] if name not in sums else sums[name] + hit[1]
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in linears]
+    device = _device_of(block)
+    try:
+        for i in range(len(inputs.hidden)):
+            h, args, kwargs = inputs.args(i, device)
+            block(h, *args, **kwargs)
+            n_seq += h.shape[0]
+            cache.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    scale = 2.0 / n_seq if kind == "hessian" else 1.0 / n_seq
+    return {name: s * scale for name, s in sums.items()}
+
+
+def walk_blocks(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    stats: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[tuple[int, str, nn.Module, dict[str, torch.Tensor]]]:
+    """Visit the blocks in depth order, feeding each block's (possibly modified) outputs on.
+
+    Whatever the caller does to a block before asking for the next one (pruning it) is
+    reflected in the inputs of the next block. The model is put in eval mode meanwhile.
+
+    Args:
+        model: a causal LM.
+        calibration: ``[n_samples, seq_len]`` token ids, unpadded.
+        stats: the statistic collected for each linear module of the block on its current
+            inputs: ``"act_sq_norm"`` (``[d_in]``, mean over sequences of the per-feature
+            sum of squares over tokens, Wanda's ``||X_j||^2``), ``"hessian"``
+            (``[d_in, d_in]``, ``2 X X^T / n_samples``, SparseGPT's), or None.
+        batch_size: calibration sequences per forward pass.
+        progress: show a progress bar over blocks.
+
+    Yields:
+        ``(layer, path, block, stats)``: block index, module path, the block, and
+        ``{relative linear name: statistic}`` (empty when ``stats`` is None).
+
+    Raises:
+        ValueError: bad ``stats``, ``calibration`` or ``batch_size``.
+    """
+    if stats not in (None, "act_sq_norm", "hessian"):
+        raise ValueError(f"stats={stats!r} is invalid: expected None, 'act_sq_norm' or 'hessian'")
+    blocks = transformer_blocks(model)
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = capture_block_inputs(model, calibration, batch_size)
+        for layer, (path, block) in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
+            linears = linear_modules(block)
+            found = _collect_stats(block, linears, inputs, stats) if stats else {}
+            yield layer, path, block, found
+            del found
+            if layer + 1 < len(blocks):
+                _run_block(block, inputs)
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- ratios
+def _block_ratios(sparsity, n_blocks: int, nm) -> pd.Series:
+    if isinstance(sparsity, (Mapping, pd.Series)):
+        ratios = pd.Series(sparsity, dtype=float) if isinstance(sparsity, Mapping) else sparsity.astype(float)
+        want = set(range(n_blocks))
+        try:
+            have = set(int(i) for i in ratios.index)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"sparsity is invalid: per-block ratios must be indexed by block index, got {list(ratios.index)}"
+            ) from None
+        if have != want:
+            missing, extra = sorted(want - have), sorted(have - want)
+            raise ValueError(
+                f"sparsity is invalid: per-block ratios must be indexed by blocks 0..{n_blocks - 1}; "
+                f"missing {missing}, unknown {extra}"
+            )
+        ratios.index = ratios.index.astype(int)
+        ratios = ratios.sort_index()
+    else:
+        ratios = pd.Series(float(check_sparsity(sparsity, nm)), index=range(n_blocks))
+    for layer, r in ratios.items():
+        check_sparsity(r, nm, name=f"sparsity[{layer}]")
+    ratios.index.name = "layer"
+    return ratios
+
+
+def _matrix_ratios(model, ratios: pd.Series, per_matrix, nm) -> dict[str, float]:
+    out = {}
+    for layer, (path, block) in enumerate(transformer_blocks(model)):
+        for name, _ in linear_modules(block):
+            out[f"{path}.{name}"] = float(ratios[layer])
+    for key, value in (dict(per_matrix) if per_matrix is not None else {}).items():
+        if key not in out:
+            raise ValueError(
+                f"per_matrix key {key!r} is invalid: expected a linear module path such as {next(iter(out))!r}"
+            )
+        out[key] = check_sparsity(value, nm, name=f"per_matrix[{key!r}]")
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+def prune_model(
+    model: nn.Module,
+    method: str,
+    sparsity: float | pd.Series | Mapping[int, float],
+    calibration: torch.Tensor | None = None,
+    per_matrix: Mapping[str, float] | pd.Series | None = None,
+    nm: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Prune every linear module of every transformer block of ``model`` in place.
+
+    Args:
+        model: a causal LM; its blocks are pruned sequentially (pruned outputs feed the next).
+        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        sparsity: one ratio for all blocks, or per-block ratios (a Series or mapping indexed
+            by block index 0..L-1, e.g. from :mod:`layerif.allocate`); each block's linear
+            modules get its ratio.
+        calibration: ``[n_samples, seq_len]`` token ids (unused, may be None, for magnitude).
+        per_matrix: optional ``{module path: ratio}`` overriding the block ratio for those
+            modules (paths as in :func:`sparsity_report`'s columns, e.g.
+            ``"model.layers.3.mlp.down_proj"``), for the per-matrix ablation.
+        nm: optional ``(n, m)`` structured pattern; every ratio must then equal ``n / m``.
+        batch_size: calibration sequences per forward pass.
+        blocksize, percdamp: SparseGPT's lazy-update block width and relative damping.
+        progress: show a progress bar over blocks.
+
+    Returns:
+        :func:`sparsity_report` of the pruned model.
+
+    Raises:
+        ValueError: unknown ``method``, a ratio outside ``[0, 1)``, ratios for missing or
+            unknown blocks, an unknown ``per_matrix`` key, or empty ``calibration``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid: expected one of {', '.join(METHODS)}")
+    ratios = _block_ratios(sparsity, len(transformer_blocks(model)), nm)
+    targets = _matrix_ratios(model, ratios, per_matrix, nm)
+
+    def prune_block(path, block, stats):
+        for name, module in linear_modules(block):
+            ratio = targets[f"{path}.{name}"]
+            W = _weight(module)
+            if method == "magnitude":
+                new = magnitude(W, ratio, nm)
+            elif method == "wanda":
+                new = wanda(W, stats[name], ratio, nm)
+            else:
+                new = sparsegpt(W, stats[name], ratio, nm, blocksize=blocksize, percdamp=percdamp)
+            _set_weight(module, new)
+
+    with torch.no_grad():
+        if method == "magnitude":
+            blocks = transformer_blocks(model)
+            for path, block in tqdm(blocks, desc="blocks", disable=not progress):
+                prune_block(path, block, {})
+        else:
+            check_calibration(calibration)
+            for _, path, block, stats in walk_blocks(model, calibration, _STATS[method], batch_size, progress):
+                prune_block(path, block, stats)
+    return sparsity_report(model)
+
+
+def sparsity_report(model: nn.Module) -> pd.DataFrame:
+    """Achieved sparsity (fraction of exact zeros) per block and per linear module.
+
+    Returns:
+        A DataFrame indexed by block index (``layer``) with columns ``path`` (block module
+        path), ``params`` and ``zeros`` (over the block's linear weights), ``sparsity``
+        (their ratio), then one column per linear module (relative name, e.g.
+        ``"self_attn.q_proj"``) holding that matrix's sparsity. The parameter-weighted global
+        sparsity, ``zeros.sum() / params.sum()``, is also in ``report.attrs["global_sparsity"]``.
+    """
+    rows = []
+    with torch.no_grad():
+        for layer, (path, block) in enumerate(transformer_blocks(model)):
+            row = {"layer": layer, "path": path, "params": 0, "zeros": 0}
+            for name, module in linear_modules(block):
+                n, z = module.weight.numel(), int((module.weight == 0).sum())
+                row["params"] += n
+                row["zeros"] += z
+                row[name] = z / n
+            rows.append(row)
+    report = pd.DataFrame(rows).set_index("layer")
+    report.insert(3, "sparsity", report["zeros"] / report["params"])
+    report.attrs["global_sparsity"] = float(report["zeros"].sum() / report["params"].sum())
+    return report

@@ -1,0 +1,165 @@
+"""The block-by-block driver, the sparsity report and OWL's outlier ratios on the tiny Llama.
+
+References run the *whole model* forward with hooks (no block-input capture, no kwargs
+pass-through), pruning one block at a time, so they check the driver's capture and its
+sequential feeding of pruned outputs independently.
+"""
+import pandas as pd
+import pytest
+import torch
+
+from layerif.models import linear_modules, transformer_blocks
+from layerif.testing import tiny_model
+from layerif.prune import magnitude, owl_outlier_ratios, prune_model, sparsegpt, sparsity_report, wanda
+
+
+def _calibration(n=5, seq=24, seed=0):
+    return torch.randint(4, 104, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def _full_forward_stats(model, block, calibration, kind):
+    """Calibration statistic of each linear in ``block`` from plain full-model forwards."""
+    sums = {}
+
+    def make(name):
+        def hook(module, args, output):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            stat = (x ** 2).sum(0) if kind == "act" else 2 * x.T @ x
+            sums[name] = sums.get(name, 0) + stat
+        return hook
+
+    handles = [m.register_forward_hook(make(n)) for n, m in linear_modules(block)]
+    with torch.no_grad():  # all rows in one batch (the driver under test uses batches of 2)
+        model(input_ids=calibration, use_cache=False)
+    for h in handles:
+        h.remove()
+    return {k: v / len(calibration) for k, v in sums.items()}
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_driver_matches_block_by_block_full_forward_reference(tiny64, method):
+    model, _ = tiny64
+    reference, _ = tiny_model(dtype=torch.float64)
+    cal = _calibration()
+    ratios = pd.Series([0.3, 0.5, 0.6, 0.4])
+    prune_model(model, method, ratios, cal, batch_size=2, progress=False)
+
+    kind = "act" if method == "wanda" else "hessian"
+    for layer, (_, block) in enumerate(transformer_blocks(reference)):
+        stats = _full_forward_stats(reference, block, cal, kind)
+        with torch.no_grad():
+            for name, module in linear_modules(block):
+                W = module.weight
+                new = wanda(W, stats[name], ratios[layer]) if method == "wanda" \
+                    else sparsegpt(W, stats[name], ratios[layer])
+                W.copy_(new)
+    for (path, got), (_, want) in zip(transformer_blocks(model), transformer_blocks(reference)):
+        for (name, a), (_, b) in zip(linear_modules(got), linear_modules(want)):
+            assert torch.equal(a.weight == 0, b.weight == 0), f"{path}.{name}"
+            torch.testing.assert_close(a.weight, b.weight, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_per_block_ratios_and_global_target(tiny, method):
+    model, _ = tiny
+    ratios = pd.Series({0: 0.25, 1: 0.6, 2: 0.45, 3: 0.7})
+    report = prune_model(model, method, ratios, _calibration(), progress=False)
+    rows_total = 0
+    for layer, (path, block) in enumerate(transformer_blocks(model)):
+        assert report.loc[layer, "path"] == path
+        for name, module in linear_modules(block):
+            d_out, d_in = module.weight.shape
+            rows_total += d_out
+            zeros = int((module.weight == 0).sum())
+            want = d_out * int(d_in * ratios[layer]) if method == "wanda" else int(d_out * d_in * ratios[layer])
+            assert zeros == want, (layer, name)
+            assert report.loc[layer, name] == pytest.approx(want / (d_out * d_in))
+    params = report["params"]
+    target = float((ratios * params).sum() / params.sum())
+    achieved = report.attrs["global_sparsity"]
+    assert achieved == pytest.approx(float(report["zeros"].sum() / params.sum()))
+    assert abs(achieved - target) * params.sum() <= rows_total  # one element per row
+
+
+def test_per_matrix_overrides_and_nm(tiny):
+    model, _ = tiny
+    path = transformer_blocks(model)[1][0] + ".mlp.down_proj"
+    report = prune_model(model, "magnitude", 0.5, per_matrix={path: 0.875}, progress=False)
+    assert report.loc[1, "mlp.down_proj"] == pytest.approx(int(32 * 64 * 0.875) / (32 * 64))
+    assert report.loc[1, "mlp.up_proj"] == 0.5
+    model2, _ = tiny_model()
+    prune_model(model2, "wanda", 0.5, _calibration(), nm=(2, 4), progress=False)
+    for _, block in transformer_blocks(model2):
+        for _, module in linear_modules(block):
+            groups = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
+            assert (groups == 2).all()
+
+
+def test_magnitude_driver_equals_per_matrix_function(tiny):
+    model, _ = tiny
+    dense, _ = tiny_model()
+    prune_model(model, "magnitude", 0.4, progress=False)
+    for (_, a), (_, b) in zip(transformer_blocks(model), transformer_blocks(dense)):
+        for (_, ma), (_, mb) in zip(linear_modules(a), linear_modules(b)):
+            assert torch.equal(ma.weight, magnitude(mb.weight, 0.4))
+
+
+def test_sparsity_report_counts_planted_zeros(tiny):
+    model, _ = tiny
+    block = transformer_blocks(model)[2][1]
+    with torch.no_grad():
+        block.self_attn.q_proj.weight[:3] = 0  # 3 rows of 32
+    report = sparsity_report(model)
+    assert list(report.index) == [0, 1, 2, 3] and report.index.name == "layer"
+    assert report.loc[2, "self_attn.q_proj"] == pytest.approx(3 / 32)
+    assert report.loc[2, "zeros"] == 96 and report.loc[0, "zeros"] == 0
+    assert report.attrs["global_sparsity"] == pytest.approx(96 / report["params"].sum())
+
+
+def test_bad_inputs_raise_clear_errors(tiny):
+    model, _ = tiny
+    cal = _calibration()
+    with pytest.raises(ValueError, match=r"sparsity=1.2"):
+        prune_model(model, "wanda", 1.2, cal, progress=False)
+    with pytest.raises(ValueError, match=r"missing \[3\]"):
+        prune_model(model, "wanda", pd.Series([0.5, 0.5, 0.5]), cal, progress=False)
+    with pytest.raises(ValueError, match=r"sparsity\[1\]"):
+        prune_model(model, "wanda", pd.Series([0.5, 1.5, 0.5, 0.5]), cal, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        prune_model(model, "sparsegpt", 0.5, cal[:0], progress=False)
+    with pytest.raises(ValueError, match="calibration=None"):
+        prune_model(model, "wanda", 0.5, None, progress=False)
+    with pytest.raises(ValueError, match="method="):
+        prune_model(model, "random", 0.5, cal, progress=False)
+    with pytest.raises(ValueError, match="per_matrix key"):
+        prune_model(model, "magnitude", 0.5, per_matrix={"model.layers.9.mlp.up_proj": 0.1}, progress=False)
+    assert sparsity_report(model)["zeros"].sum() == 0  # nothing was pruned by failed calls
+
+
+# ----------------------------------------------------------------------------- OWL
+def _owl_reference(model, calibration, M):
+    """Outlier % per block from one set of full dense forwards (the model is never pruned)."""
+    out = {}
+    for layer, (_, block) in enumerate(transformer_blocks(model)):
+        stats = _full_forward_stats(model, block, calibration, "act")
+        scores = torch.cat([(m.weight.double().abs() * stats[n].sqrt()).flatten()
+                            for n, m in linear_modules(block)])
+        out[layer] = 100.0 * float((scores > M * scores.mean()).double().mean())
+    return pd.Series(out)
+
+
+def test_owl_ratios_match_reference_and_find_planted_outliers(tiny64):
+    model, _ = tiny64
+    g = torch.Generator().manual_seed(3)
+    # Plant outliers in the last block (2% of its weights x 30): planted earlier, they would
+    # also inflate the activations, hence the outlier ratio, of the blocks after it.
+    with torch.no_grad():
+        for _, module in linear_modules(transformer_blocks(model)[3][1]):
+            hit = torch.rand(module.weight.shape, generator=g) < 0.02
+            module.weight[hit] *= 30
+    cal = _calibration()
+    got = owl_outlier_ratios(model, cal, M=5, batch_size=2, progress=False)
+    assert got.index.name == "layer" and list(got.index) == [0, 1, 2, 3]
+    pd.testing.assert_series_equal(got, _owl_reference(model, cal, 5), check_names=False, check_index_type=False)
+    assert got[3] > 2 * got.drop(3).max()
+    assert sparsity_report(model)["zeros"].sum() == 0  # the model is left dense
