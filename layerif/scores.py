@@ -1,0 +1,362 @@
+"""Per-layer LayerIF scores: the influence of training examples, per transformer block.
+
+:func:`layer_scores` runs the gradient passes (:mod:`layerif.gradients`) and the influence
+maths (:mod:`layerif.influence`) and returns a :class:`LayerScores`, which keeps the
+per-unit influence matrix ``[n_units, n_train]`` in the DataInf sign (**positive =
+harmful**) and aggregates it per block:
+
+* ``"positive"`` (the paper's "+ve", as in the authors' code): the *helpful* examples,
+  those with influence <= 0, summed -- so scores are <= 0, and a larger ``|S_l|`` means a
+  block more sensitive to its training data (less well trained, per the paper);
+* ``"top"``: the ``top_fraction`` most helpful examples (smallest values), summed;
+* ``"all"``: every example, summed.
+
+A block's influence on example k is the sum over its units (DataInf treats each tensor as
+its own Hessian block; ``unit="block"`` makes the whole transformer block one).
+
+Passes (forward + backward epochs): ``storage="memory"`` keeps per-example gradients
+(LoRA: one validation and one training pass); ``storage="stream"`` never stores them
+(``datainf``: one validation pass and three training passes -- norms and dots, the
+Sherman--Morrison sum, the final dots; ``hessian_free``: one of each). ``"auto"`` picks
+memory when the per-example gradients fit ``memory_budget_gb``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from . import influence
+from ._config import ConfigBase, check, field
+from .gradients import (Batches, GradientEngine, attached_lora, encode, find_units, has_lora,
+                        units_table)
+from .models import model_id as _model_id
+from .models import resolve_device, transformer_blocks
+from .provenance import read_manifest, write_manifest
+
+__all__ = ["AGGREGATIONS", "LayerScores", "ScoreConfig", "aggregate_values", "layer_scores"]
+
+AGGREGATIONS = ("positive", "top", "all")
+KIND = "layer_scores"
+
+
+@dataclass
+class ScoreConfig(ConfigBase):
+    """How :func:`layer_scores` computes influence (validated at construction)."""
+
+    method: str = field("datainf", help="datainf | hessian_free (TracIn-style) | exact")
+    target: str = field("weights", help="weights (full linear weights, as the authors) | lora")
+    modules: str | tuple = field("attention", help="attention | mlp | all | tuple of names "
+                                 "such as ('q_proj', 'v_proj')")
+    unit: str = field("tensor", help="Hessian block: tensor (DataInf) | block (whole layer)")
+    lora_rank: int = field(8, help="rank of fresh LoRA adapters (target='lora' on a model "
+                           "without adapters; existing adapters are used as they are)")
+    lora_alpha: float = field(16.0, help="alpha of fresh LoRA adapters")
+    damping: float = field(0.1, help="lambda = damping * mean squared gradient, per unit")
+    n_train: int | None = field(None, help="use the first n_train training examples (None: all)")
+    n_val: int | None = field(None, help="use the first n_val validation examples (None: all)")
+    batch_size: int = field(8, help="examples per forward/backward pass")
+    max_length: int = field(128, help="truncation length in tokens")
+    include_pads: bool = field(False, help="pad to max_length and count pads in the loss "
+                               "(the authors' labels = input_ids)")
+    storage: str = field("auto", help="auto | memory (keep per-example gradients) | stream "
+                         "(recompute passes)")
+    memory_budget_gb: float = field(4.0, help="largest per-example gradient store for "
+                                    "storage='auto'")
+    seed: int = field(0, help="seed of fresh LoRA adapters")
+    device: str = field("auto", help="auto (CUDA if present) | cpu | cuda | cuda:1 ...; the "
+                        "model is moved there")
+    dtype: torch.dtype | None = field(None, help="dtype of the gradient maths (None: the "
+                                      "model's, at least float32)")
+
+    def __post_init__(self):
+        check(self.method in ("datainf", "hessian_free", "exact"), "method", self.method,
+              "'datainf', 'hessian_free' or 'exact'")
+        check(self.target in ("weights", "lora"), "target", self.target, "'weights' or 'lora'")
+        if isinstance(self.modules, list):
+            self.modules = tuple(self.modules)
+        check(self.modules in ("attention", "mlp", "all") or (
+            isinstance(self.modules, tuple) and self.modules
+            and all(isinstance(m, str) for m in self.modules)), "modules", self.modules,
+            "'attention', 'mlp', 'all' or a non-empty tuple of module names")
+        check(self.unit in ("tensor", "block"), "unit", self.unit, "'tensor' or 'block'")
+        check(isinstance(self.lora_rank, int) and self.lora_rank >= 1, "lora_rank",
+              self.lora_rank, "an int >= 1")
+        check(isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0, "lora_alpha",
+              self.lora_alpha, "a float > 0")
+        check(isinstance(self.damping, (int, float)) and 0 < self.damping < math.inf,
+              "damping", self.damping, "a finite float > 0")
+        for name in ("n_train", "n_val"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, int) and value >= 1), name, value,
+                  "None or an int >= 1")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size",
+              self.batch_size, "an int >= 1")
+        check(isinstance(self.max_length, int) and self.max_length >= 2, "max_length",
+              self.max_length, "an int >= 2")
+        check(isinstance(self.include_pads, bool), "include_pads", self.include_pads, "a bool")
+        check(self.storage in ("auto", "memory", "stream"), "storage", self.storage,
+              "'auto', 'memory' or 'stream'")
+        check(isinstance(self.memory_budget_gb, (int, float)) and self.memory_budget_gb > 0,
+              "memory_budget_gb", self.memory_budget_gb, "a float > 0")
+        check(self.dtype is None or self.dtype in (torch.float32, torch.float64), "dtype",
+              self.dtype, "None, torch.float32 or torch.float64")
+        resolve_device(self.device)
+
+    @classmethod
+    def smoke(cls) -> "ScoreConfig":
+        """Seconds on a CPU: 16 train, 4 validation examples, 64 tokens."""
+        return cls(n_train=16, n_val=4, max_length=64, batch_size=4)
+
+    @classmethod
+    def cpu(cls) -> "ScoreConfig":
+        """Minutes on a laptop CPU: 128 train, 32 validation examples, 128 tokens."""
+        return cls(n_train=128, n_val=32)
+
+    @classmethod
+    def paper(cls) -> "ScoreConfig":
+        """The authors' setting: first 300 train, 50 validation, full q/k/v/o weights."""
+        return cls(n_train=300, n_val=50)
+
+
+def _ids(examples) -> list[str]:
+    return [str(getattr(e, "id", i)) for i, e in enumerate(examples)]
+
+
+def _groups(units, unit: str) -> list[list[int]]:
+    if unit == "tensor":
+        return [[u] for u in range(len(units))]
+    by_layer: dict[int, list[int]] = {}
+    for u, spec in enumerate(units):
+        by_layer.setdefault(spec.layer, []).append(u)
+    return list(by_layer.values())
+
+
+def _unit_influence(engine: GradientEngine, train: Batches, val: Batches,
+                    config: ScoreConfig, groups: list[list[int]]) -> tuple[Tensor, str]:
+    """The per-unit influence matrix and the storage used."""
+    itemsize = torch.empty((), dtype=engine.dtype).element_size()
+    need_gb = train.n * sum(u.numel for u in engine.units) * itemsize / 2**30
+    storage = config.storage
+    if storage == "auto":
+        storage = "memory" if need_gb <= config.memory_budget_gb else "stream"
+    if config.method == "exact" and storage == "stream":
+        raise ValueError(f"method='exact' needs per-example gradients in memory ({need_gb:.2f} "
+                         f"GB, memory_budget_gb={config.memory_budget_gb}): raise the budget "
+                         "or use method='datainf'")
+    v = engine.summed(val)
+    if storage == "memory":
+        stacks = [s.to(engine.device) for s in engine.per_example(train)]
+        vals = [x[None].to(engine.device) for x in v]
+        if config.method == "hessian_free":
+            return influence.hessian_free(stacks, vals), storage
+        fn = influence.exact if config.method == "exact" else influence.datainf
+        return fn(stacks, vals, config.damping, groups=groups), storage
+    if config.method == "hessian_free":
+        return -engine.norms_and_dots(train, v, norms=False)[1], storage
+    sq, v_dots = engine.norms_and_dots(train, v)
+    lam, coef = influence.datainf_terms(sq, v_dots, [u.numel for u in engine.units],
+                                        config.damping, groups)
+    w = engine.weighted_sum(train, coef)
+    _, w_dots = engine.norms_and_dots(train, w, norms=False)
+    return influence.datainf_from_dots(v_dots, w_dots, lam), storage
+
+
+def layer_scores(model, tokenizer, train_examples, val_examples,
+                 config: ScoreConfig | None = None, *, task: str | None = None,
+                 progress: bool = True) -> "LayerScores":
+    """Influence of each training example on the summed validation loss, per unit and block.
+
+    Args:
+        model: a Hugging Face causal LM (plain, or carrying peft LoRA adapters).
+        tokenizer: its tokenizer (with a pad token).
+        train_examples: ``layerif.data.Example`` objects (their ``.text``) or strings.
+        val_examples: the same, for the validation loss.
+        config: :class:`ScoreConfig` (default: ``ScoreConfig()``).
+        task: task name recorded with the result.
+        progress: show a progress bar per pass.
+
+    Each example's loss is its mean next-token loss over its non-pad tokens (see
+    :mod:`layerif.gradients`). The model is moved to ``config.device`` (unless it is spread
+    over devices by a ``device_map``); with ``target="lora"`` on a model without adapters,
+    fresh ones are attached for the computation and removed afterwards.
+
+    Returns:
+        :class:`LayerScores`.
+
+    Raises:
+        ValueError: a bad config or examples; ``method="exact"`` over the memory budget.
+    """
+    config = config or ScoreConfig()
+    if not isinstance(config, ScoreConfig):
+        raise ValueError(f"config={config!r} is invalid: expected a ScoreConfig")
+    train = list(train_examples)[:config.n_train]
+    val = list(val_examples)[:config.n_val]
+    device = resolve_device(config.device)
+    if getattr(model, "hf_device_map", None) is None and next(model.parameters()).device != device:
+        model.to(device)
+    kw = dict(max_length=config.max_length, include_pads=config.include_pads,
+              batch_size=config.batch_size)
+    train_b, val_b = encode(tokenizer, train, **kw), encode(tokenizer, val, **kw)
+    dtype = config.dtype or torch.promote_types(next(model.parameters()).dtype, torch.float32)
+    fresh = config.target == "lora" and not has_lora(model, config.modules)
+    with (attached_lora(model, config.modules, config.lora_rank, config.lora_alpha, config.seed)
+          if fresh else nullcontext()):
+        units = find_units(model, config.target, config.modules)
+        engine = GradientEngine(model, units, dtype=dtype, progress=progress)
+        values, storage = _unit_influence(engine, train_b, val_b, config,
+                                          _groups(units, config.unit))
+    blocks = pd.Series({i: p for i, (p, _) in enumerate(transformer_blocks(model))},
+                       name="path").rename_axis("layer")
+    return LayerScores(values=values.detach().to("cpu", torch.float64), units=units_table(units),
+                       train_ids=_ids(train), val_ids=_ids(val), config=config,
+                       model_id=_model_id(model), task=task, blocks=blocks,
+                       info={"storage": storage, "passes": engine.passes, "fresh_lora": fresh,
+                             "n_train_tokens": train_b.n_tokens})
+
+
+def aggregate_values(values: Tensor, mode: str = "positive", top_fraction: float = 0.25) -> Tensor:
+    """Sum each row of an influence matrix ``[rows, n]`` the way ``mode`` says.
+
+    Args:
+        values: DataInf-sign influences (positive = harmful).
+        mode: ``"positive"`` (sum of values <= 0, the helpful examples), ``"top"`` (sum of
+            the ``ceil(top_fraction * n)`` smallest values), ``"all"`` (plain sum).
+        top_fraction: fraction for ``"top"``, in (0, 1].
+
+    Returns:
+        ``Tensor[rows]``.
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"mode={mode!r} is invalid: expected one of {AGGREGATIONS}")
+    if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction={top_fraction!r} is invalid: expected a float in (0, 1]")
+    if mode == "positive":
+        return values.clamp(max=0).sum(dim=1)
+    if mode == "all":
+        return values.sum(dim=1)
+    k = max(1, math.ceil(top_fraction * values.shape[1]))
+    return values.topk(k, dim=1, largest=False).values.sum(dim=1)
+
+
+@dataclass(eq=False)
+class LayerScores:
+    """Per-unit influence of training examples, with per-block and per-matrix views.
+
+    Attributes:
+        values: ``Tensor[n_units, n_train]`` (float64, CPU), DataInf sign.
+        units: one row per unit (index ``unit``): layer, path, module, tensor, name, numel.
+        train_ids, val_ids: the examples' ids, in column / input order.
+        config: the :class:`ScoreConfig` used.
+        model_id: the scored model.
+        task: the task name, if given.
+        blocks: every block's module path, indexed by layer.
+        info: how it was computed (storage, number of passes, ...).
+    """
+
+    values: Tensor
+    units: pd.DataFrame
+    train_ids: list[str]
+    val_ids: list[str]
+    config: ScoreConfig
+    model_id: str
+    task: str | None = None
+    blocks: pd.Series | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.values.shape != (len(self.units), len(self.train_ids)):
+            raise ValueError(f"values has shape {tuple(self.values.shape)}, expected "
+                             f"({len(self.units)}, {len(self.train_ids)}) units x train examples")
+
+    def __repr__(self) -> str:
+        n_units, n = self.values.shape
+        return (f"LayerScores(model_id={self.model_id!r}, task={self.task!r}, "
+                f"method={self.config.method!r}, target={self.config.target!r}, "
+                f"{self.units['layer'].nunique()} layers, {n_units} units, {n} train x "
+                f"{len(self.val_ids)} val examples)")
+
+    def _grouped(self, keys: list[str]) -> tuple[pd.DataFrame, Tensor]:
+        """Unit rows summed per distinct ``keys`` (in unit order): ``(keys table, values)``."""
+        parts = self.units.reset_index(drop=True).groupby(keys, sort=False).indices
+        keyed = pd.DataFrame([k if isinstance(k, tuple) else (k,) for k in parts], columns=keys)
+        vals = torch.stack([self.values[torch.as_tensor(rows)].sum(dim=0)
+                            for rows in parts.values()])
+        return keyed, vals
+
+    def per_block(self) -> pd.DataFrame:
+        """Block-level influence ``[layer x train example]`` (sum over the block's units)."""
+        keyed, vals = self._grouped(["layer"])
+        return pd.DataFrame(vals.numpy(), index=pd.Index(keyed["layer"], name="layer"),
+                            columns=self.train_ids)
+
+    def aggregate(self, mode: str = "positive", top_fraction: float = 0.25) -> pd.Series:
+        """One score per block (see :func:`aggregate_values`), indexed by layer."""
+        keyed, vals = self._grouped(["layer"])
+        return pd.Series(aggregate_values(vals, mode, top_fraction).numpy(),
+                         index=pd.Index(keyed["layer"], name="layer"), name="score")
+
+    def table(self, top_fraction: float = 0.25) -> pd.DataFrame:
+        """Per-block table: path, parameters scored, the three aggregates, helpful count."""
+        keyed, vals = self._grouped(["layer", "path"])
+        numel = self.units.groupby("layer")["numel"].sum()
+        return pd.DataFrame({
+            "path": keyed["path"].to_numpy(),
+            "n_params": numel.loc[keyed["layer"]].to_numpy(),
+            **{mode: aggregate_values(vals, mode, top_fraction).numpy() for mode in AGGREGATIONS},
+            "n_helpful": (vals <= 0).sum(dim=1).numpy(),
+        }, index=pd.Index(keyed["layer"], name="layer"))
+
+    def per_matrix(self, mode: str = "positive", top_fraction: float = 0.25) -> pd.DataFrame:
+        """Per (block, linear module) scores: index layer, columns path + one per module.
+
+        LoRA A and B of one module are summed (they are one matrix's adapter).
+        """
+        keyed, vals = self._grouped(["layer", "path", "module"])
+        keyed["score"] = aggregate_values(vals, mode, top_fraction).numpy()
+        wide = keyed.pivot(index=["layer", "path"], columns="module", values="score")
+        order = list(dict.fromkeys(self.units["module"]))
+        wide = wide[order].reset_index().set_index("layer")
+        wide.columns.name = None
+        return wide
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write ``influence.pt``, ``units.csv`` and a provenance ``manifest.json``.
+
+        Raises:
+            layerif.provenance.ProvenanceError: ``directory`` holds a result made with
+                another config and ``overwrite`` is False.
+        """
+        directory = Path(directory)
+        blocks = None if self.blocks is None else {int(k): v for k, v in self.blocks.items()}
+        write_manifest(directory, KIND, self.config.to_dict(), self.model_id,
+                       data={"task": self.task, "train_ids": self.train_ids,
+                             "val_ids": self.val_ids},
+                       extra={"info": self.info, "blocks": blocks}, overwrite=overwrite)
+        torch.save({"values": self.values}, directory / "influence.pt")
+        self.units.to_csv(directory / "units.csv")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LayerScores":
+        """Read a result written by :meth:`save`."""
+        directory = Path(directory)
+        manifest = read_manifest(directory, KIND)
+        values = torch.load(directory / "influence.pt", weights_only=True)["values"]
+        units = pd.read_csv(directory / "units.csv", index_col="unit")
+        blocks = manifest["extra"].get("blocks")
+        if blocks is not None:
+            blocks = pd.Series({int(k): v for k, v in blocks.items()},
+                               name="path").rename_axis("layer")
+        data = manifest["data"]
+        return cls(values=values, units=units, train_ids=list(data["train_ids"]),
+                   val_ids=list(data["val_ids"]), config=ScoreConfig.from_dict(manifest["config"]),
+                   model_id=manifest["model_id"], task=data.get("task"), blocks=blocks,
+                   info=manifest["extra"].get("info", {}))

@@ -1,0 +1,189 @@
+"""layerif.influence against explicit Python-loop references in float64."""
+import numpy as np
+import pytest
+import torch
+
+from layerif import influence
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread's synchronisation costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loop_datainf(train, val, damping=0.1):
+    """DataInf written out example by example (numpy, float64): [n_units, n]."""
+    out = []
+    for g, vs in zip(train, val):
+        g, v = g.numpy(), vs.numpy().sum(axis=0)
+        n, d = g.shape
+        lam = damping * sum(float(np.dot(gi, gi)) for gi in g) / (n * d)
+        h = np.zeros(d)
+        for gi in g:
+            h += v - float(np.dot(v, gi)) / (lam + float(np.dot(gi, gi))) * gi
+        h /= n * lam
+        out.append([-float(np.dot(h, gk)) for gk in g])
+    return np.array(out)
+
+
+def loop_exact(train, val, damping=0.1):
+    """-<(G + lambda I)^-1 v, g_k> with an explicit dense inverse."""
+    out = []
+    for g, vs in zip(train, val):
+        g, v = g.numpy(), vs.numpy().sum(axis=0)
+        n, d = g.shape
+        lam = damping * float((g ** 2).mean())
+        fisher = sum(np.outer(gi, gi) for gi in g) / n
+        h = np.linalg.inv(fisher + lam * np.eye(d)) @ v
+        out.append([-float(h @ gk) for gk in g])
+    return np.array(out)
+
+
+def stacks(n=7, m=3, dims=(5, 12, 1), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    train = [torch.randn(n, d, generator=gen, dtype=torch.float64) * (u + 1) for u, d in enumerate(dims)]
+    val = [torch.randn(m, d, generator=gen, dtype=torch.float64) for d in dims]
+    return train, val
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_datainf_matches_loop_reference():
+    train, val = stacks()
+    for damping in (0.1, 0.01, 3.0):
+        assert rel_err(influence.datainf(train, val, damping), loop_datainf(train, val, damping)) < 1e-12
+
+
+def test_hand_computed_single_scalar():
+    # n = d = 1, g = 2, v = 3: lambda = 0.1 * 4 = 0.4,
+    # IF = -(1/lambda) (3 - 3*2/(0.4+4) * 2) * 2 = -6 / 4.4
+    g, v = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[3.0]], dtype=torch.float64)
+    for fn in (influence.datainf, influence.exact):
+        assert fn([g], [v]).item() == pytest.approx(-6 / 4.4, rel=1e-14)
+    assert influence.hessian_free([g], [v]).item() == pytest.approx(-6.0)
+
+
+def test_sign_example_aligned_with_validation_gradient_is_helpful():
+    train, val = stacks(n=5, dims=(6,))
+    train[0][2] = val[0].sum(dim=0)  # descending on example 2 descends the validation loss
+    assert influence.datainf(train, val)[0, 2] < 0
+    assert influence.hessian_free(train, val)[0, 2] < 0
+
+
+def test_validation_rows_are_summed():
+    train, val = stacks()
+    one = influence.datainf(train, [v.sum(dim=0, keepdim=True) for v in val])
+    per_row = sum(influence.datainf(train, [v[j:j + 1] for v in val]) for j in range(3))
+    assert rel_err(one, influence.datainf(train, val)) < 1e-13
+    assert rel_err(per_row, one) < 1e-12
+
+
+def test_hessian_free_matches_loop():
+    train, val = stacks()
+    ref = [[-float(v.sum(0) @ gk) for gk in g] for g, v in zip(train, val)]
+    assert rel_err(influence.hessian_free(train, val), ref) < 1e-14
+
+
+@pytest.mark.parametrize("n", [3, 20])  # Woodbury (n < d) and dense (n >= d) branches
+def test_exact_matches_dense_inverse(n):
+    train, val = stacks(n=n, dims=(9, 4))
+    assert rel_err(influence.exact(train, val, 0.05), loop_exact(train, val, 0.05)) < 1e-10
+
+
+def test_exact_equals_datainf_with_one_training_example():
+    # With n = 1 the Sherman-Morrison step is the exact inverse.
+    train, val = stacks(n=1, dims=(8, 3))
+    assert rel_err(influence.exact(train, val), influence.datainf(train, val)) < 1e-12
+
+
+def test_exact_and_datainf_differ_in_general():
+    train, val = stacks(n=10, dims=(4,))
+    assert rel_err(influence.exact(train, val), influence.datainf(train, val)) > 1e-3
+
+
+def test_datainf_times_lambda_tends_to_hessian_free():
+    train, val = stacks()
+    hf = influence.hessian_free(train, val)
+    errs = []
+    for damping in (1e2, 1e4, 1e6):
+        lam = torch.stack([damping * (g ** 2).mean() for g in train])
+        errs.append(rel_err(influence.datainf(train, val, damping) * lam[:, None], hf))
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5
+
+
+def test_groups_equal_concatenated_units():
+    train, val = stacks(dims=(5, 12, 1, 3))
+    groups = [[0, 2], [1], [3]]
+    cat_train = [torch.cat([train[u] for u in g], dim=1) for g in groups]
+    cat_val = [torch.cat([val[u] for u in g], dim=1) for g in groups]
+    for fn, ref in ((influence.datainf, loop_datainf), (influence.exact, loop_exact)):
+        shares = fn(train, val, 0.1, groups=groups)
+        summed = np.stack([shares[g].sum(dim=0).numpy() for g in groups])
+        assert rel_err(summed, ref(cat_train, cat_val)) < 1e-10
+
+
+def test_streaming_terms_reproduce_datainf():
+    train, val = stacks()
+    v = [x.sum(0) for x in val]
+    sq = torch.stack([(g * g).sum(1) for g in train])
+    v_dots = torch.stack([g @ vu for g, vu in zip(train, v)])
+    lam, coef = influence.datainf_terms(sq, v_dots, [g.shape[1] for g in train])
+    w_dots = torch.stack([g @ (c @ g) for g, c in zip(train, coef)])
+    assert rel_err(influence.datainf_from_dots(v_dots, w_dots, lam), loop_datainf(train, val)) < 1e-12
+
+
+def test_all_zero_unit_has_zero_influence():
+    train, val = stacks(dims=(4, 3))
+    train[1] = torch.zeros_like(train[1])
+    for fn in (influence.datainf, influence.exact):
+        out = fn(train, val)
+        assert torch.isfinite(out).all() and (out[1] == 0).all() and (out[0] != 0).all()
+
+
+def test_float32_stays_float32():
+    train, val = stacks()
+    out = influence.datainf([g.float() for g in train], [v.float() for v in val])
+    assert out.dtype == torch.float32
+    assert rel_err(out, loop_datainf(train, val)) < 1e-4
+
+
+@pytest.mark.parametrize("fn", [influence.datainf, influence.hessian_free, influence.exact])
+def test_bad_inputs_raise(fn):
+    train, val = stacks(dims=(4, 3))
+    bad_nan = [train[0].clone(), train[1]]
+    bad_nan[0][1, 2] = float("nan")
+    bad_inf = [train[0], val[1].clone()]
+    bad_inf[1][0, 0] = float("inf")
+    cases = {
+        "NaN": (bad_nan, val),
+        "NaN or inf": (train, bad_inf),
+        "at least one unit": ([], []),
+        "one validation stack": (train, val[:1]),
+        "empty stack": ([train[0][:0], train[1]], val),
+        "d=": ([train[1], train[0]], val),
+        "examples": ([train[0], train[1][:3]], val),
+        "2-D floating": ([train[0].long(), train[1]], val),
+    }
+    for message, (t, v) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            fn(t, v)
+
+
+def test_bad_damping_groups_and_size_raise():
+    train, val = stacks(dims=(4, 3))
+    for damping in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="damping"):
+            influence.datainf(train, val, damping)
+    with pytest.raises(ValueError, match="groups"):
+        influence.datainf(train, val, groups=[[0]])
+    with pytest.raises(ValueError, match="groups"):
+        influence.exact(train, val, groups=[[0, 1], [1]])
+    with pytest.raises(ValueError, match="dense 4x4 solve"):
+        influence.exact(train, val, max_dim=3)
