@@ -1,0 +1,215 @@
+"""``python -m layerif.bench moe``: training cost of the LoRA-MoE against plain LoRA.
+
+One epoch of 64 x 128 tokens on SmolLM2-135M (30 blocks), plain peft LoRA r=8 against
+LoRA-MoE adapters with the 160-expert budget of a 32-layer model scaled to 30 blocks
+(T = 150): uniform (MoLA-5555-like, 5 per block) and skewed (the LayerIF mapping of a
+linear score profile, beta = 2.5), each with sparse and with dense expert dispatch (see
+:mod:`layerif.moe`). Goal: MoE epoch <= 2x the LoRA epoch. A layer-level table times one
+SmolLM2 MLP projection (576 -> 1536, 1024 tokens, forward + backward) with E experts, top-2,
+sparse vs dense, against a single LoRA, to show where each dispatch pays off.
+
+Training text comes from ``layerif.data.load_task`` (MRPC train) when available, packed
+into rows of exactly ``--seq-len`` tokens; otherwise seeded synthetic text (said so).
+``--random-init`` builds the model from its config with random weights (for machines that
+lack the checkpoint; costs are the same).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import moe
+from ..models import load_model, resolve_device, transformer_blocks
+from ..train import finetune
+
+GOAL = 2.0
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class _Peak:
+    """Peak memory inside a ``with`` block: CUDA allocator peak, else sampled process RSS."""
+
+    def __init__(self, device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import psutil
+
+            proc, self._stop = psutil.Process(os.getpid()), threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    self._stop.wait(0.05)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _load(name, device, random_init):
+    if not random_init:
+        return load_model(name, device=device)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import EMBEDDED_MODELS, cache_dir
+
+    source = str(cache_dir() / "models" / name) if name in EMBEDDED_MODELS else name
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).to(resolve_device(device))
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+def _training_tokens(tokenizer, n, seq_len, task, seed):
+    """``[n, seq_len]`` token rows packed from the task's texts, or from synthetic text."""
+    texts, source = None, None
+    try:
+        from ..data import load_task
+
+        texts = [ex.text for ex in load_task(task, "train", n=4 * n, seed=seed)]
+        source = f"{task} train texts (layerif.data), packed"
+    except Exception as err:  # no layerif.data yet, or the task is not available offline
+        rng = np.random.default_rng(seed)
+        words = ("the model data layer expert token train loss sentence same meaning answer "
+                 "question paraphrase yes no equivalent not is a of and to in").split()
+        texts = [" ".join(rng.choice(words, size=40)) + "." for _ in range(8 * n)]
+        source = f"synthetic text ({type(err).__name__}: {err})"[:120]
+    ids, eos = [], tokenizer.eos_token_id
+    while len(ids) < n * seq_len:
+        for t in texts:
+            ids += tokenizer(t)["input_ids"] + ([eos] if eos is not None else [])
+    return torch.tensor(ids[: n * seq_len]).reshape(n, seq_len), source
+
+
+def _epoch(model, tok, tokens, args):
+    finetune(model, tok, tokens[: args.batch_size], batch_size=args.batch_size,
+             max_length=args.seq_len, progress=False)  # warm-up (allocator, kernels), untimed
+    device = next(model.parameters()).device
+    with _Peak(device) as peak:
+        t0 = time.perf_counter()
+        hist = finetune(model, tok, tokens, epochs=1, batch_size=args.batch_size,
+                        max_length=args.seq_len, seed=args.seed, progress=False)
+        seconds = time.perf_counter() - t0
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"seconds": seconds, "median_step_s": float(hist["seconds"].median()),
+            "min_step_s": float(hist["seconds"].min()),
+            "tokens_per_s": hist["tokens"].sum() / seconds, "trainable_params": trainable,
+            "peak_MiB": peak.peak / 2**20, "final_loss": float(hist["loss"].iloc[-1])}
+
+
+def _time_once(layer, x):
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    layer(x).square().mean().backward()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - t0
+
+
+def _layer_table(device, n_tokens=1024, d_in=576, d_out=1536, reps=10, experts=(2, 4, 8, 16, 32)):
+    """Best of ``reps`` forward+backward passes, configurations interleaved so that a busy
+    machine slows them alike (the minimum is the least disturbed measurement)."""
+    x = torch.randn(n_tokens, d_in, device=device)
+
+    def make(e, k, dispatch):
+        torch.manual_seed(0)
+        base = torch.nn.Linear(d_in, d_out, bias=False, device=device).requires_grad_(False)
+        return moe.LoRAMoELinear(base, e, k, rank=8, alpha=16.0, dropout=0.05, dispatch=dispatch).train()
+
+    configs = [(1, 1, "- (plain LoRA)")] + [(e, 2, d) for e in experts for d in ("sparse", "dense")]
+    layers = [make(e, k, "auto" if e == 1 else d) for e, k, d in configs]
+    best = [float("inf")] * len(layers)
+    for rep in range(reps + 2):
+        for i, layer in enumerate(layers):
+            t = _time_once(layer, x)
+            if rep >= 2:  # two warm-up rounds
+                best[i] = min(best[i], t)
+    table = pd.DataFrame([{"experts": e, "top_k": k, "dispatch": d, "ms_fwd_bwd": b * 1e3}
+                          for (e, k, d), b in zip(configs, best)])
+    table["vs_lora"] = table["ms_fwd_bwd"] / table["ms_fwd_bwd"].iloc[0]
+    return table.set_index(["experts", "top_k", "dispatch"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m layerif.bench moe", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--n", type=int, default=64, help="training rows")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--total", type=int, default=150, help="total experts T")
+    parser.add_argument("--task", default="mrpc")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-init", action="store_true", help="random weights from the config")
+    parser.add_argument("--skip-layer", action="store_true", help="skip the layer-level table")
+    args = parser.parse_args(argv)
+
+    base, tok = _load(args.model, args.device, args.random_init)
+    device = next(base.parameters()).device
+    n_blocks = len(transformer_blocks(base))
+    tokens, source = _training_tokens(tok, args.n, args.seq_len, args.task, args.seed)
+    print(f"model={args.model}{' (random init)' if args.random_init else ''} blocks={n_blocks} "
+          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print(f"data: {args.n} x {args.seq_len} tokens from {source}; batch {args.batch_size}")
+
+    from ..allocate import experts as experts_from_scores, uniform_experts
+
+    allocations = {
+        f"MoE uniform T={args.total}": uniform_experts(n_blocks, args.total),
+        f"MoE skewed T={args.total}": experts_from_scores(np.linspace(-1.0, 0.0, n_blocks), args.total),
+    }
+    from peft import LoraConfig, get_peft_model
+
+    probe = moe.attach(copy.deepcopy(base), next(iter(allocations.values())))
+    picks = {"dense" if m.dense else "sparse" for _, m in moe.moe_layers(probe)}
+    print(f"dispatch='auto' picks {'/'.join(sorted(picks))} for the first allocation on this model")
+    del probe
+    rows = {}
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                           target_modules=list(TARGETS)))
+    rows["plain LoRA r=8 (peft)"] = _epoch(model, tok, tokens, args)
+    del model
+    for label, alloc in allocations.items():
+        for dispatch in ("sparse", "dense"):
+            model = moe.attach(copy.deepcopy(base), alloc, dispatch=dispatch)
+            rows[f"{label}, {dispatch}"] = {**_epoch(model, tok, tokens, args),
+                                            "experts": f"{alloc.min()}..{alloc.max()}"}
+            del model
+    table = pd.DataFrame(rows).T
+    table["vs_lora"] = table["seconds"] / table["seconds"].iloc[0]
+    # the fastest step is the least disturbed by other load on a shared machine
+    table["vs_lora_min_step"] = table["min_step_s"] / table["min_step_s"].iloc[0]
+    table["goal"] = ["-"] + [f"<= {GOAL}x: {'met' if r <= GOAL else 'MISSED'}" for r in table["vs_lora"].iloc[1:]]
+    cols = ["seconds", "median_step_s", "min_step_s", "tokens_per_s", "vs_lora", "vs_lora_min_step", "goal", "trainable_params",
+            "peak_MiB", "final_loss", "experts"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+        print("\nOne training epoch (peak_MiB: CUDA allocator peak, or process RSS on CPU, which "
+              "includes the frozen base model and its copy):")
+        print(table.reindex(columns=cols).fillna("-").to_string())
+        if not args.skip_layer:
+            print("\nOne MLP projection (576 -> 1536), 1024 tokens, forward + backward, top-2 (best of 10):")
+            print(_layer_table(device).to_string())
+    return 0

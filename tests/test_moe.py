@@ -1,0 +1,313 @@
+"""LoRA-MoE layer, attach from an allocation, balance loss, save/load.
+
+References are written by hand in float64: a plain LoRA forward, a per-token brute-force
+mixture, the balance formula on a hand-made routing, parameter counts from the shapes.
+"""
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from layerif import moe
+from layerif.moe import LoRAMoELinear, attach, moe_layers, switch_balance_loss
+from layerif.provenance import ProvenanceError
+
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _randomize(layer: LoRAMoELinear, seed: int = 0):
+    """Give B (zero at init) and the router random values, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.experts_B.copy_(torch.randn(layer.experts_B.shape, generator=g, dtype=layer.experts_B.dtype))
+        if layer.router is not None:
+            layer.router.weight.copy_(torch.randn(layer.router.weight.shape, generator=g,
+                                                  dtype=layer.router.weight.dtype))
+
+
+def _layer(n_experts, top_k, d_in=6, d_out=5, rank=3, alpha=6.0, seed=0, dispatch="auto"):
+    torch.manual_seed(seed)
+    base = nn.Linear(d_in, d_out, dtype=torch.float64)
+    layer = LoRAMoELinear(base, n_experts, top_k, rank=rank, alpha=alpha, dropout=0.0, dispatch=dispatch)
+    _randomize(layer, seed)
+    return layer
+
+
+def _brute_force(layer: LoRAMoELinear, x: torch.Tensor, base=None) -> torch.Tensor:
+    """Per token: softmax over all experts, keep top-k, renormalise, sum their LoRAs."""
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    base = base or (lambda t: W @ t + b)
+    A, B, s = layer.experts_A, layer.experts_B, layer.alpha / layer.rank
+    rows = []
+    for t in x.reshape(-1, x.shape[-1]):
+        y = base(t)
+        logits = torch.stack([layer.router.weight[e] @ t for e in range(layer.n_experts)])
+        p = torch.exp(logits - logits.max()) / torch.exp(logits - logits.max()).sum()
+        chosen = sorted(range(layer.n_experts), key=lambda e: -float(p[e].detach()))[: layer.top_k]
+        z = sum(p[e] for e in chosen)
+        for e in chosen:
+            y = y + (p[e] / z) * s * (B[e].T @ (A[e] @ t))  # B[e] is [r, d_out]
+        rows.append(y)
+    return torch.stack(rows).reshape(*x.shape[:-1], -1)
+
+
+def test_single_expert_equals_plain_lora():
+    layer = _layer(1, 1)
+    assert layer.router is None
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    A, B = layer.experts_A[0], layer.experts_B[0]
+    expected = x @ W.T + b + (6.0 / 3) * (x @ A.T) @ B  # B stored [r, d_out]
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dispatch", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("n_experts,top_k", [(4, 2), (5, 1), (3, 3), (2, 2), (6, 4)])
+def test_forward_matches_brute_force(n_experts, top_k, dispatch):
+    layer = _layer(n_experts, top_k, seed=n_experts, dispatch=dispatch)
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _brute_force(layer, x), rtol=1e-10, atol=1e-10)
+
+
+def test_router_weights_sum_to_one_over_selected_experts():
+    layer = _layer(5, 2)
+    probs, top_w, top_i = layer.route(torch.randn(40, 6, dtype=torch.float64))
+    torch.testing.assert_close(top_w.sum(-1), torch.ones(40, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert top_i.shape == (40, 2) and bool((top_i[:, 0] != top_i[:, 1]).all())
+    # the selected experts are the two most probable ones
+    ref = probs.argsort(-1, descending=True)[:, :2]
+    assert torch.equal(top_i, ref)
+
+
+@pytest.mark.parametrize("dispatch", ["sparse", "dense"])
+def test_only_the_top_k_experts_receive_gradient(dispatch):
+    layer = _layer(6, 2, dispatch=dispatch)
+    x = torch.randn(1, 3, 6, dtype=torch.float64)
+    _, _, top_i = layer.route(x.reshape(-1, 6))
+    chosen = set(top_i.flatten().tolist())
+    assert 2 <= len(chosen) < 6
+    layer(x).pow(2).sum().backward()
+    for e in range(6):
+        touched = bool(layer.experts_A.grad[e].abs().sum() > 0) and bool(layer.experts_B.grad[e].abs().sum() > 0)
+        assert touched == (e in chosen), (e, chosen)
+        if e not in chosen:  # exactly zero, not merely small
+            assert not layer.experts_A.grad[e].any() and not layer.experts_B.grad[e].any()
+    # the gradients agree with the brute-force mixture's
+    ref = _layer(6, 2, dispatch=dispatch)
+    _brute_force(ref, x).pow(2).sum().backward()
+    torch.testing.assert_close(layer.experts_A.grad, ref.experts_A.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(layer.experts_B.grad, ref.experts_B.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(layer.router.weight.grad, ref.router.weight.grad, rtol=1e-9, atol=1e-10)
+
+
+def test_balance_loss_on_a_hand_made_routing():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.25, 0.25]])
+    selected = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 1]])
+    # f = assignments / 8 = [3, 3, 2] / 8 ; P = column means = [1.5, 1.25, 1.25] / 4
+    expected = 3 * (3 / 8 * 1.5 / 4 + 3 / 8 * 1.25 / 4 + 2 / 8 * 1.25 / 4)
+    assert float(switch_balance_loss(probs, selected, 3)) == pytest.approx(expected, abs=1e-7)
+    # a mask drops the last token: f = [2, 2, 2] / 6 ; P = [1.0, 1.0, 1.0] / 3
+    mask = torch.tensor([1, 1, 1, 0])
+    assert float(switch_balance_loss(probs, selected, 3, mask)) == pytest.approx(1.0, abs=1e-7)
+    # perfectly balanced routing gives exactly 1
+    uniform = torch.full((4, 4), 0.25)
+    assert float(switch_balance_loss(uniform, torch.tensor([[0, 1], [2, 3], [0, 2], [1, 3]]), 4)) == pytest.approx(1.0)
+
+
+def test_layer_balance_loss_skips_padding(tiny):
+    model, tok = tiny
+    attach(model, [1, 3, 1, 1], dropout=0.0, balance_coef=0.001)
+    name, layer = next((n, m) for n, m in moe_layers(model) if m.n_experts == 3)
+    seen = {}
+    layer.register_forward_hook(lambda mod, args, out: seen.setdefault("x", args[0].detach()))
+    enc = tok(["a longer sentence here", "short"], return_tensors="pt", padding=True)
+    model.train()
+    model(**enc)
+    x = seen["x"].reshape(-1, layer.in_features)[enc["attention_mask"].reshape(-1).bool()]
+    probs = torch.softmax((x @ layer.router.weight.detach().T).double(), -1)
+    chosen = probs.argsort(-1, descending=True)[:, :2]
+    f = torch.stack([(chosen == e).sum() for e in range(3)]).double() / chosen.numel()
+    expected = 3 * (f * probs.mean(0)).sum()
+    assert float(layer.balance.detach()) == pytest.approx(float(expected), rel=1e-5)
+    model.eval()
+    model(**enc)
+    assert layer.balance is None and moe.balance_loss(model) is None
+    layer.track_balance = False  # not recorded when no balance loss is asked for
+    model.train()
+    model(**enc)
+    assert layer.balance is None
+
+
+def test_attach_creates_the_allocation_and_parameter_totals(tiny):
+    model, _ = tiny
+    n_params = {n: p.numel() for n, p in model.named_parameters()}
+    attach(model, pd.Series([1, 2, 3, 4], index=pd.RangeIndex(4, name="layer")), rank=8)
+    # tiny Llama: hidden 32, MLP 64, 4 heads of 8, 2 kv heads -> k/v out 16
+    dims = {"q_proj": (32, 32), "k_proj": (32, 16), "v_proj": (32, 16), "o_proj": (32, 32),
+            "gate_proj": (32, 64), "up_proj": (32, 64), "down_proj": (64, 32)}
+    for i, block in enumerate(model.model.layers):
+        n = i + 1
+        found = {name.split(".")[-1]: m for name, m in block.named_modules() if isinstance(m, LoRAMoELinear)}
+        assert set(found) == set(LLAMA_TARGETS)
+        assert {m.n_experts for m in found.values()} == {n}
+        assert {m.top_k for m in found.values()} == {1 if n == 1 else 2}
+        for t, (d_in, d_out) in dims.items():
+            assert found[t].experts_A.shape == (n, 8, d_in) and found[t].experts_B.shape == (n, 8, d_out)
+            assert (found[t].router is None) == (n == 1)
+    expected = [sum(n * 8 * (a + b) + (n * a if n > 1 else 0) for a, b in dims.values()) for n in (1, 2, 3, 4)]
+    assert expected == [4096, 8704, 13056, 17408]
+    table = moe.moe_table(model)
+    assert table["trainable_params"].tolist() == expected
+    assert table["experts"].tolist() == [1, 2, 3, 4]
+    assert table["path"].tolist() == [f"model.layers.{i}" for i in range(4)]
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == sum(expected)
+    assert all(("experts_" in n or ".router." in n) for n in trainable)
+    # the base model's parameters are all still there, all frozen
+    frozen = {n.replace(".base_layer", ""): p.numel() for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == n_params
+
+
+def test_attach_leaves_the_output_unchanged_at_init(tiny):
+    model, tok = tiny
+    enc = tok(["hello there", "hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model(**enc).logits
+        attach(model, [2, 1, 4, 3])
+        after = model(**enc).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("experts,match", [
+    ([1, 2, 3], "4 blocks"),
+    ([1, 2, 0, 1], r"experts\[2\]=0"),
+    ([1, 2.5, 1, 1], r"experts\[1\]=2.5"),
+    ([1, float("nan"), 1, 1], r"experts\[1\]"),
+    (pd.Series([1, 1, 1, 1], index=[1, 2, 3, 4]), "index"),
+])
+def test_attach_rejects_bad_allocations(tiny, experts, match):
+    model, _ = tiny
+    with pytest.raises(ValueError, match=match):
+        attach(model, experts)
+
+
+def test_attach_rejects_bad_config_and_double_attach(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="targets"):
+        attach(model, [1, 1, 1, 1], targets=("q_proj", "nope"))
+    # a rejected attach leaves the model untouched
+    assert moe_layers(model) == [] and all(p.requires_grad for p in model.parameters())
+    model2 = copy.deepcopy(tiny[0])
+    with pytest.raises(ValueError, match="rank=0"):
+        attach(model2, [1, 1, 1, 1], rank=0)
+    with pytest.raises(ValueError, match="dispatch='fast'"):
+        attach(model2, [1, 1, 1, 1], dispatch="fast")
+    attach(model2, [1, 1, 1, 1])
+    with pytest.raises(ValueError, match="already"):
+        attach(model2, [1, 1, 1, 1])
+
+
+def test_top_k_and_target_subsets(tiny):
+    model, _ = tiny
+    attach(model, [1, 2, 3, 4], targets=["q_proj", "down_proj"], top_k=3)
+    layers = moe_layers(model)
+    assert sorted({n.split(".")[-1] for n, _ in layers}) == ["down_proj", "q_proj"]
+    assert [m.top_k for n, m in layers if n.endswith("q_proj")] == [1, 2, 3, 3]
+
+
+def test_gpt2_conv1d_targets():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32,
+                                       bos_token_id=0, eos_token_id=0)).double().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+    attach(model, [3, 1], dropout=0.0)
+    names = [n for n, _ in moe_layers(model)]
+    assert names == [f"transformer.h.{i}.{m}" for i in range(2)
+                     for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+    layer = model.transformer.h[0].mlp.c_fc  # Conv1D: y = x @ W + b with W [d_in, d_out]
+    _randomize(layer)
+    assert (layer.in_features, layer.out_features) == (16, 64)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    x = torch.randn(4, 16, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _brute_force(layer, x, base=lambda t: t @ W + b),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_half_precision_base_gets_float32_adapters():
+    base = nn.Linear(8, 4, dtype=torch.bfloat16)
+    layer = LoRAMoELinear(base, 3, 2, rank=2, alpha=4.0)
+    assert layer.experts_A.dtype == torch.float32 and layer.router.weight.dtype == torch.float32
+    probs, top_w, _ = layer.route(torch.randn(5, 8, dtype=torch.bfloat16))
+    assert probs.dtype == torch.float32 and top_w.dtype == torch.float32
+    assert layer(torch.randn(5, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_save_and_load_roundtrip(tiny, tmp_path):
+    from layerif.testing import tiny_model
+
+    model, tok = tiny
+    attach(model, [1, 2, 3, 4], balance_coef=0.001)
+    for i, (_, layer) in enumerate(moe_layers(model)):
+        _randomize(layer, seed=i)
+    enc = tok(["save me", "and reload me"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model(**enc).logits
+    moe.save_adapter(model, tmp_path / "adapter", data={"task": "unit"})
+    manifest = json.loads((tmp_path / "adapter" / "manifest.json").read_text())
+    assert manifest["kind"] == "moe_adapter"
+    assert manifest["config"]["experts"] == [1, 2, 3, 4]
+    assert manifest["config"]["balance_coef"] == 0.001
+
+    fresh, _ = tiny_model()
+    moe.load_adapter(fresh, tmp_path / "adapter")
+    with torch.no_grad():
+        got = fresh(**enc).logits
+    assert torch.equal(got, expected)
+    assert fresh._layerif_moe["config"].balance_coef == 0.001
+
+    other, _ = tiny_model()
+    attach(other, [4, 3, 2, 1])
+    with pytest.raises(ValueError, match="another|made with"):
+        moe.load_adapter(other, tmp_path / "adapter")
+    with pytest.raises(ProvenanceError):
+        moe.save_adapter(other, tmp_path / "adapter")
+    moe.save_adapter(other, tmp_path / "adapter", overwrite=True)
+    assert json.loads((tmp_path / "adapter" / "manifest.json").read_text())["config"]["experts"] == [4, 3, 2, 1]
+
+
+@pytest.mark.slow
+def test_attach_on_smollm2(smollm2):
+    model, tok = smollm2
+    model = copy.deepcopy(model)
+    enc = tok(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        before = model(**enc).logits
+    experts = pd.Series([5] * 30).rename_axis("layer")
+    attach(model, experts)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, before, rtol=0, atol=0)
+    cfg = model.config
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
+    shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, m), (d, m), (m, d)]
+    per_block = sum(5 * 8 * (a + b) + 5 * a for a, b in shapes)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 30 * per_block
+
+
+def test_auto_dispatch_rule():
+    def dense(e, k, d_in=64, d_out=32, dispatch="auto"):
+        return LoRAMoELinear(nn.Linear(d_in, d_out), e, k, rank=8, dispatch=dispatch).dense
+
+    assert dense(4, 2)                      # E*r = 32 <= min(64, 32)
+    assert not dense(5, 2)                  # E*r = 40 > 32: gather/scatter
+    assert dense(5, 5)                      # all experts selected anyway
+    assert dense(5, 2, dispatch="dense") and not dense(4, 2, dispatch="sparse")
