@@ -11,7 +11,9 @@ sparse vs dense, against a single LoRA, to show where each dispatch pays off.
 Training text comes from ``layerif.data.load_task`` (MRPC train) when available, packed
 into rows of exactly ``--seq-len`` tokens; otherwise seeded synthetic text (said so).
 ``--random-init`` builds the model from its config with random weights (for machines that
-lack the checkpoint; costs are the same).
+lack the checkpoint; costs are the same). On a CPU shared with other jobs, run it with
+``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads that lose their core to another process
+made steps up to 50x slower here, which drowns the effect being measured.
 """
 from __future__ import annotations
 
