@@ -39,8 +39,10 @@ def test_layer_scores_match_cpu(target):
                           progress=False)
     on_gpu = layer_scores(gpu, tok, TEXTS[:4], TEXTS[4:], base.replace(device="cuda"),
                           progress=False)
-    torch.testing.assert_close(on_gpu.values, on_cpu.values, rtol=1e-7, atol=1e-12)
-    pd.testing.assert_series_equal(on_gpu.aggregate("all"), on_cpu.aggregate("all"), rtol=1e-7)
+    # transformers computes rotary embeddings in float32 even for a float64 model, so the
+    # model's own gradients differ between devices by ~1e-7 (weights) to ~1e-5 (LoRA).
+    torch.testing.assert_close(on_gpu.values, on_cpu.values, rtol=1e-4, atol=1e-10)
+    pd.testing.assert_series_equal(on_gpu.aggregate("all"), on_cpu.aggregate("all"), rtol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
@@ -54,7 +56,7 @@ def test_pruning_matches_cpu(method):
     rep_gpu = prune_model(gpu, method, ratios, calib.to("cuda"), progress=False)
     pd.testing.assert_frame_equal(rep_gpu, rep_cpu)
     for (name, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters()):
-        torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-6, atol=1e-9, msg=name)
+        torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-5, atol=1e-8, msg=name)
 
 
 def test_moe_forward_and_training_on_cuda():
@@ -75,7 +77,7 @@ def test_moe_forward_and_training_on_cuda():
     with torch.no_grad():
         out_cpu = cpu(**batch).logits
         out_gpu = gpu(**{k: v.to("cuda") for k, v in batch.items()}).logits
-    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-5, atol=1e-6)
     history = finetune(gpu, tok, TEXTS * 4, epochs=3, lr=3e-3, batch_size=4, max_length=64,
                        seed=0, progress=False)
     losses = pd.DataFrame(history)["loss"].to_numpy()
@@ -95,4 +97,4 @@ def test_accuracy_and_perplexity_match_cpu():
     assert r_gpu.accuracy == r_cpu.accuracy
     tokens = torch.randint(4, 100, (3, 32), generator=torch.Generator().manual_seed(0))
     assert perplexity(gpu, tokens.to("cuda"), batch_size=2, progress=False) == pytest.approx(
-        perplexity(cpu, tokens, batch_size=2, progress=False), rel=1e-9)
+        perplexity(cpu, tokens, batch_size=2, progress=False), rel=1e-6)
