@@ -90,7 +90,7 @@ def _training_tokens(tokenizer, n, seq_len, task, seed):
     try:
         from ..data import load_task
 
-        texts = [ex.text for ex in load_task(task, "train", n=4 * n, seed=seed)]
+        texts = [ex.text for ex in load_task(task, "train", seed=seed)][: 4 * n]
         source = f"{task} train texts (layerif.data), packed"
     except Exception as err:  # no layerif.data yet, or the task is not available offline
         rng = np.random.default_rng(seed)
