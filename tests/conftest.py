@@ -33,3 +33,12 @@ def smollm2():
     from layerif import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second thread's synchronisation costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ TEXTS = ["Hi.", "The cat sat on the mat.", "a b", "Influence functions, per bloc
          "xyz"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread's synchronisation costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force(model, tokenizer, texts, params, max_length=128, include_pads=False):

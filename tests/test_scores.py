@@ -17,13 +17,7 @@ TRAIN = ["The cat sat on the mat.", "Hi.", "Dogs bark at night", "a b c d e f g"
 VAL = ["The dog sat.", "Validation text, longer than the other one."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread's synchronisation costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference(model, tok, target, method="datainf", include_pads=False, unit="tensor",

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import threading
 import time
 
 import numpy as np
@@ -30,42 +28,10 @@ import torch
 from .. import moe
 from ..models import load_model, resolve_device, transformer_blocks
 from ..train import finetune
+from ._common import PeakMemory
 
 GOAL = 2.0
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class _Peak:
-    """Peak memory inside a ``with`` block: CUDA allocator peak, else sampled process RSS."""
-
-    def __init__(self, device):
-        self.device, self.peak = device, 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import psutil
-
-            proc, self._stop = psutil.Process(os.getpid()), threading.Event()
-
-            def sample():
-                while not self._stop.is_set():
-                    self.peak = max(self.peak, proc.memory_info().rss)
-                    self._stop.wait(0.05)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
 
 
 def _load(name, device, random_init):
@@ -109,7 +75,7 @@ def _epoch(model, tok, tokens, args):
     finetune(model, tok, tokens[: args.batch_size], batch_size=args.batch_size,
              max_length=args.seq_len, progress=False)  # warm-up (allocator, kernels), untimed
     device = next(model.parameters()).device
-    with _Peak(device) as peak:
+    with PeakMemory(device, interval=0.05) as peak:
         t0 = time.perf_counter()
         hist = finetune(model, tok, tokens, epochs=1, batch_size=args.batch_size,
                         max_length=args.seq_len, seed=args.seed, progress=False)

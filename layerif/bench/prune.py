@@ -10,50 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 
 import torch
 
 from ..models import load_model, resolve_device
 from ..prune import prune_model
+from ._common import PeakMemory
 
 GOALS = {"wanda": 2.0, "sparsegpt": 10.0}
-
-
-class _PeakMemory:
-    """Peak memory during a ``with`` block: CUDA allocator peak, or sampled process RSS."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import psutil
-
-            proc = psutil.Process(os.getpid())
-            self._stop = threading.Event()
-
-            def sample():
-                while not self._stop.is_set():
-                    self.peak = max(self.peak, proc.memory_info().rss)
-                    self._stop.wait(0.02)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
 
 
 def _tokens(tokenizer, n, seq_len, seed, kind):
@@ -98,7 +63,7 @@ def _synthetic_smollm2(device, dtype):
 
 
 def _timed(device, fn):
-    with _PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
         out = fn()

@@ -1,0 +1,48 @@
+"""Shared benchmark helpers."""
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+__all__ = ["PeakMemory"]
+
+
+class PeakMemory:
+    """Peak memory during a ``with`` block: CUDA allocator peak, or sampled process RSS.
+
+    Read ``.peak`` (bytes) after the block.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.02):
+        self.device = device
+        self.interval = interval
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import psutil
+
+            proc = psutil.Process(os.getpid())
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    self._stop.wait(self.interval)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
