@@ -304,10 +304,10 @@ def test_attach_on_smollm2(smollm2):
 
 
 def test_auto_dispatch_rule():
-    def dense(e, k, d_in=64, d_out=32, dispatch="auto"):
-        return LoRAMoELinear(nn.Linear(d_in, d_out), e, k, rank=8, dispatch=dispatch).dense
+    def dense(e, k, dispatch="auto"):
+        return LoRAMoELinear(nn.Linear(64, 32), e, k, rank=8, dispatch=dispatch).dense
 
-    assert dense(4, 2)                      # E*r = 32 <= min(64, 32)
-    assert not dense(5, 2)                  # E*r = 40 > 32: gather/scatter
-    assert dense(5, 5)                      # all experts selected anyway
-    assert dense(5, 2, dispatch="dense") and not dense(4, 2, dispatch="sparse")
+    assert not dense(2, 1) and not dense(5, 2) and not dense(32, 2)  # top-k < E: sparse
+    assert dense(5, 5) and dense(2, 2)      # all experts selected anyway
+    assert dense(5, 2, dispatch="dense") and not dense(4, 4, dispatch="sparse")
+
