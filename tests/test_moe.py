@@ -311,3 +311,23 @@ def test_auto_dispatch_rule():
     assert dense(5, 5) and dense(2, 2)      # all experts selected anyway
     assert dense(5, 2, dispatch="dense") and not dense(4, 4, dispatch="sparse")
 
+
+
+def test_sparse_dispatch_multiplies_only_the_top_k_tokens_by_each_A():
+    # Count matmul FLOPs: the input-side products cost k * N * r * d_in under top-k dispatch
+    # against E * N * r * d_in when every expert sees every token.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, d_in, d_out, r, E, k = 50, 40, 24, 4, 6, 2
+
+    def flops(dispatch):
+        torch.manual_seed(0)
+        layer = LoRAMoELinear(nn.Linear(d_in, d_out, bias=False), E, k, rank=r, dropout=0.0, dispatch=dispatch)
+        with FlopCounterMode(display=False) as counter:
+            layer(torch.randn(n, d_in))
+        return counter.get_total_flops()
+
+    base_and_router = 2 * n * d_in * d_out + 2 * n * d_in * E
+    stacked_b = 2 * n * E * r * d_out
+    assert flops("sparse") == base_and_router + 2 * n * k * r * d_in + stacked_b
+    assert flops("dense") == base_and_router + 2 * n * E * r * d_in + stacked_b
