@@ -166,7 +166,7 @@ def main(argv=None) -> int:
             rows[f"{label}, {dispatch}{' (default)' if dispatch == 'sparse' else ''}"] = {**_epoch(model, tok, tokens, args),
                                             "experts": f"{alloc.min()}..{alloc.max()}"}
             del model
-    table = pd.DataFrame(rows).T
+    table = pd.DataFrame.from_dict(rows, orient="index")  # keeps int columns int
     table["vs_lora"] = table["seconds"] / table["seconds"].iloc[0]
     # the fastest step is the least disturbed by other load on a shared machine
     table["vs_lora_min_step"] = table["min_step_s"] / table["min_step_s"].iloc[0]
