@@ -312,7 +312,6 @@ def test_auto_dispatch_rule():
     assert dense(5, 2, dispatch="dense") and not dense(4, 4, dispatch="sparse")
 
 
-
 def test_sparse_dispatch_multiplies_only_the_top_k_tokens_by_each_A():
     # Count matmul FLOPs: the input-side products cost k * N * r * d_in under top-k dispatch
     # against E * N * r * d_in when every expert sees every token.

@@ -3,10 +3,11 @@
 One epoch of 64 x 128 tokens on SmolLM2-135M (30 blocks), plain peft LoRA r=8 against
 LoRA-MoE adapters with the 160-expert budget of a 32-layer model scaled to 30 blocks
 (T = 150): uniform (MoLA-5555-like, 5 per block) and skewed (the LayerIF mapping of a
-linear score profile, beta = 2.5), each with sparse top-k dispatch (the default) and with
-dense dispatch (see :mod:`layerif.moe.layer`). Goal: MoE epoch <= 2x the LoRA epoch. A
-layer-level table times one SmolLM2 MLP projection (576 -> 1536, 1024 tokens, forward +
-backward) with E experts, top-2, sparse vs dense, against a single LoRA.
+linear score profile, beta = 2.5), each with sparse top-k dispatch (what ``"auto"`` picks
+wherever top_k < experts) and with dense dispatch (see :mod:`layerif.moe.layer`). Goal:
+MoE epoch <= 2x the LoRA epoch. A layer-level table times one SmolLM2 MLP projection
+(576 -> 1536, 1024 tokens, forward + backward) with E experts, top-2, sparse vs dense,
+against a single LoRA.
 
 Training text comes from ``layerif.data.load_task`` (MRPC train) when available, packed
 into rows of exactly ``--seq-len`` tokens; otherwise seeded synthetic text (said so).
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     for label, alloc in allocations.items():
         for dispatch in ("sparse", "dense"):
             model = moe.attach(copy.deepcopy(base), alloc, dispatch=dispatch)
-            rows[f"{label}, {dispatch}{' (default)' if dispatch == 'sparse' else ''}"] = {**_epoch(model, tok, tokens, args),
+            rows[f"{label}, {dispatch}"] = {**_epoch(model, tok, tokens, args),
                                             "experts": f"{alloc.min()}..{alloc.max()}"}
             del model
     table = pd.DataFrame.from_dict(rows, orient="index")  # keeps int columns int
