@@ -1,38 +1,87 @@
-"""Run the study's notebooks with a parameter profile, and build the book.
+"""Run the study's notebooks with a parameter profile, know which are current, build the book.
 
-A notebook's source is a jupytext MyST file ``notebooks/<name>.md``; its parameters for a
-profile live in ``params/<profile>/<name>.yaml`` (papermill injects them after the cell
-tagged ``parameters``). Executed notebooks go to ``book/executed/<name>.ipynb``, where the
-book picks them up. A notebook whose source, parameters and profile are unchanged since its
-last *successful* run is skipped; a failed run leaves no stamp, so it is retried next time.
+Sources and parameters
+    A notebook's source is a jupytext MyST file ``notebooks/<name>.md``; run order is the
+    sorted file names. Its parameters for a profile live in ``params/<profile>/<name>.yaml``
+    (papermill injects them after the cell tagged ``parameters``; ``profile`` is always
+    injected). A notebook that reads results saved by earlier ones declares them in its
+    front matter, as a top-level key beside ``jupytext`` and ``kernelspec``::
+
+        ---
+        jupytext: ...
+        kernelspec: ...
+        layerif:
+          needs: [01_layer_scores]
+        ---
+
+    ``jupytext.read`` keeps this key in ``notebook.metadata["layerif"]``. (Hand-edit the
+    ``.md``; if you regenerate it with jupytext, add ``notebook_metadata_filter: layerif``
+    under ``jupytext:`` or jupytext drops the key on write.) Every name in ``needs`` must be
+    a notebook earlier in run order, else ``ValueError``.
+
+Where executed notebooks go
+    ``cpu`` (the book's profile) -> ``book/executed/<name>.ipynb``, committed to git so a
+    fresh clone renders the book without re-running; ``smoke`` and ``paper`` ->
+    ``results/<profile>/executed/<name>.ipynb`` (git-ignored). Profiles never overwrite each
+    other's notebooks.
+
+When a notebook runs
+    Its *digest* covers the source bytes, the merged parameters, the profile and, for every
+    notebook in ``needs``, the digest and ``run_id`` recorded in that notebook's executed
+    file (see :mod:`layerif.notebook_record`). A notebook is skipped when its executed file
+    records the same digest and its last attempt did not fail; so editing or forcing an
+    upstream notebook (a forced run records a new ``run_id``) makes its dependents re-run,
+    and :func:`run_all` runs in order, so one call brings everything up to date.
+
+The record, and failures
+    The record (digest, inputs, run_id, git commit and dirty flag, layerif version, start
+    time, wall time, host) lives in the executed notebook's ``metadata["layerif"]``, and a
+    markdown note under the title shows it in the book. The executed file is written only on
+    success, atomically (temporary file + rename), so it is never half-written. A failed run
+    keeps the previous executed notebook (it is still the honest output of its recorded
+    inputs) and writes, git-ignored beside it, ``.stamps/<name>.failed.json`` (the error)
+    and ``.stamps/<name>.failed.ipynb`` (the notebook as far as it ran). While that marker
+    exists the notebook is reported ``failed`` and is never skipped; the next success
+    removes it. A fresh clone has no markers, so its committed notebooks are judged by
+    their digests alone.
 """
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
+
+from . import notebook_record as rec
+from ._config import check
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BOOK_PROFILE",
     "PROFILES",
     "build_book",
+    "executed_dir",
     "list_notebooks",
     "load_params",
+    "needs_of",
     "repo_root",
     "results_dir",
     "run_all",
     "run_notebook",
+    "status",
     "sync_notebooks",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
+BOOK_PROFILE = "cpu"
 
 
 def repo_root() -> Path:
@@ -46,21 +95,35 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+def _check_profile(profile: str) -> None:
+    check(profile in PROFILES, "profile", profile, f"one of {PROFILES}")
+
+
 def results_dir(profile: str, root: str | Path | None = None) -> Path:
     """Where notebooks of ``profile`` write results that later notebooks read back."""
     _check_profile(profile)
     return Path(root or repo_root()) / "results" / profile
 
 
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} is unknown: choose from {PROFILES}")
+def executed_dir(profile: str, root: str | Path | None = None) -> Path:
+    """Where executed notebooks of ``profile`` go: ``book/executed`` for ``cpu``, else
+    ``results/<profile>/executed``."""
+    _check_profile(profile)
+    if profile == BOOK_PROFILE:
+        return Path(root or repo_root()) / "book" / "executed"
+    return results_dir(profile, root) / "executed"
 
 
 def list_notebooks(root: str | Path | None = None) -> list[str]:
     """Notebook names (file stems under ``notebooks/``) in run order."""
     folder = Path(root or repo_root()) / "notebooks"
     return sorted(p.stem for p in folder.glob("*.md"))
+
+
+def _source(name: str, root: Path) -> Path:
+    source = root / "notebooks" / f"{name}.md"
+    check(source.exists(), "name", name, f"a notebook: one of {list_notebooks(root)}")
+    return source
 
 
 def load_params(name: str, profile: str, root: str | Path | None = None) -> dict:
@@ -73,17 +136,42 @@ def load_params(name: str, profile: str, root: str | Path | None = None) -> dict
     params = {}
     if path.exists():
         params = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(params, dict):
-            raise ValueError(f"{path} must hold a mapping of parameter names to values")
+        check(isinstance(params, dict), str(path), params, "a mapping of parameter names to values")
     params.setdefault("profile", profile)
     return params
 
 
-def _digest(source: Path, params: dict) -> str:
-    h = hashlib.sha256()
-    h.update(source.read_bytes())
-    h.update(json.dumps(params, sort_keys=True).encode())
-    return h.hexdigest()
+def needs_of(name: str, root: str | Path | None = None) -> list[str]:
+    """The notebooks ``name`` reads results from (its front matter's ``layerif.needs``).
+
+    Raises:
+        ValueError: ``needs`` is not a list of names of notebooks earlier in run order.
+    """
+    import jupytext
+
+    root = Path(root or repo_root())
+    meta = jupytext.read(_source(name, root)).metadata.get("layerif", {})
+    needs = meta.get("needs", []) if isinstance(meta, dict) else meta
+    order = list_notebooks(root)
+    earlier = order[: order.index(name)]
+    ok = isinstance(needs, list) and all(isinstance(n, str) and n in earlier for n in needs)
+    check(ok, f"notebooks/{name}.md layerif.needs", needs,
+          f"a list of notebooks earlier in run order (from {earlier})")
+    return list(needs)
+
+
+def _failure_marker(out_dir: Path, name: str) -> Path:
+    return out_dir / ".stamps" / f"{name}.failed.json"
+
+
+def _current_inputs(name: str, profile: str, root: Path, out_dir: Path,
+                    params: dict | None = None) -> tuple[dict, list[str]]:
+    """The inputs a run of ``name`` would record now, and the upstream names lacking a record."""
+    merged = {**load_params(name, profile, root), **(params or {})}
+    refs = {n: rec.upstream_ref(rec.read_record(out_dir / f"{n}.ipynb"))
+            for n in needs_of(name, root)}
+    missing = [n for n, ref in refs.items() if ref is None]
+    return rec.make_inputs(_source(name, root).read_bytes(), profile, merged, refs), missing
 
 
 def run_notebook(
@@ -95,48 +183,135 @@ def run_notebook(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Execute one notebook with papermill and return the executed ``.ipynb`` path.
+    """Execute one notebook with papermill unless it is current; return the executed path.
 
     Args:
         name: notebook stem, e.g. ``"00_model_and_data"``.
         profile: ``smoke`` | ``cpu`` | ``paper``; selects ``params/<profile>/<name>.yaml``.
-        params: extra parameters overriding the profile's file.
+        params: extra parameters overriding the profile's file (they enter the digest).
         root: study root (default :func:`repo_root`).
-        output_dir: where to write (default ``book/executed``).
-        force: run even when nothing changed since the last successful run.
+        output_dir: where to write and find upstream notebooks (default :func:`executed_dir`).
+        force: run even when the notebook is current (records a new ``run_id``).
         progress: show papermill's cell progress bar.
+
+    Returns:
+        ``<output_dir>/<name>.ipynb``, holding a record of the run that produced it.
+
+    Raises:
+        ValueError: unknown notebook or profile, or a bad ``needs``.
+        FileNotFoundError: an upstream notebook has no executed record in ``output_dir``.
+        Exception: whatever the notebook raised (papermill's execution error); the
+            previous executed notebook is kept and marked failed.
+    """
+    root = Path(root or repo_root())
+    out_dir = Path(output_dir or executed_dir(profile, root))
+    inputs, missing = _current_inputs(name, profile, root, out_dir, params)
+    if missing:
+        raise FileNotFoundError(
+            f"{name} needs {missing}, which have no executed notebook in {out_dir}: run "
+            f"`layerif run {' '.join(missing)} --profile {profile}` first")
+    target, marker = out_dir / f"{name}.ipynb", _failure_marker(out_dir, name)
+    recorded = rec.read_record(target) or {}
+    if not force and not marker.exists() and recorded.get("digest") == rec.digest(inputs):
+        log.info("%s is current (digest %s); skipped", name, recorded["digest"][:12])
+        return target
+    nb = _execute(name, inputs, root, marker, progress)
+    rec.write_atomic(nb, target)
+    marker.unlink(missing_ok=True)
+    marker.with_suffix(".ipynb").unlink(missing_ok=True)
+    return target
+
+
+def _execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
+    """Run the notebook into the git-ignored ``.stamps`` folder; return it with its record.
+
+    On failure the partial notebook is kept as ``<marker>.ipynb`` and the error written to
+    ``marker``, then the exception propagates.
     """
     import jupytext
+    import nbformat
     import papermill
 
-    root = Path(root or repo_root())
-    source = root / "notebooks" / f"{name}.md"
-    if not source.exists():
-        raise ValueError(f"name={name!r} is not a notebook: choose from {list_notebooks(root)}")
-    merged = {**load_params(name, profile, root), **(params or {})}
-    out_dir = Path(output_dir or root / "book" / "executed")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{name}.ipynb"
-    stamp = out_dir / ".stamps" / f"{name}.json"
-    digest = _digest(source, merged)
-    if not force and target.exists() and stamp.exists():
-        if json.loads(stamp.read_text()).get("digest") == digest:
-            log.info("%s unchanged since its last run; skipped", name)
-            return target
-    stamp.unlink(missing_ok=True)
-    notebook = jupytext.read(source)
-    staged = out_dir / f".{name}.input.ipynb"
-    jupytext.write(notebook, staged, fmt="ipynb")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    running = marker.parent / f"{name}.running.ipynb"
+    started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
     try:
         papermill.execute_notebook(
-            str(staged), str(target), parameters=merged, cwd=str(root / "notebooks"),
-            kernel_name="python3", progress_bar=progress, log_output=False,
+            jupytext.read(root / "notebooks" / f"{name}.md"), str(running),
+            parameters=inputs["params"], cwd=str(root / "notebooks"), kernel_name="python3",
+            progress_bar=progress, log_output=False,
         )
-    finally:
-        staged.unlink(missing_ok=True)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"digest": digest, "profile": profile, "params": merged}, indent=2))
-    return target
+    except BaseException as err:
+        if running.exists():
+            os.replace(running, marker.with_suffix(".ipynb"))
+        # papermill's error names the notebook's own exception; others give their message.
+        kind = getattr(err, "ename", type(err).__name__)
+        text = (str(getattr(err, "evalue", err)).strip().splitlines() or [""])[0]
+        marker.write_text(json.dumps({
+            "error": f"{kind}: {text}"[:500],
+            "digest": rec.digest(inputs), "at": started.isoformat(timespec="seconds"),
+        }, indent=2))
+        raise
+    nb = nbformat.read(running, as_version=4)
+    running.unlink()
+    record = rec.make_record(inputs, started, time.monotonic() - clock, root,
+                             f"notebooks/{name}.md")
+    return rec.with_record(nb, record)
+
+
+def _advice(name: str, profile: str, state: str, changed: list[str], error: str) -> str:
+    rerun = f"run `layerif run {name} --profile {profile}`"
+    if state == "current":
+        return ""
+    if state == "missing":
+        return f"{name} has no executed notebook for profile {profile!r}: {rerun}"
+    if state == "failed":
+        return f"the last run of {name} failed ({error}): fix it and {rerun}"
+    why = {"source": f"notebooks/{name}.md edited without re-running it",
+           "params": f"params/{profile}/{name}.yaml changed without re-running it",
+           "profile": f"it records another profile than {profile!r}",
+           "record": "its executed notebook holds no layerif record"}
+    parts = [why.get(c, f"upstream {c.split(':', 1)[-1]} re-ran (or lost its record) "
+                        f"since {name} ran") for c in changed]
+    return f"{'; '.join(parts)}: {rerun}"
+
+
+def _status_row(name: str, profile: str, root: Path, out_dir: Path) -> dict:
+    target, marker = out_dir / f"{name}.ipynb", _failure_marker(out_dir, name)
+    recorded = rec.read_record(target)
+    inputs, missing = _current_inputs(name, profile, root, out_dir)
+    error = json.loads(marker.read_text())["error"] if marker.exists() else ""
+    changed = [f"upstream:{n}" for n in missing]
+    if recorded is not None and not missing:
+        changed = rec.changed_inputs(recorded, inputs)
+    elif recorded is None and target.exists():
+        changed = ["record"]
+    state = ("failed" if error else "missing" if not target.exists()
+             else "stale" if changed else "current")
+    row = {"notebook": name, "state": state, "changed": ", ".join(changed),
+           "message": _advice(name, profile, state, changed, error), "path": str(target)}
+    for key in ("run_id", "commit", "dirty", "wall_s"):
+        row[key] = (recorded or {}).get(key)
+    return row
+
+
+def status(profile: str = "cpu", root: str | Path | None = None) -> pd.DataFrame:
+    """One row per notebook (index: name, in run order) saying whether its executed
+    notebook for ``profile`` is current.
+
+    Columns: ``state`` (``current`` | ``stale`` | ``missing`` | ``failed``), ``changed``
+    (for stale: which inputs differ, among ``source``, ``profile``, ``params``,
+    ``upstream:<name>`` and ``record``), ``message`` (what happened and the command that
+    fixes it; empty when current), ``path``, and the record's ``run_id``, ``commit``,
+    ``dirty``, ``wall_s``. ``failed`` means the last attempt failed (its marker exists),
+    whether or not an older executed notebook is kept.
+    """
+    root = Path(root or repo_root())
+    out_dir = executed_dir(profile, root)
+    rows = [_status_row(n, profile, root, out_dir) for n in list_notebooks(root)]
+    columns = ["notebook", "state", "changed", "message", "path", "run_id", "commit",
+               "dirty", "wall_s"]
+    return pd.DataFrame(rows, columns=columns).set_index("notebook")
 
 
 def sync_notebooks(root: str | Path | None = None) -> list[Path]:
@@ -160,16 +335,32 @@ def sync_notebooks(root: str | Path | None = None) -> list[Path]:
 
 def run_all(profile: str = "cpu", root: str | Path | None = None, force: bool = False,
             progress: bool = True) -> list[Path]:
-    """Run every notebook in order for ``profile``; stops at the first failure."""
-    return [run_notebook(n, profile, root=root, force=force, progress=progress)
-            for n in list_notebooks(root)]
+    """Run every notebook in order for ``profile`` (each skipped when current).
+
+    Every notebook's ``needs`` is validated before the first runs; stops at the first
+    failure. ``force`` re-runs all of them.
+    """
+    names = list_notebooks(root)
+    for name in names:
+        needs_of(name, root)
+    return [run_notebook(n, profile, root=root, force=force, progress=progress) for n in names]
 
 
 def build_book(profile: str = "cpu", root: str | Path | None = None, force: bool = False,
                progress: bool = True) -> Path:
-    """Execute all notebooks for ``profile`` and render the book; returns its index.html."""
+    """Bring every notebook of ``profile`` up to date; for ``cpu``, also render the book.
+
+    The book always shows the ``cpu`` notebooks (``book/executed``, which ``_toc.yml``
+    lists). With ``smoke`` or ``paper`` the notebooks are only run, into
+    ``results/<profile>/executed``, and nothing is rendered.
+
+    Returns:
+        ``_build/html/index.html`` for ``cpu``; the executed folder for other profiles.
+    """
     root = Path(root or repo_root())
     run_all(profile, root=root, force=force, progress=progress)
+    if profile != BOOK_PROFILE:
+        return executed_dir(profile, root)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root)]
     subprocess.run(cmd, check=True)

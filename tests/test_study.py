@@ -1,12 +1,16 @@
-"""The notebook runner: parameters by profile, skip-if-unchanged, no stamp on failure."""
+"""The notebook runner: profiles, upstream-aware skipping, the record inside the executed
+notebook, the provenance note, and failures that never look current."""
+import hashlib
 import json
+import subprocess
 
 import nbformat
 import pytest
 
-from layerif import study
+from layerif import cli, study
+from layerif.notebook_record import PROVENANCE_TAG
 
-NOTEBOOK = """---
+FRONT = """---
 jupytext:
   text_representation:
     extension: .md
@@ -15,8 +19,10 @@ kernelspec:
   display_name: Python 3
   language: python
   name: python3
----
+{extra}---
+"""
 
+TOY = FRONT.format(extra="") + """
 # toy
 
 ```{code-cell} ipython3
@@ -32,14 +38,59 @@ print("result", x * 21, profile)
 ```
 """
 
+# a saves a result; b (which declares it needs a) reads it back.
+A = FRONT.format(extra="") + """
+# a
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "smoke"
+x = 1
+```
+
+```{code-cell} ipython3
+import pathlib
+out = pathlib.Path("..") / "results" / profile
+out.mkdir(parents=True, exist_ok=True)
+(out / "a.txt").write_text(str(x))
+```
+"""
+
+B = FRONT.format(extra="layerif:\n  needs: [a]\n") + """
+# b
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "smoke"
+y = 1
+```
+
+```{code-cell} ipython3
+import pathlib
+print("b sees", int((pathlib.Path("..") / "results" / profile / "a.txt").read_text()) + y)
+```
+"""
+
+
+def _write(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
 
 @pytest.fixture
 def root(tmp_path):
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "toy.md").write_text(NOTEBOOK)
-    (tmp_path / "params" / "cpu").mkdir(parents=True)
-    (tmp_path / "params" / "cpu" / "toy.yaml").write_text("x: 3\n")
-    return tmp_path
+    return _write(tmp_path, {"notebooks/toy.md": TOY, "params/cpu/toy.yaml": "x: 3\n"})
+
+
+@pytest.fixture
+def chain(tmp_path):
+    return _write(tmp_path, {"notebooks/a.md": A, "notebooks/b.md": B,
+                             "params/cpu/a.yaml": "x: 10\n", "params/cpu/b.yaml": "y: 5\n"})
 
 
 def _printed(path):
@@ -48,8 +99,21 @@ def _printed(path):
                    for o in c.get("outputs", []))
 
 
+def _record(path):
+    return nbformat.read(path, as_version=4).metadata["layerif"]
+
+
+def _run_ids(root, names=("a", "b")):
+    return {n: _record(root / "book" / "executed" / f"{n}.ipynb")["run_id"] for n in names}
+
+
+def _git(root, *args):
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+
 def test_profile_params_injected_and_unchanged_runs_skipped(root):
     out = study.run_notebook("toy", "cpu", root=root, progress=False)
+    assert out == root / "book" / "executed" / "toy.ipynb"
     assert "result 63 cpu" in _printed(out)
     first = out.stat().st_mtime_ns
     again = study.run_notebook("toy", "cpu", root=root, progress=False)
@@ -57,16 +121,118 @@ def test_profile_params_injected_and_unchanged_runs_skipped(root):
     (root / "params" / "cpu" / "toy.yaml").write_text("x: 5\n")
     study.run_notebook("toy", "cpu", root=root, progress=False)
     assert "result 105 cpu" in _printed(out)
-    stamp = json.loads((out.parent / ".stamps" / "toy.json").read_text())
-    assert stamp["params"] == {"x": 5, "profile": "cpu"}
+    record = _record(out)
+    assert record["params"] == {"x": 5, "profile": "cpu"}
+    # The digest is the documented one: sha256 of the canonical JSON of the four inputs.
+    inputs = {"source_sha256": hashlib.sha256(TOY.encode()).hexdigest(), "profile": "cpu",
+              "params": {"x": 5, "profile": "cpu"}, "needs": {}}
+    canonical = json.dumps(inputs, sort_keys=True).encode()
+    assert record["digest"] == hashlib.sha256(canonical).hexdigest()
+    # Outside git (if tmp is outside any checkout) the commit is None, else git's HEAD.
+    head = _git(root, "rev-parse", "HEAD")
+    assert record["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    # Another profile writes elsewhere and leaves the cpu notebook alone.
+    smoke = study.run_notebook("toy", "smoke", root=root, progress=False)
+    assert smoke == root / "results" / "smoke" / "executed" / "toy.ipynb"
+    assert "result 42 smoke" in _printed(smoke) and "result 105 cpu" in _printed(out)
 
 
-def test_failed_run_leaves_no_stamp(root):
+def test_upstream_reruns_reach_dependents(chain, monkeypatch):
+    study.run_all("cpu", root=chain, progress=False)
+    assert "b sees 15" in _printed(chain / "book" / "executed" / "b.ipynb")
+    a, b = (_record(chain / "book" / "executed" / f"{n}.ipynb") for n in "ab")
+    assert b["needs"] == {"a": {"digest": a["digest"], "run_id": a["run_id"]}}
+    assert set(study.status("cpu", chain)["state"]) == {"current"}
+    ids = _run_ids(chain)
+    study.run_all("cpu", root=chain, progress=False)
+    assert _run_ids(chain) == ids  # nothing changed: both skipped
+
+    (chain / "params" / "cpu" / "a.yaml").write_text("x: 20\n")
+    table = study.status("cpu", chain)
+    assert table.loc["a", "changed"] == "params" and table.loc["b", "state"] == "current"
+    study.run_all("cpu", root=chain, progress=False)
+    new = _run_ids(chain)
+    assert new["a"] != ids["a"] and new["b"] != ids["b"]
+    assert "b sees 25" in _printed(chain / "book" / "executed" / "b.ipynb")
+
+    (chain / "params" / "cpu" / "b.yaml").write_text("y: 7\n")
+    study.run_all("cpu", root=chain, progress=False)
+    after_b = _run_ids(chain)
+    assert after_b["a"] == new["a"] and after_b["b"] != new["b"]
+
+    study.run_notebook("a", "cpu", root=chain, force=True, progress=False)
+    table = study.status("cpu", chain)
+    assert table.loc["b", "state"] == "stale" and table.loc["b", "changed"] == "upstream:a"
+    study.run_all("cpu", root=chain, progress=False)
+    assert _run_ids(chain)["b"] != after_b["b"]
+
+    (chain / "notebooks" / "b.md").write_text(B + "\n<!-- edited -->\n")
+    row = study.status("cpu", chain).loc["b"]
+    assert (row["state"], row["changed"]) == ("stale", "source")
+    assert row["message"] == ("notebooks/b.md edited without re-running it: "
+                              "run `layerif run b --profile cpu`")
+    monkeypatch.setenv("LAYERIF_ROOT", str(chain))
+    assert cli.main(["status"]) == 1
+    study.run_all("cpu", root=chain, progress=False)
+    assert cli.main(["status"]) == 0
+
+
+def test_bad_or_missing_upstream(chain):
+    (chain / "notebooks" / "b.md").write_text(B.replace("needs: [a]", "needs: [zz]"))
+    with pytest.raises(ValueError, match=r"b.md layerif.needs=\['zz'\]"):
+        study.run_all("cpu", root=chain, progress=False)
+    a_needs_b = A.replace("---\n\n# a", "layerif:\n  needs: [b]\n---\n\n# a")
+    (chain / "notebooks" / "a.md").write_text(a_needs_b)
+    with pytest.raises(ValueError, match=r"a.md layerif.needs=\['b'\]"):
+        study.needs_of("a", chain)
+    (chain / "notebooks" / "a.md").write_text(A)
+    (chain / "notebooks" / "b.md").write_text(B)
+    with pytest.raises(FileNotFoundError, match=r"b needs \['a'\]"):
+        study.run_notebook("b", "cpu", root=chain, progress=False)
+    assert study.status("cpu", chain).loc["b", "state"] == "missing"
+
+
+def test_record_and_provenance_note_exactly_once(root):
+    assert _git(root, "init", "-q").returncode == 0
+    _git(root, "add", ".")
+    committed = _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert committed.returncode == 0
+    head = _git(root, "rev-parse", "HEAD").stdout.strip()
+    out = study.run_notebook("toy", "cpu", root=root, progress=False)
+    (root / "untracked.txt").write_text("makes the tree dirty\n")
+    study.run_notebook("toy", "cpu", root=root, force=True, progress=False)
+    nb = nbformat.read(out, as_version=4)
+    notes = [i for i, c in enumerate(nb.cells) if PROVENANCE_TAG in c.metadata.get("tags", [])]
+    assert notes == [1] and nb.cells[0].source == "# toy"
+    record = nb.metadata["layerif"]
+    assert record["commit"] == head and record["dirty"] is True  # the outputs alone do not count
+    assert f"`{head[:7]}` with uncommitted changes" in nb.cells[1].source
+    assert "`cpu` profile" in nb.cells[1].source and record["started"][:10] in nb.cells[1].source
+    assert set(record) >= {"digest", "profile", "params", "needs", "run_id", "layerif_version",
+                           "started", "wall_s", "host"}
+    (root / "untracked.txt").unlink()
+    study.run_notebook("toy", "cpu", root=root, force=True, progress=False)
+    assert _record(out)["dirty"] is False  # book/executed/ is an output, not a change
+
+
+def test_failed_run_keeps_previous_notebook_marked_failed(root):
     from papermill.exceptions import PapermillExecutionError
 
+    out = study.run_notebook("toy", "cpu", root=root, progress=False)
+    before = out.read_bytes()
     with pytest.raises(PapermillExecutionError):
         study.run_notebook("toy", "cpu", params={"x": 99}, root=root, progress=False)
-    assert not (root / "book" / "executed" / ".stamps" / "toy.json").exists()
+    assert out.read_bytes() == before
+    folder = out.parent
+    left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert left == [".stamps/toy.failed.ipynb", ".stamps/toy.failed.json", "toy.ipynb"]
+    row = study.status("cpu", root).loc["toy"]
+    assert row["state"] == "failed" and "x=99 is the planted failure" in row["message"]
+    # Same inputs as the kept notebook, yet it re-runs: a failed attempt is never skipped.
+    study.run_notebook("toy", "cpu", root=root, progress=False)
+    assert out.read_bytes() != before
+    assert study.status("cpu", root).loc["toy", "state"] == "current"
+    assert not (folder / ".stamps" / "toy.failed.json").exists()
 
 
 def test_bad_names():
