@@ -1,0 +1,216 @@
+"""Figure builders for the study: one function per figure kind, each returning a Figure.
+
+Every function builds a fresh ``matplotlib.figure.Figure`` through the object API: no
+pyplot state is created or touched, nothing is shown, and the figures render under any
+backend (Agg included) with ``fig.savefig(...)``. In a notebook, ``display(fig)`` (or the
+figure as a cell's last expression with the inline backend) shows it. Inputs are pandas
+objects whose labels become the tick labels; bad input raises a one-line ``ValueError``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._config import check
+
+__all__ = ["correlation", "grouped_bars", "heatmap", "layer_lines", "scatter"]
+
+LINE_KINDS = ("line", "bar", "step")
+
+
+def _numeric_frame(frame, name: str = "frame") -> pd.DataFrame:
+    """A non-empty DataFrame of floats (a Series becomes one column)."""
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame(name=frame.name if frame.name is not None else "value")
+    check(isinstance(frame, pd.DataFrame), name, type(frame).__name__, "a pandas DataFrame or Series")
+    check(frame.size > 0, name, f"frame of shape {frame.shape}", "a non-empty frame")
+    try:
+        return frame.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}=frame with non-numeric columns is invalid: expected numbers") from None
+
+
+def _figure(figsize, default: tuple[float, float]) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=figsize or default, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def _matrix(fig: Figure, ax: Axes, frame: pd.DataFrame, cmap: str, vmin, vmax, annotate: bool, fmt: str,
+            cbar_label: str) -> None:
+    """Draw ``frame`` cell by cell (row i, column j at (j, i)) with tick labels and a colour bar."""
+    values = frame.to_numpy()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns],
+                  rotation=90 if frame.shape[1] > 12 else 0)
+    ax.set_yticks(range(frame.shape[0]), [str(r) for r in frame.index])
+    fig.colorbar(image, ax=ax, label=cbar_label)
+    if annotate:
+        lo, hi = image.get_clim()
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                dark = hi > lo and (v - lo) / (hi - lo) < 0.5
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+
+
+def heatmap(frame: pd.DataFrame, title: str = "", cbar_label: str = "", cmap: str = "viridis",
+            center: float | None = None, annotate: bool = False, fmt: str = ".0f",
+            xlabel: str = "layer", ylabel: str = "", figsize=None) -> Figure:
+    """Rows × columns as coloured cells (e.g. task × layer).
+
+    Args:
+        frame: values; its index labels the rows, its columns (e.g. layer indices) the columns.
+            ``nan`` cells are left blank.
+        center: if given, the colour limits are symmetric around it (use a diverging ``cmap``
+            such as ``"RdBu_r"``).
+        annotate: write each value in its cell with ``fmt``.
+
+    Returns:
+        A Figure whose one image holds exactly ``frame``'s values, row ``i`` drawn at y = i.
+    """
+    data = _numeric_frame(frame)
+    vmin = vmax = None
+    if center is not None:
+        finite = data.to_numpy()[np.isfinite(data.to_numpy())]
+        half = float(np.max(np.abs(finite - center))) if finite.size else 1.0
+        vmin, vmax = center - (half or 1.0), center + (half or 1.0)
+    fig, ax = _figure(figsize, (max(6.0, 0.3 * data.shape[1] + 3), max(2.5, 0.45 * data.shape[0] + 1.5)))
+    _matrix(fig, ax, data, cmap, vmin, vmax, annotate, fmt, cbar_label)
+    _labels(ax, title, xlabel, ylabel)
+    return fig
+
+
+def correlation(frame: pd.DataFrame, title: str = "", cmap: str = "RdBu_r", figsize=None) -> Figure:
+    """A square correlation matrix, annotated to two decimals, coloured on the fixed scale -1..1."""
+    data = _numeric_frame(frame)
+    check(data.shape[0] == data.shape[1], "frame", f"frame of shape {data.shape}", "a square matrix")
+    finite = data.to_numpy()[np.isfinite(data.to_numpy())]
+    check(bool(np.all(np.abs(finite) <= 1 + 1e-9)), "frame", f"values up to {np.abs(finite).max():.3g}",
+          "correlations in [-1, 1]")
+    side = max(4.0, 0.6 * data.shape[0] + 2)
+    fig, ax = _figure(figsize, (side + 1, side))
+    _matrix(fig, ax, data, cmap, -1.0, 1.0, True, ".2f", "correlation")
+    ax.tick_params(axis="x", labelrotation=45)
+    _labels(ax, title, "", "")
+    return fig
+
+
+def layer_lines(frame: pd.DataFrame, title: str = "", ylabel: str = "", kind: str = "line",
+                xlabel: str = "layer", figsize=None) -> Figure:
+    """One line, step curve or bar group per column over the index (e.g. allocations by layer).
+
+    Args:
+        frame: index = layer, one column per series (a Series is one series).
+        kind: ``"line"`` (markers on a line), ``"step"`` (a step curve centred on each layer)
+            or ``"bar"`` (bars of each layer side by side, one colour per column).
+    """
+    check(kind in LINE_KINDS, "kind", kind, f"one of {LINE_KINDS}")
+    data = _numeric_frame(frame)
+    fig, ax = _figure(figsize, (max(6.0, 0.25 * data.shape[0] + 3), 3.5))
+    x = np.arange(data.shape[0])
+    width = 0.8 / data.shape[1]
+    for k, column in enumerate(data.columns):
+        y = data[column].to_numpy()
+        if kind == "line":
+            ax.plot(x, y, marker="o", markersize=3, label=str(column))
+        elif kind == "step":
+            ax.step(x, y, where="mid", label=str(column))
+        else:
+            ax.bar(x - 0.4 + width * (k + 0.5), y, width=width, label=str(column))
+    ax.set_xticks(x, [str(i) for i in data.index], rotation=90 if data.shape[0] > 16 else 0)
+    ax.legend(fontsize=8)
+    _labels(ax, title, xlabel, ylabel)
+    return fig
+
+
+def _error_bars(means: pd.DataFrame, errors) -> np.ndarray | None:
+    """``errors`` as matplotlib's ``yerr`` array ``[2, groups, series]`` (lower, upper lengths)."""
+    if errors is None:
+        return None
+    if isinstance(errors, tuple):
+        check(len(errors) == 2, "errors", f"tuple of {len(errors)}", "a (low, high) pair of frames")
+        low, high = (_aligned(e, means, "errors") for e in errors)
+        return np.stack([means.to_numpy() - low, high - means.to_numpy()])
+    half = _aligned(errors, means, "errors")
+    check(bool(np.all(half[np.isfinite(half)] >= 0)), "errors", "negative half-widths", "half-widths >= 0")
+    return np.stack([half, half])
+
+
+def _aligned(frame, means: pd.DataFrame, name: str) -> np.ndarray:
+    data = _numeric_frame(frame, name)
+    same = data.shape == means.shape and data.index.equals(means.index) and data.columns.equals(means.columns)
+    check(same, name, f"frame of shape {data.shape}", f"the shape and labels of means {means.shape}")
+    return data.to_numpy()
+
+
+def grouped_bars(means: pd.DataFrame, errors=None, title: str = "", ylabel: str = "", reference=None,
+                 xlabel: str = "", figsize=None) -> Figure:
+    """Bars of each group (index) side by side, one colour per series (column).
+
+    Args:
+        means: bar heights; a Series is one series.
+        errors: ``None``; a frame like ``means`` of symmetric half-widths; or a pair
+            ``(low, high)`` of frames like ``means`` holding the interval bounds themselves
+            (e.g. ``ci_low``/``ci_high`` from :mod:`layerif.stats`).
+        reference: ``None``, a number, or ``(value, label)``: a dashed horizontal line
+            (e.g. chance level), labelled in the legend (default label "reference").
+    """
+    data = _numeric_frame(means, "means")
+    yerr = _error_bars(data, errors)
+    if reference is not None and not isinstance(reference, tuple):
+        reference = (reference, "reference")
+    check(reference is None or (len(reference) == 2 and np.isfinite(float(reference[0]))), "reference",
+          reference, "a number or a (value, label) pair")
+    fig, ax = _figure(figsize, (max(5.0, 0.9 * data.shape[0] * max(1, data.shape[1] / 2) + 2), 3.8))
+    x = np.arange(data.shape[0])
+    width = 0.8 / data.shape[1]
+    for k, column in enumerate(data.columns):
+        err = None if yerr is None else yerr[:, :, k]
+        ax.bar(x - 0.4 + width * (k + 0.5), data[column].to_numpy(), width=width, yerr=err, capsize=3,
+               label=str(column))
+    if reference is not None:
+        ax.axhline(float(reference[0]), color="0.3", linestyle="--", linewidth=1, label=str(reference[1]))
+    ax.set_xticks(x, [str(g) for g in data.index])
+    ax.legend(fontsize=8)
+    _labels(ax, title, xlabel, ylabel)
+    return fig
+
+
+def scatter(x, y, labels=None, title: str = "", xlabel: str = "", ylabel: str = "", diagonal: bool = False,
+            figsize=None) -> Figure:
+    """Points ``(x[i], y[i])``, optionally annotated with ``labels[i]`` and the line y = x.
+
+    Args:
+        x, y: equal-length 1-D numbers (e.g. paper vs ours).
+        labels: one text per point, or ``None``.
+        diagonal: draw y = x across the range covering both axes' data.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    check(xs.ndim == 1 and xs.size > 0, "x", f"array of shape {xs.shape}", "a non-empty 1-D array")
+    check(ys.shape == xs.shape, "y", f"array of shape {ys.shape}", f"the shape of x {xs.shape}")
+    if labels is not None:
+        labels = [str(t) for t in labels]
+        check(len(labels) == xs.size, "labels", f"{len(labels)} labels", f"{xs.size} (one per point)")
+    fig, ax = _figure(figsize, (5.0, 4.5))
+    ax.scatter(xs, ys, s=25)
+    for text, px, py in zip(labels or [], xs, ys):
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if diagonal:
+        both = np.concatenate([xs, ys])
+        both = both[np.isfinite(both)]
+        if both.size:
+            ax.plot([both.min(), both.max()], [both.min(), both.max()], color="0.5", linestyle="--",
+                    linewidth=1, label="y = x")
+            ax.legend(fontsize=8)
+    _labels(ax, title, xlabel, ylabel)
+    return fig
