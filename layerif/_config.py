@@ -1,23 +1,32 @@
 """A small base for configuration dataclasses: help text, validation, presets, JSON.
 
 Every config in layerif is a frozen-free ``@dataclass`` whose fields carry
-``metadata={"help": ...}``; subclasses validate in ``__post_init__`` (through
+``metadata={"help": ..., "runtime": ...}`` (run-time fields are left out of a result's
+identity, :meth:`ConfigBase.identity`); subclasses validate in ``__post_init__`` (through
 :func:`check`) and expose presets as classmethods ``smoke()``, ``cpu()`` and ``paper()``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import PurePath
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-__all__ = ["ConfigBase", "check", "field"]
+__all__ = ["ConfigBase", "check", "field", "jsonable"]
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with help text (shown by ``Config.help()``)."""
-    kw: dict[str, Any] = {"metadata": {"help": help}}
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+          runtime: bool = False):
+    """A dataclass field with help text (shown by ``Config.help()``).
+
+    ``runtime=True`` marks a run-time field: one that says where or how a computation runs
+    (device, memory strategy) but not what it computes, so it is left out of
+    :meth:`ConfigBase.identity`. The marker is kept in the field's ``metadata["runtime"]``.
+    """
+    kw: dict[str, Any] = {"metadata": {"help": help, "runtime": bool(runtime)}}
     if default is not dataclasses.MISSING:
         kw["default"] = default
     if default_factory is not dataclasses.MISSING:
@@ -31,33 +40,58 @@ def check(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ValueError(f"{name}={value!r} is invalid: expected {expected}")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with JSON-ready leaves: dtypes and devices as strings, tuples as lists, dict
+    keys as strings, numpy scalars as Python numbers, paths as strings."""
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
-    if isinstance(value, torch.device):
+    if isinstance(value, (torch.device, PurePath)):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 
 class ConfigBase:
-    """Mixin for config dataclasses: ``to_dict``, ``from_dict``, ``replace``, ``help``."""
+    """Mixin for config dataclasses: ``to_dict``, ``identity``, ``from_dict``, ``replace``,
+    ``help``."""
 
     PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the fields (dtypes as strings, tuples as lists)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the run-time fields: what decides the result's values.
+
+        Two configs with equal identities compute the same result; they may differ in where
+        or how it runs (``field(..., runtime=True)``).
+        """
+        runtime = set(self.runtime_fields())
+        return {k: v for k, v in self.to_dict().items() if k not in runtime}
+
+    def runtime(self) -> dict[str, Any]:
+        """The run-time fields only, JSON-ready (the complement of :meth:`identity`)."""
+        runtime = set(self.runtime_fields())
+        return {k: v for k, v in self.to_dict().items() if k in runtime}
+
+    @classmethod
+    def runtime_fields(cls) -> tuple[str, ...]:
+        """Names of the fields declared with ``field(..., runtime=True)``, in field order."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("runtime", False))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        """Rebuild from :meth:`to_dict` (or :meth:`identity`) output; absent fields take their
+        defaults, unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -90,5 +124,6 @@ class ConfigBase:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-            lines.append(f"{f.name} (default {default!r}): {f.metadata.get('help', '')}")
+            tag = " [run-time]" if f.metadata.get("runtime", False) else ""
+            lines.append(f"{f.name} (default {default!r}){tag}: {f.metadata.get('help', '')}")
         return "\n".join(lines)

@@ -37,6 +37,35 @@ def _parser() -> argparse.ArgumentParser:
         "1 when any notebook is not current.")
     stat.add_argument("--profile", default="cpu", choices=study.PROFILES)
 
+    sc = sub.add_parser(
+        "scores", help="LayerIF scores of a model on tasks, saved under results/<profile>/scores",
+        description="Score each TASK (a registry task, or pruning_pool) with the profile's "
+        "ScoreConfig preset (sizes overridable), DataInf and Hessian-free from shared passes. "
+        "Saved results of the same identity are loaded, not recomputed; a saved result of "
+        "another identity is refused unless --overwrite.")
+    sc.add_argument("tasks", nargs="+", help="task names, e.g. mrpc sst2 pruning_pool")
+    sc.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    sc.add_argument("--model", default="smollm2-135m", help="embedded name, directory or hub id")
+    sc.add_argument("--n-train", type=int, help="training examples per task (preset's default)")
+    sc.add_argument("--n-val", type=int, help="validation examples per task")
+    sc.add_argument("--methods", default="datainf,hessian_free",
+                    help="comma-separated: datainf, hessian_free, exact")
+    sc.add_argument("--overwrite", action="store_true", help="replace results of another identity")
+
+    al = sub.add_parser(
+        "allocate", help="experts or sparsity per block from saved scores, as CSV",
+        description="Read a LayerScores folder (from `layerif scores`) and print (or --out) a "
+        "CSV with one row per block.")
+    al.add_argument("kind", choices=["experts", "sparsity"])
+    al.add_argument("scores_dir", help="a folder written by LayerScores.save")
+    al.add_argument("--aggregation", default="positive", choices=["positive", "top", "all"])
+    al.add_argument("--total", type=int, help="experts: total over all blocks (required)")
+    al.add_argument("--beta", type=float, default=2.5, help="experts: exponent (default 2.5)")
+    al.add_argument("--target", type=float, default=0.5, help="sparsity: global target")
+    al.add_argument("--epsilon", type=float, default=0.1, help="sparsity: band half-width")
+    al.add_argument("--no-smooth", action="store_true", help="sparsity: skip Savitzky-Golay")
+    al.add_argument("--out", help="write the CSV here instead of printing it")
+
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
 
@@ -45,9 +74,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _scores(args) -> None:
+    from .experiments import scoring
+    from .scores import ScoreConfig
+
+    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
+    config = ScoreConfig.preset(args.profile, **sizes)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    runs = scoring.score_tasks(args.model, args.tasks, config, study.results_dir(args.profile),
+                               methods=methods, overwrite=args.overwrite)
+    print(runs.to_string())
+
+
+def _allocate(args) -> None:
+    from . import allocate
+    from .models import describe, load_model
+    from .scores import LayerScores
+
+    scores = LayerScores.load(args.scores_dir).aggregate(args.aggregation)
+    if args.kind == "experts":
+        if args.total is None:
+            raise ValueError("--total is required for experts: the total over all blocks")
+        out = allocate.experts(scores, args.total, args.beta).to_frame()
+    else:
+        model, _ = load_model(LayerScores.load(args.scores_dir).model_id, device="cpu")
+        out = allocate.sparsity(scores, args.target, describe(model)["linear_params"],
+                                args.epsilon, smooth=not args.no_smooth).to_frame()
+    out.insert(0, "score", scores)
+    text = out.to_csv()
+    if args.out:
+        with open(args.out, "x") as f:  # never overwrite a file silently
+            f.write(text)
+    else:
+        print(text, end="")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "run":
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        parser.exit(2, f"layerif {args.command}: error: {err}\n")
+
+
+def _dispatch(args) -> int:
+    if args.command == "scores":
+        _scores(args)
+    elif args.command == "allocate":
+        _allocate(args)
+    elif args.command == "run":
         names = args.notebooks or study.list_notebooks()
         for name in names:
             print(study.run_notebook(name, args.profile, force=args.force))

@@ -120,10 +120,18 @@ def encode(tokenizer, examples, max_length: int = 128, include_pads: bool = Fals
 
 def example_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                    loss_mask: Tensor) -> Tensor:
-    """Per-example mean next-token loss over ``loss_mask`` positions; ``Tensor[B]``."""
+    """Per-example mean next-token loss over ``loss_mask`` positions; ``Tensor[B]``.
+
+    The cross-entropy runs on ``[tokens, vocab]`` rows (vocabulary last, contiguous): with
+    the vocabulary on dim 1 instead, CPU float32 reductions over ~50k words lose about an
+    order of magnitude of accuracy in the per-example gradients.
+    """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    nll = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+    batch, steps, vocab = logits.shape
+    nll = F.cross_entropy(logits.reshape(batch * steps, vocab),
+                          input_ids[:, 1:].reshape(batch * steps),
+                          reduction="none").view(batch, steps)
     mask = loss_mask[:, 1:].to(nll.dtype)
     return (nll * mask).sum(dim=1) / mask.sum(dim=1)
 

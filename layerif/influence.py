@@ -16,6 +16,9 @@ example ``k`` is up-weighted. **Positive = harmful** (up-weighting raises the va
 loss); negative = helpful. ``layerif.scores`` documents how the paper's "+ve" aggregation
 (the helpful examples, values <= 0) maps onto it.
 
+Scale: ``v`` is the *sum* of the m validation gradients, so every value here is m times the
+one DataInf's reference ``IFEngine`` returns (it averages them); rankings are unchanged.
+
 DataInf, per unit, with ``g_i`` the training gradients and ``v`` the validation gradient::
 
     lambda = damping * mean_i mean(g_i ** 2)
@@ -182,7 +185,12 @@ def exact(train: list[Tensor], val: list[Tensor], damping: float = 0.1,
 
     ``-<(G + lambda I)^-1 v, g_k>`` with ``G = (1/n) sum_i g_i g_i^T`` and the same
     ``lambda`` as :func:`datainf`. Solved densely in ``d`` dimensions when ``d <= n``,
-    otherwise through the Woodbury identity in ``n`` dimensions (same result).
+    otherwise in ``n`` dimensions through the push-through identity
+    ``G (lambda I + G^T G / n)^-1 = n (n lambda I + G G^T)^-1 G`` (stacked ``G``), a solve
+    with the well-conditioned ``n lambda I + G G^T`` in which nothing is subtracted from
+    ``v``: no cancellation when ``|g|^2 / (n lambda)`` is large (1e5--1e6 for real
+    gradients), so the error is that of the solve, ``eps * cond(n lambda I + G G^T)``, in
+    float32 as in float64.
 
     Args:
         train: per unit, ``Tensor[n, d_u]``.
@@ -192,7 +200,10 @@ def exact(train: list[Tensor], val: list[Tensor], damping: float = 0.1,
         max_dim: refuse blocks where ``min(n, d)`` exceeds this (the dense solve's size).
 
     Returns:
-        ``Tensor[n_units, n]``, DataInf sign (per-unit shares when grouped).
+        ``Tensor[n_units, n]``, DataInf sign (per-unit shares when grouped). Each share is
+        accurate relative to the shares' own scale; a group's total is their sum, and shares
+        can exceed it by up to ``|g|^2 / (n lambda)`` (their ``v``-orthogonal parts cancel
+        across units), so group totals need float64 inputs where that ratio is large.
 
     Raises:
         ValueError: a block too large for a dense solve, or the errors of :func:`datainf`.
@@ -201,24 +212,53 @@ def exact(train: list[Tensor], val: list[Tensor], damping: float = 0.1,
     _check_damping(damping)
     out = torch.zeros(len(train), n, dtype=train[0].dtype, device=train[0].device)
     for group in _check_groups(groups, len(train)):
-        g = torch.cat([train[u] for u in group], dim=1)
-        v = torch.cat([val[u].sum(dim=0) for u in group])
-        d = g.shape[1]
+        g = [train[u] for u in group]
+        v = [val[u].sum(dim=0) for u in group]
+        d = sum(t.shape[1] for t in g)
         if min(n, d) > max_dim:
             raise ValueError(
                 f"units {group} need a dense {min(n, d)}x{min(n, d)} solve (n={n}, d={d}), "
                 f"over max_dim={max_dim}: use method='datainf' or fewer training examples")
-        lam = float(damping * (g * g).mean())
+        lam = float(damping * sum((t * t).sum() for t in g) / (n * d))
         if lam == 0.0:
             continue  # all-zero gradients: influence 0, as in datainf
-        eye = torch.eye(min(n, d), dtype=g.dtype, device=g.device)
-        if d <= n:
-            chol = torch.linalg.cholesky(g.T @ g / n + lam * eye)
-            h = torch.cholesky_solve(v[:, None], chol)[:, 0]
-        else:
-            # (lam I + G^T G / n)^-1 v = (v - G^T (n lam I + G G^T)^-1 G v) / lam
-            chol = torch.linalg.cholesky(g @ g.T + n * lam * eye)
-            h = (v - g.T @ torch.cholesky_solve((g @ v)[:, None], chol)[:, 0]) / lam
-        for u, h_u in zip(group, h.split([train[u].shape[1] for u in group])):
-            out[u] = -(train[u] @ h_u)
+        out[group] = (_exact_primal if d <= n else _exact_dual)(g, v, lam)
     return out
+
+
+def _exact_primal(train: list[Tensor], val: list[Tensor], lam: float) -> Tensor:
+    """Shares ``-<h_u, g_ku>``, ``h = (lam I + G^T G / n)^-1 v`` solved in d dimensions."""
+    g, v = torch.cat(train, dim=1), torch.cat(val)
+    n, d = g.shape
+    eye = torch.eye(d, dtype=g.dtype, device=g.device)
+    h = torch.cholesky_solve(v[:, None], torch.linalg.cholesky(g.T @ g / n + lam * eye))[:, 0]
+    return torch.stack([-(t @ h_u) for t, h_u in zip(train, h.split([t.shape[1] for t in train]))])
+
+
+def _exact_dual(train: list[Tensor], val: list[Tensor], lam: float) -> Tensor:
+    """The same shares from ``n x n`` Grams, with nothing subtracted from ``v``.
+
+    With ``K_u = G_u G_u^T``, ``b_u = G_u v_u``, ``M = n lam I + sum_u K_u`` and
+    ``x_u = M^-1 b_u``: ``h = (v - G^T x) / lam`` with ``x = sum_u x_u``, and since
+    ``b_u = M x_u``, unit u's share ``-G_u h_u = -(b_u - K_u x) / lam`` equals
+
+        ``-(n x_u + (K_-u x_u - K_u x_-u) / lam)``,
+
+    where ``K_-u`` and ``x_-u`` sum the group's *other* units. Every term vanishes with the
+    other units, so a lone unit's influence is exactly ``-n M^-1 G v`` (one solve with
+    ``M``, whose condition number is that of the Gram, not ``|g|^2 / (n lambda)``).
+    """
+    n = train[0].shape[0]
+    grams = [t @ t.T for t in train]
+    eye = torch.eye(n, dtype=train[0].dtype, device=train[0].device)
+    rhs = torch.stack([t @ v for t, v in zip(train, val)], dim=1)
+    x = torch.cholesky_solve(rhs, torch.linalg.cholesky(sum(grams) + n * lam * eye))
+    shares = []
+    for u, gram_u in enumerate(grams):
+        share = n * x[:, u]
+        others = [w for w in range(len(grams)) if w != u]
+        if others:  # summed from the other units, never as a difference of totals
+            gram_rest = sum(grams[w] for w in others)
+            share = share + (gram_rest @ x[:, u] - gram_u @ x[:, others].sum(dim=1)) / lam
+        shares.append(-share)
+    return torch.stack(shares)

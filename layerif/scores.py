@@ -32,13 +32,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import influence
+from . import influence, store
 from ._config import ConfigBase, check, field
 from .gradients import (Batches, GradientEngine, attached_lora, encode, find_units, has_lora,
                         units_table)
 from .models import model_id as _model_id
 from .models import resolve_device, transformer_blocks
-from .provenance import read_manifest, write_manifest
 
 __all__ = ["AGGREGATIONS", "LayerScores", "ScoreConfig", "aggregate_values", "layer_scores"]
 
@@ -66,12 +65,12 @@ class ScoreConfig(ConfigBase):
     include_pads: bool = field(False, help="pad to max_length and count pads in the loss "
                                "(the authors' labels = input_ids)")
     storage: str = field("auto", help="auto | memory (keep per-example gradients) | stream "
-                         "(recompute passes)")
+                         "(recompute passes)", runtime=True)
     memory_budget_gb: float = field(4.0, help="largest per-example gradient store for "
-                                    "storage='auto'")
+                                    "storage='auto'", runtime=True)
     seed: int = field(0, help="seed of fresh LoRA adapters")
     device: str = field("auto", help="auto (CUDA if present) | cpu | cuda | cuda:1 ...; the "
-                        "model is moved there")
+                        "model is moved there", runtime=True)
     dtype: torch.dtype | None = field(None, help="dtype of the gradient maths (None: the "
                                       "model's, at least float32)")
 
@@ -138,39 +137,81 @@ def _groups(units, unit: str) -> list[list[int]]:
     return list(by_layer.values())
 
 
-def _unit_influence(engine: GradientEngine, train: Batches, val: Batches,
-                    config: ScoreConfig, groups: list[list[int]]) -> tuple[Tensor, str]:
-    """The per-unit influence matrix and the storage used."""
+_METHODS = ("datainf", "hessian_free", "exact")
+
+
+def _check_methods(methods) -> tuple[str, ...]:
+    """``methods`` as a tuple of distinct method names (ValueError otherwise)."""
+    ok = (isinstance(methods, (tuple, list)) and len(methods) > 0
+          and all(isinstance(m, str) and m in _METHODS for m in methods)
+          and len(set(methods)) == len(methods))
+    check(ok, "methods", methods, f"a non-empty tuple of distinct names from {_METHODS}")
+    return tuple(methods)
+
+
+def _pick_storage(engine: GradientEngine, n_train: int, config: ScoreConfig,
+                  methods: tuple[str, ...]) -> str:
+    """The storage ``config.storage`` resolves to; refuses ``exact`` without memory."""
     itemsize = torch.empty((), dtype=engine.dtype).element_size()
-    need_gb = train.n * sum(u.numel for u in engine.units) * itemsize / 2**30
+    need_gb = n_train * sum(u.numel for u in engine.units) * itemsize / 2**30
     storage = config.storage
     if storage == "auto":
         storage = "memory" if need_gb <= config.memory_budget_gb else "stream"
-    if config.method == "exact" and storage == "stream":
+    if "exact" in methods and storage == "stream":
         raise ValueError(f"method='exact' needs per-example gradients in memory ({need_gb:.2f} "
                          f"GB, memory_budget_gb={config.memory_budget_gb}): raise the budget "
                          "or use method='datainf'")
+    return storage
+
+
+def _memory_influence(stacks: list[Tensor], vals: list[Tensor], method: str,
+                      config: ScoreConfig, groups: list[list[int]]) -> Tensor:
+    """One method's per-unit influence from in-memory gradient stacks."""
+    if method == "hessian_free":
+        return influence.hessian_free(stacks, vals)
+    fn = influence.exact if method == "exact" else influence.datainf
+    return fn(stacks, vals, config.damping, groups=groups)
+
+
+def _stream_influence(engine: GradientEngine, train: Batches, v: list[Tensor],
+                      config: ScoreConfig, groups: list[list[int]],
+                      methods: tuple[str, ...]) -> dict[str, Tensor]:
+    """Streamed influences; DataInf's first pass also yields hessian_free's ``<v, g_i>``."""
+    want_datainf = "datainf" in methods
+    sq, v_dots = engine.norms_and_dots(train, v, norms=want_datainf)
+    out = {}
+    if want_datainf:
+        lam, coef = influence.datainf_terms(sq, v_dots, [u.numel for u in engine.units],
+                                            config.damping, groups)
+        w = engine.weighted_sum(train, coef)
+        _, w_dots = engine.norms_and_dots(train, w, norms=False)
+        out["datainf"] = influence.datainf_from_dots(v_dots, w_dots, lam)
+    if "hessian_free" in methods:
+        out["hessian_free"] = -v_dots
+    return out
+
+
+def _unit_influence(engine: GradientEngine, train: Batches, val: Batches,
+                    config: ScoreConfig, groups: list[list[int]],
+                    methods: tuple[str, ...] | None = None) -> tuple[dict[str, Tensor], str]:
+    """Per-unit influence matrices of every method (default ``config.method``), and the
+    storage used; all methods share one validation pass and the training passes."""
+    methods = methods or (config.method,)
+    storage = _pick_storage(engine, train.n, config, methods)
     v = engine.summed(val)
-    if storage == "memory":
+    if storage == "stream":
+        out = _stream_influence(engine, train, v, config, groups, methods)
+    else:
         stacks = [s.to(engine.device) for s in engine.per_example(train)]
         vals = [x[None].to(engine.device) for x in v]
-        if config.method == "hessian_free":
-            return influence.hessian_free(stacks, vals), storage
-        fn = influence.exact if config.method == "exact" else influence.datainf
-        return fn(stacks, vals, config.damping, groups=groups), storage
-    if config.method == "hessian_free":
-        return -engine.norms_and_dots(train, v, norms=False)[1], storage
-    sq, v_dots = engine.norms_and_dots(train, v)
-    lam, coef = influence.datainf_terms(sq, v_dots, [u.numel for u in engine.units],
-                                        config.damping, groups)
-    w = engine.weighted_sum(train, coef)
-    _, w_dots = engine.norms_and_dots(train, w, norms=False)
-    return influence.datainf_from_dots(v_dots, w_dots, lam), storage
+        out = {m: _memory_influence(stacks, vals, m, config, groups) for m in methods}
+    return {m: out[m] for m in methods}, storage
 
 
 def layer_scores(model, tokenizer, train_examples, val_examples,
                  config: ScoreConfig | None = None, *, task: str | None = None,
-                 progress: bool = True) -> "LayerScores":
+                 progress: bool = True,
+                 methods: tuple[str, ...] | None = None) -> "LayerScores | dict[str, LayerScores]":
     """Influence of each training example on the summed validation loss, per unit and block.
 
     Args:
@@ -181,6 +222,10 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
         config: :class:`ScoreConfig` (default: ``ScoreConfig()``).
         task: task name recorded with the result.
         progress: show a progress bar per pass.
+        methods: ``None`` (``config.method`` only), or distinct names from ``"datainf"``,
+            ``"hessian_free"``, ``"exact"`` computed from shared gradient passes: with
+            memory storage one validation and one training pass serve them all; streamed,
+            ``hessian_free`` reuses DataInf's first training pass (``exact`` needs memory).
 
     Each example's loss is its mean next-token loss over its non-pad tokens (see
     :mod:`layerif.gradients`). The model is moved to ``config.device`` (unless it is spread
@@ -188,14 +233,18 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
     fresh ones are attached for the computation and removed afterwards.
 
     Returns:
-        :class:`LayerScores`.
+        :class:`LayerScores`; with ``methods``, ``dict[str, LayerScores]`` in their order,
+        each with ``config.replace(method=m)``, the same values as a separate call with that
+        config, ``info["passes"]`` the passes the shared call ran and
+        ``info["shared_with"]`` the methods computed together.
 
     Raises:
-        ValueError: a bad config or examples; ``method="exact"`` over the memory budget.
+        ValueError: a bad config, examples or ``methods``; ``exact`` over the memory budget.
     """
     config = config or ScoreConfig()
     if not isinstance(config, ScoreConfig):
         raise ValueError(f"config={config!r} is invalid: expected a ScoreConfig")
+    names = None if methods is None else _check_methods(methods)
     train = list(train_examples)[:config.n_train]
     val = list(val_examples)[:config.n_val]
     device = resolve_device(config.device)
@@ -211,14 +260,24 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
         units = find_units(model, config.target, config.modules)
         engine = GradientEngine(model, units, dtype=dtype, progress=progress)
         values, storage = _unit_influence(engine, train_b, val_b, config,
-                                          _groups(units, config.unit))
+                                          _groups(units, config.unit), names)
+    info = {"storage": storage, "passes": engine.passes, "fresh_lora": fresh,
+            "n_train_tokens": train_b.n_tokens}
+    if names is not None:
+        info["shared_with"] = list(names)
+    results = {m: _result(model, units, values[m], train, val,
+                          config.replace(method=m) if names else config, task, dict(info))
+               for m in values}
+    return results if names is not None else results[config.method]
+
+
+def _result(model, units, values: Tensor, train, val, config: ScoreConfig, task, info: dict):
+    """A :class:`LayerScores` for one method's per-unit influence matrix."""
     blocks = pd.Series({i: p for i, (p, _) in enumerate(transformer_blocks(model))},
                        name="path").rename_axis("layer")
     return LayerScores(values=values.detach().to("cpu", torch.float64), units=units_table(units),
                        train_ids=_ids(train), val_ids=_ids(val), config=config,
-                       model_id=_model_id(model), task=task, blocks=blocks,
-                       info={"storage": storage, "passes": engine.passes, "fresh_lora": fresh,
-                             "n_train_tokens": train_b.n_tokens})
+                       model_id=_model_id(model), task=task, blocks=blocks, info=info)
 
 
 def aggregate_values(values: Tensor, mode: str = "positive", top_fraction: float = 0.25) -> Tensor:
@@ -327,36 +386,72 @@ class LayerScores:
         return wide
 
     # -- persistence ----------------------------------------------------------------
+    def identity(self) -> dict:
+        """This result's identity in :mod:`layerif.store`: kind ``layer_scores``, the config
+        without run-time fields, the model id, and ``data = {task, train_ids, val_ids}``."""
+        return _identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids)
+
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Write ``influence.pt``, ``units.csv`` and a provenance ``manifest.json``.
+        """Write ``influence.pt`` (float64 values), ``units.csv`` and ``manifest.json``
+        atomically through :func:`layerif.store.save`; a re-save of the same identity
+        replaces the folder.
 
         Raises:
-            layerif.provenance.ProvenanceError: ``directory`` holds a result made with
-                another config and ``overwrite`` is False.
+            layerif.store.ResultMismatch: ``directory`` holds a result of another identity
+                (config, model, task, examples, version) and ``overwrite`` is False.
         """
-        directory = Path(directory)
         blocks = None if self.blocks is None else {int(k): v for k, v in self.blocks.items()}
-        write_manifest(directory, KIND, self.config.to_dict(), self.model_id,
-                       data={"task": self.task, "train_ids": self.train_ids,
-                             "val_ids": self.val_ids},
-                       extra={"info": self.info, "blocks": blocks}, overwrite=overwrite)
-        torch.save({"values": self.values}, directory / "influence.pt")
-        self.units.to_csv(directory / "units.csv")
-        return directory
+
+        def write(folder: Path) -> None:
+            torch.save({"values": self.values}, folder / "influence.pt")
+            self.units.to_csv(folder / "units.csv")
+
+        extra = {"info": self.info, "blocks": blocks, "runtime": self.config.runtime()}
+        return store.save(directory, self.identity(), write, extra=extra, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path) -> "LayerScores":
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save` (whatever its identity); the config gets
+        back its recorded run-time fields."""
+        return cls._read(directory, store.load_manifest(directory, KIND))
+
+    @classmethod
+    def load_if_matching(cls, directory: str | Path, config: ScoreConfig, model_id: str,
+                         task: str | None, train_ids, val_ids) -> "LayerScores | None":
+        """The scores saved in ``directory`` if they have exactly this identity.
+
+        Run-time fields of ``config`` (device, storage, memory budget) do not matter.
+
+        Returns:
+            The scores, or None when nothing is saved there.
+
+        Raises:
+            layerif.store.ResultMismatch: scores of another identity are saved there.
+        """
+        ident = _identity(config, model_id, task, train_ids, val_ids)
+        manifest = store.load_if_matching(directory, ident)
+        return None if manifest is None else cls._read(directory, manifest)
+
+    @classmethod
+    def _read(cls, directory: str | Path, manifest: dict) -> "LayerScores":
         directory = Path(directory)
-        manifest = read_manifest(directory, KIND)
         values = torch.load(directory / "influence.pt", weights_only=True)["values"]
         units = pd.read_csv(directory / "units.csv", index_col="unit")
-        blocks = manifest["extra"].get("blocks")
+        extra = manifest.get("extra", {})
+        blocks = extra.get("blocks")
         if blocks is not None:
             blocks = pd.Series({int(k): v for k, v in blocks.items()},
                                name="path").rename_axis("layer")
         data = manifest["data"]
+        config = ScoreConfig.from_dict({**manifest["config"], **extra.get("runtime", {})})
         return cls(values=values, units=units, train_ids=list(data["train_ids"]),
-                   val_ids=list(data["val_ids"]), config=ScoreConfig.from_dict(manifest["config"]),
-                   model_id=manifest["model_id"], task=data.get("task"), blocks=blocks,
-                   info=manifest["extra"].get("info", {}))
+                   val_ids=list(data["val_ids"]), config=config, model_id=manifest["model_id"],
+                   task=data.get("task"), blocks=blocks, info=extra.get("info", {}))
+
+
+def _identity(config: ScoreConfig, model_id: str | None, task: str | None, train_ids,
+              val_ids) -> dict:
+    """The store identity of layer scores (shared by saving and :meth:`load_if_matching`)."""
+    check(isinstance(config, ScoreConfig), "config", config, "a ScoreConfig")
+    return store.identity(KIND, config, model_id, {"task": task, "train_ids": list(train_ids),
+                                                   "val_ids": list(val_ids)})

@@ -149,6 +149,23 @@ def test_seeded_order_and_n():
         assert len(D.load_task("rte", "validation", n=10_000)) == len(D.load_task("rte", "validation"))
 
 
+def test_cached_examples_are_immutable():
+    first = D.load_task("mrpc", "validation", n=3)
+    before = [(e.id, e.prompt, tuple(e.choices), e.label, e.text) for e in first]
+    ex = first[0]
+    with pytest.raises(AttributeError):
+        ex.choices.append(" maybe")
+    with pytest.raises(TypeError):
+        ex.choices[0] = " maybe"
+    with pytest.raises(AttributeError):  # frozen dataclass
+        ex.choices = [" maybe"]
+    first.append(first[0])  # the returned list is the caller's own
+    again = D.load_task("mrpc", "validation", n=3)
+    assert [(e.id, e.prompt, tuple(e.choices), e.label, e.text) for e in again] == before
+    made = D.Example("t/0", "Q:", [" a", " b"], 1, "Q: b")  # lists are still accepted
+    assert made.choices == (" a", " b") and hash(made) == hash(D.Example("t/0", "Q:", (" a", " b"), 1, "Q: b"))
+
+
 # --- hand-checked examples against the raw Arrow rows -------------------------------------
 
 def test_mrpc_instruct_matches_arrow_row():
@@ -165,19 +182,19 @@ def test_boolq_hellaswag_winogrande_rows():
     raw = arrow_rows("boolq/none")[0]
     assert boolq.prompt.startswith("Ethanol fuel -- ")
     assert boolq.prompt.endswith(f"{raw['passage']}\nQuestion: {raw['question']}?\nAnswer:")
-    assert boolq.choices == [" no", " yes"] and boolq.label == int(raw["answer"]) == 0
+    assert boolq.choices == (" no", " yes") and boolq.label == int(raw["answer"]) == 0
 
     hs = by_id(D.load_task("hellaswag", "test"))["hellaswag/validation/0"]
     raw = arrow_rows("hellaswag/none")[0]
     assert raw["activity_label"] == "Roof shingle removal"
     assert (raw["ctx_a"], raw["ctx_b"]) == ("A man is sitting on a roof.", "he")
     assert hs.prompt == "Roof shingle removal: A man is sitting on a roof. He"
-    assert hs.choices == [" " + x for x in raw["endings"]] and hs.label == int(raw["label"]) == 3
+    assert hs.choices == tuple(" " + x for x in raw["endings"]) and hs.label == int(raw["label"]) == 3
 
     wg = by_id(D.load_task("winogrande", "test"))["winogrande/validation/0"]
     raw = arrow_rows("winogrande/winogrande_xl")[0]
     assert wg.prompt == "Sarah was a much better surgeon than Maria so" and raw["answer"] == "2"
-    assert wg.choices == [" Sarah always got the easier cases.", " Maria always got the easier cases."]
+    assert wg.choices == (" Sarah always got the easier cases.", " Maria always got the easier cases.")
     assert wg.label == 1 and wg.text == raw["sentence"].replace("_", "Maria")
 
 
@@ -212,7 +229,7 @@ def test_qa_rows():
     for e in D.load_task("arc_challenge", "validation", n=5):
         r = raw[row_of(e)]
         assert e.prompt == f"Question: {r['question']}\nAnswer:"
-        assert e.choices == [" " + c for c in r["choices"]["text"]]
+        assert e.choices == tuple(" " + c for c in r["choices"]["text"])
         assert e.label == r["choices"]["label"].index(r["answerKey"])
 
     raw = arrow_rows("openbookqa/main")[0]
@@ -221,7 +238,7 @@ def test_qa_rows():
 
     raw = arrow_rows("piqa/plain_text")[0]
     e = by_id(D.load_task("piqa", "test"))["piqa/validation/0"]
-    assert e.prompt == f"Question: {raw['goal']}\nAnswer:" and e.choices == [" " + raw["sol1"], " " + raw["sol2"]]
+    assert e.prompt == f"Question: {raw['goal']}\nAnswer:" and e.choices == (" " + raw["sol1"], " " + raw["sol2"])
     assert e.label == raw["label"]
 
 

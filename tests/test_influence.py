@@ -181,3 +181,71 @@ def test_bad_damping_groups_and_size_raise():
         influence.exact(train, val, groups=[[0, 1], [1]])
     with pytest.raises(ValueError, match="dense 4x4 solve"):
         influence.exact(train, val, max_dim=3)
+
+
+def realistic_stacks(dims, n=16, m=4, seed=0):
+    """float64 stacks shaped like real gradients: a shared direction, a rank-5 part and
+    noise, norms spread over examples; with ``damping=2.5e-3`` and ``d = 4000`` per Hessian
+    block, ``|g|^2 / (n lambda) = 1e5`` while the Gram ``n lambda I + G G^T`` has a
+    condition number of about 30 (the regime of SmolLM2's attention weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = sum(dims)
+    basis = torch.randn(5, d, generator=gen, dtype=torch.float64)
+    scale = torch.tensor([3.0, 1.5, 1.0, 0.7, 0.5], dtype=torch.float64)
+    coef = torch.randn(n + m, 5, generator=gen, dtype=torch.float64) * scale
+    coef[:, 0] += 1.0
+    g = coef @ basis + 3.0 * torch.randn(n + m, d, generator=gen, dtype=torch.float64)
+    g = g * torch.exp(0.1 * torch.randn(n + m, 1, generator=gen, dtype=torch.float64))
+    return list(g[:n].split(dims, dim=1)), list(g[n:].split(dims, dim=1))
+
+
+def mp_exact(train, val, damping, groups):
+    """Reference shares ``-(b_u - K_u x) / lambda`` (Woodbury, ``x = M^-1 sum_u b_u``).
+
+    ``K_u = G_u G_u^T`` and ``b_u = G_u v_u`` are formed in float64 (products of float32
+    inputs are exact there); the n x n solve and the subtraction, where the textbook form
+    cancels, run in 200-bit mpmath. The result is well conditioned in K and b (condition
+    number of M), so the float64 rounding of the Grams does not limit it.
+    """
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 200
+    n = train[0].shape[0]
+    out = np.zeros((len(train), n))
+    for group in groups:
+        g = [train[u].double() for u in group]
+        v = [val[u].double().sum(dim=0) for u in group]
+        lam = damping * sum(float((t * t).sum()) for t in g) / (n * sum(t.shape[1] for t in g))
+        grams = [mpmath.matrix((t @ t.T).tolist()) for t in g]
+        rhs = [mpmath.matrix((t @ vu).tolist()) for t, vu in zip(g, v)]
+        x = mpmath.lu_solve(sum(grams[1:], grams[0]) + n * mpmath.mpf(lam) * mpmath.eye(n),
+                            sum(rhs[1:], rhs[0]))
+        for u, gram, b in zip(group, grams, rhs):
+            share = -(b - gram * x) / lam
+            out[u] = [float(share[i]) for i in range(n)]
+    return out
+
+
+@pytest.mark.parametrize("dims", [[4000], [1500, 2500]])
+def test_exact_is_accurate_in_float32_at_realistic_scale(dims):
+    train, val = realistic_stacks(dims)
+    for dtype, tol in ((torch.float32, 1e-3), (torch.float64, 1e-10)):
+        t, v = [g.to(dtype) for g in train], [g.to(dtype) for g in val]
+        ref = mp_exact(t, v, 2.5e-3, [[u] for u in range(len(dims))])
+        got = influence.exact(t, v, 2.5e-3)
+        assert got.dtype == dtype
+        assert rel_err(got, ref) < tol, dtype
+
+
+def test_exact_group_shares_are_accurate_at_realistic_scale():
+    # One 4000-parameter block split into three units, plus a lone unit.
+    train, val = realistic_stacks([1000, 1200, 1800, 4000])
+    groups = [[0, 1, 2], [3]]
+    for dtype, tol in ((torch.float32, 1e-3), (torch.float64, 1e-10)):
+        t, v = [g.to(dtype) for g in train], [g.to(dtype) for g in val]
+        ref = mp_exact(t, v, 2.5e-3, groups)
+        got = influence.exact(t, v, 2.5e-3, groups=groups)
+        assert rel_err(got, ref) < tol, dtype
+        assert rel_err(got[3:], ref[3:]) < tol, dtype  # the lone unit on its own scale
+    # float64 group totals (shares summed; they cancel by |g|^2 / (n lambda) at most)
+    totals = np.stack([got[g].sum(dim=0).numpy() for g in groups])
+    assert rel_err(totals, np.stack([ref[g].sum(axis=0) for g in groups])) < 1e-8

@@ -9,8 +9,8 @@ from test_gradients import DEVICE, brute_force, lora_tiny, on_device
 from test_influence import loop_datainf, loop_exact
 
 from layerif.gradients import find_units
-from layerif.provenance import ProvenanceError
 from layerif.scores import LayerScores, ScoreConfig, aggregate_values, layer_scores
+from layerif.store import ResultMismatch
 
 TRAIN = ["The cat sat on the mat.", "Hi.", "Dogs bark at night", "a b c d e f g",
          "Influence, per block!", "ok then", "Short", "One more training sentence here."]
@@ -186,7 +186,7 @@ def test_save_load_roundtrip_and_overwrite_guard(tmp_path):
     s.save(tmp_path / "r")  # same config: a re-run replaces it
     other = hand_scores()
     other.config = ScoreConfig(device="cpu", damping=0.5)
-    with pytest.raises(ProvenanceError, match="another config"):
+    with pytest.raises(ResultMismatch, match=r"config.damping: 0.1 \(saved\) vs 0.5 \(given\)"):
         other.save(tmp_path / "r")
     other.save(tmp_path / "r", overwrite=True)
     assert LayerScores.load(tmp_path / "r").config.damping == 0.5

@@ -63,18 +63,20 @@ class Example:
         id: stable source-row name ``"<task>/<official source split>/<row>"``, e.g.
             ``"mrpc/validation/17"`` (row = position in the shipped file / OLMES doc_id).
         prompt: the context the choices continue.
-        choices: candidate continuations, each with its own leading space (see templates).
+        choices: candidate continuations, each with its own leading space (see templates);
+            a tuple (a list given is converted), so cached examples cannot be changed.
         label: index of the gold choice.
         text: ``prompt + choices[label]``, the sequence a causal-LM loss is taken on.
     """
 
     id: str
     prompt: str
-    choices: list[str]
+    choices: tuple[str, ...]
     label: int
     text: str
 
     def __post_init__(self):
+        object.__setattr__(self, "choices", tuple(self.choices))
         if not 0 <= self.label < len(self.choices):
             raise ValueError(f"label={self.label!r} is invalid: expected an index into {len(self.choices)} choices")
 

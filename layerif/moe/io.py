@@ -1,4 +1,9 @@
-"""Saving and loading a LoRA-MoE adapter together with its allocation and config."""
+"""Saving and loading a LoRA-MoE adapter together with its allocation and config.
+
+An adapter is a :mod:`layerif.store` result of kind ``moe_adapter``: its identity's config is
+the :class:`~layerif.moe.attach.MoEConfig` plus ``experts`` (the per-block allocation), with
+the model id and the training data slice the caller names.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,13 +13,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import store
 from ..models import model_id
-from ..provenance import read_manifest, write_manifest
 from .attach import MoEConfig, attach, moe_layers, moe_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADAPTER_FILE", "KIND", "load_adapter", "save_adapter"]
+__all__ = ["ADAPTER_FILE", "KIND", "adapter_identity", "load_adapter", "save_adapter"]
 
 ADAPTER_FILE = "adapter.safetensors"
 KIND = "moe_adapter"
@@ -27,55 +32,79 @@ def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def _manifest_config(model: nn.Module) -> dict:
-    state = model._layerif_moe
-    return {**state["config"].to_dict(), "experts": [int(v) for v in state["experts"].tolist()]}
+    state = getattr(model, "_layerif_moe", None)
+    if state is None:
+        raise ValueError("model carries no LoRA-MoE adapter (attach one with layerif.moe.attach)")
+    return {**state["config"].identity(), "experts": [int(v) for v in state["experts"].tolist()]}
+
+
+def adapter_identity(model: nn.Module, data: dict | None = None) -> dict:
+    """The store identity of ``model``'s adapter (:func:`layerif.store.identity`).
+
+    Args:
+        model: a model carrying an adapter from :func:`attach`.
+        data: the training data slice (task, example ids, ...); None records ``{}``.
+
+    Returns:
+        Kind ``moe_adapter``, config = MoE config + ``experts``, the model id and ``data``;
+        pass it to :func:`layerif.store.load_if_matching` to resume a training run.
+    """
+    return store.identity(KIND, _manifest_config(model), model_id(model), data or {})
 
 
 def save_adapter(model: nn.Module, directory: str | Path, data: dict | None = None,
                  overwrite: bool = False) -> Path:
-    """Save the experts and routers with their allocation and config (manifest).
+    """Save the experts and routers with their allocation and config, atomically.
 
     Args:
         model: a model carrying an adapter from :func:`attach`.
         directory: result folder (``manifest.json`` + ``adapter.safetensors``).
-        data: the training data slice, recorded in the manifest.
-        overwrite: replace a result saved there with another config or allocation.
+        data: the training data slice, part of the identity (:func:`adapter_identity`).
+        overwrite: replace a result of another identity saved there.
 
     Returns:
         The directory.
+
+    Raises:
+        layerif.store.ResultMismatch: ``directory`` holds an adapter of another config,
+            allocation, model or data slice and ``overwrite`` is False.
     """
     from safetensors.torch import save_file
 
-    if getattr(model, "_layerif_moe", None) is None:
-        raise ValueError("model carries no LoRA-MoE adapter: nothing to save")
+    ident = adapter_identity(model, data)
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in _adapter_params(model).items()}
-    table = moe_table(model)
-    write_manifest(directory, KIND, _manifest_config(model), model_id=model_id(model), data=data,
-                   extra={"trainable_params": int(sum(t.numel() for t in tensors.values())),
-                          "paths": table["path"].tolist()}, overwrite=overwrite)
-    save_file(tensors, str(Path(directory) / ADAPTER_FILE))
-    return Path(directory)
+    extra = {"trainable_params": int(sum(t.numel() for t in tensors.values())),
+             "paths": moe_table(model)["path"].tolist()}
+    return store.save(directory, ident, lambda folder: save_file(tensors, str(folder / ADAPTER_FILE)),
+                      extra=extra, overwrite=overwrite)
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Attach (if needed) and load an adapter saved by :func:`save_adapter`.
 
     Raises:
-        ValueError: the model already carries an adapter with another allocation or config,
-            or the saved tensors do not fit the model.
+        FileNotFoundError: no result is saved in ``directory``.
+        ValueError: the result is not an adapter, the model already carries an adapter with
+            another allocation or config, or the saved tensors do not fit the model.
     """
-    from safetensors.torch import load_file
-
-    manifest = read_manifest(directory, kind=KIND)
+    manifest = store.load_manifest(directory, kind=KIND)
     config = dict(manifest["config"])
     experts = pd.Series(config.pop("experts"), dtype=int).rename_axis("layer")
     if getattr(model, "_layerif_moe", None) is None:
         attach(model, experts, **MoEConfig.from_dict(config).to_dict())
-    elif _manifest_config(model) != manifest["config"]:
-        raise ValueError(f"model carries an adapter made with {_manifest_config(model)}, but "
-                         f"{directory} holds one made with {manifest['config']}")
+    elif adapter_identity(model)["config"] != manifest["config"]:
+        raise ValueError(f"model carries an adapter made with {adapter_identity(model)['config']}, "
+                         f"but {directory} holds one made with {manifest['config']}")
     if manifest.get("model_id") != model_id(model):
         log.warning("adapter was trained on %r, loading into %r", manifest.get("model_id"), model_id(model))
+    _copy_saved(model, directory)
+    return model
+
+
+def _copy_saved(model: nn.Module, directory: str | Path) -> None:
+    """Copy the saved tensors into the model's adapter parameters (shapes checked)."""
+    from safetensors.torch import load_file
+
     params = _adapter_params(model)
     saved = load_file(str(Path(directory) / ADAPTER_FILE))
     if set(saved) != set(params):
@@ -86,4 +115,3 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
             if saved[name].shape != p.shape:
                 raise ValueError(f"{name}: saved shape {tuple(saved[name].shape)} != {tuple(p.shape)}")
             p.copy_(saved[name].to(p.device, p.dtype))
-    return model

@@ -1,0 +1,457 @@
+"""The results store: identity-guarded, atomic, resumable result folders.
+
+A result folder holds the files of one result and a ``manifest.json`` that records its
+*identity* -- what decides its values: the kind of result, the config without its run-time
+fields (:meth:`layerif._config.ConfigBase.identity`), the model id, the data slice (task,
+example ids) and the package version -- plus ``extra`` metadata, the creation time and the
+environment (library versions, git commit), which are not part of the identity.
+
+Guarantees:
+
+* :func:`save` refuses (:class:`ResultMismatch`) to replace a result of another identity
+  unless ``overwrite=True``; a result of the same identity is replaced (a re-run).
+* Saves are atomic: the files are written into a hidden temporary folder beside the target,
+  the manifest last, then swapped in by renames. A run killed at any moment leaves the old
+  result or none, never half of one. Leftover hidden folders are ignored by readers and
+  cleaned (or, for a result moved aside just before a kill, put back) by the next save.
+* :func:`load_if_matching` and :func:`load_frame` with an identity return ``None`` when
+  nothing is saved and raise when something else is: nothing stale or foreign is read
+  silently.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ._config import ConfigBase, jsonable
+
+__all__ = ["FRAME_FILE", "IDENTITY_KEYS", "MANIFEST", "ProvenanceError", "ResultMismatch",
+           "differences", "environment", "identity", "load_frame", "load_if_matching",
+           "load_manifest", "save", "save_frame"]
+
+MANIFEST = "manifest.json"
+FRAME_FILE = "frame.csv"
+SCHEMA_FILE = "frame.schema.json"
+IDENTITY_KEYS = ("kind", "config", "model_id", "data", "layerif_version")
+PACKAGES = ("torch", "transformers", "peft", "lm_eval")
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples -> lists, dtypes -> strings, ...)."""
+    return json.loads(json.dumps(jsonable(value)))
+
+
+def _version() -> str:
+    import layerif
+
+    return layerif.__version__
+
+
+def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
+    """The identity of a result: what must agree for a saved result to be reused.
+
+    Args:
+        kind: what the result is (``"layer_scores"``, ``"moe_adapter"``, ...).
+        config: a :class:`~layerif._config.ConfigBase` (its :meth:`identity`, run-time fields
+            left out) or a plain dict of the settings that decide the result.
+        model_id: the model the result was computed on (None when none).
+        data: the data slice: task and example ids (as lists), or inputs' fingerprints.
+
+    Returns:
+        ``{"kind", "config", "model_id", "data", "layerif_version"}``, JSON-normalised.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind={kind!r} is invalid: expected a non-empty string")
+    if not isinstance(config, (ConfigBase, dict)):
+        raise ValueError(f"config={config!r} is invalid: expected a ConfigBase or a dict")
+    if not isinstance(data, dict):
+        raise ValueError(f"data={data!r} is invalid: expected a dict")
+    cfg = config.identity() if isinstance(config, ConfigBase) else config
+    return _normal({"kind": kind, "config": cfg, "model_id": model_id, "data": data,
+                    "layerif_version": _version()})
+
+
+class ProvenanceError(FileExistsError):
+    """A result folder cannot take the result being saved (also importable from
+    :mod:`layerif.provenance`, its former home)."""
+
+
+# -- differences -------------------------------------------------------------------------
+_ABSENT = object()
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "<absent>" if value is _ABSENT else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _list_difference(path: str, saved: list, given: list) -> str:
+    first = next((i for i, (a, b) in enumerate(zip(saved, given)) if a != b), None)
+    where = (f"first difference at [{first}]: {_short(saved[first], 30)} vs "
+             f"{_short(given[first], 30)}" if first is not None
+             else f"equal over the first {min(len(saved), len(given))}")
+    return f"{path}: {len(saved)} items (saved) vs {len(given)} items (given), {where}"
+
+
+def differences(saved: Any, given: Any, path: str = "") -> list[str]:
+    """One line per differing leaf of two JSON-like values, as dotted paths.
+
+    Dicts are compared key by key; lists longer than 4 items, or of unequal length, are
+    summarised (lengths and first differing element); other values are shown side by side:
+    ``data.task: 'mrpc' (saved) vs 'rte' (given)``.
+    """
+    if isinstance(saved, dict) and isinstance(given, dict):
+        out = []
+        for key in sorted(set(saved) | set(given), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            out += differences(saved.get(key, _ABSENT), given.get(key, _ABSENT), sub)
+        return out
+    if json.dumps(saved, sort_keys=True, default=repr) == json.dumps(given, sort_keys=True,
+                                                                    default=repr):
+        return []
+    if (isinstance(saved, list) and isinstance(given, list)
+            and (len(saved) != len(given) or len(saved) > 4)):
+        return [_list_difference(path, saved, given)]
+    return [f"{path}: {_short(saved)} (saved) vs {_short(given)} (given)"]
+
+
+class ResultMismatch(ProvenanceError):
+    """A folder holds a result of another identity than the one asked for.
+
+    Attributes:
+        directory: the result folder.
+        differences: one line per differing identity key (see :func:`differences`).
+    """
+
+    def __init__(self, directory: str | Path, saved: dict, given: dict):
+        self.directory = Path(directory)
+        self.differences = differences(saved, given)
+        lines = "\n".join(f"  {d}" for d in self.differences)
+        super().__init__(
+            f"{self.directory} holds a {saved.get('kind')!r} result of another identity:\n"
+            f"{lines}\nTo replace it, save with overwrite=True (or use another folder).")
+
+
+# -- environment -------------------------------------------------------------------------
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def git_state(package_dir: str | Path | None = None) -> dict | None:
+    """``{"commit", "dirty"}`` of the git checkout holding the package, or None.
+
+    None when the package does not live in a git work tree of its own (an installed copy
+    inside some other repository counts as none). ``dirty`` is True when tracked files differ
+    from the commit or the package folder holds untracked (not ignored) files.
+    """
+    here = Path(package_dir or Path(__file__).resolve().parent)
+    top = _git(["rev-parse", "--show-toplevel"], here)
+    if not top or not (Path(top) / here.name / "__init__.py").resolve().samefile(here / "__init__.py"):
+        return None
+    commit = _git(["rev-parse", "HEAD"], here)
+    tracked = _git(["status", "--porcelain", "--untracked-files=no"], here)
+    untracked = _git(["ls-files", "--others", "--exclude-standard", "--", str(here)], here)
+    if commit is None or tracked is None or untracked is None:
+        return None
+    return {"commit": commit, "dirty": bool(tracked or untracked)}
+
+
+def environment() -> dict:
+    """Where a result was made: Python and library versions (None when not installed) and the
+    project's git state (:func:`git_state`)."""
+    return {"python": platform.python_version(),
+            **{name: _package_version(name) for name in PACKAGES},
+            "git": git_state()}
+
+
+# -- reading -----------------------------------------------------------------------------
+def load_manifest(directory: str | Path, kind: str | None = None) -> dict:
+    """The manifest of the result in ``directory``, checking its kind when given.
+
+    Raises:
+        FileNotFoundError: the folder holds no result.
+        ValueError: it holds a result of another kind.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no saved result ({MANIFEST} is missing)")
+    manifest = json.loads(path.read_text())
+    if kind is not None and manifest.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {manifest.get('kind')!r} result, not {kind!r}")
+    return manifest
+
+
+def saved_identity(manifest: dict) -> dict:
+    """The identity part of a manifest (absent keys as None)."""
+    return {key: manifest.get(key) for key in IDENTITY_KEYS}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def load_if_matching(directory: str | Path, ident: dict) -> dict | None:
+    """The manifest when ``directory`` holds a result of exactly identity ``ident``.
+
+    Returns:
+        The manifest, or None when the folder holds no result.
+
+    Raises:
+        ResultMismatch: the folder holds a result of another identity (any key differs,
+            ``layerif_version`` included).
+    """
+    try:
+        manifest = load_manifest(directory)
+    except FileNotFoundError:
+        return None
+    saved, given = saved_identity(manifest), _normal(ident)
+    if not _same(saved, given):
+        raise ResultMismatch(directory, saved, given)
+    return manifest
+
+
+# -- writing -----------------------------------------------------------------------------
+def _aside(target: Path, tag: str) -> Path:
+    return target.with_name(f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(target: Path, tag: str) -> list[Path]:
+    """Hidden folders a save of ``target`` left with ``tag`` (tmp / old), by dead processes."""
+    found = []
+    for p in target.parent.glob(f".{target.name}.{tag}-*"):
+        pid = p.name.rsplit("-", 2)[-2]
+        if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            found.append(p)
+    return found
+
+
+def _recover(target: Path) -> None:
+    """Put back a complete result moved aside by a save killed between its two renames, and
+    remove every other leftover of earlier, dead saves."""
+    old = [p for p in _leftovers(target, "old") if (p / MANIFEST).is_file()]
+    if not target.exists() and old:
+        max(old, key=lambda p: p.stat().st_mtime).rename(target)
+    for p in _leftovers(target, "old") + _leftovers(target, "tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _guard(target: Path, ident: dict, overwrite: bool) -> None:
+    """Raise unless ``target`` may receive a result of identity ``ident``."""
+    if overwrite or not target.exists():
+        return
+    if not target.is_dir():
+        raise ProvenanceError(f"{target} exists and is not a folder")
+    if (target / MANIFEST).is_file():
+        load_if_matching(target, ident)
+    elif any(target.iterdir()):
+        raise ProvenanceError(f"{target} holds files but no {MANIFEST}: not a layerif result; "
+                              "save with overwrite=True to replace it")
+
+
+def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
+         extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Save a result atomically into ``directory`` under identity ``ident``.
+
+    Args:
+        directory: the result folder (created with its parents).
+        ident: from :func:`identity`.
+        write: called with an empty temporary folder; writes the result's files there
+            (not ``manifest.json``, which the store writes last).
+        extra: JSON-ready metadata kept in the manifest's ``"extra"`` (not identity).
+        overwrite: replace a result of another identity.
+
+    Returns:
+        ``directory`` as a Path.
+
+    Raises:
+        ResultMismatch: ``directory`` holds a result of another identity and not
+            ``overwrite``; nothing is written then.
+        ProvenanceError: it holds files that are not a result and not ``overwrite``.
+    """
+    target = Path(directory)
+    ident = _normal(ident)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
+    _guard(target, ident, overwrite)
+    tmp = _aside(target, "tmp")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if (tmp / MANIFEST).exists():
+            raise ValueError(f"write={write!r} wrote {MANIFEST}: the store writes it")
+        manifest = {**ident, "extra": _normal(extra or {}), "environment": environment(),
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        _write_json(tmp / MANIFEST, manifest)
+        _swap(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Move the complete ``tmp`` to ``target``, the old result aside first, removed after."""
+    old = None
+    if target.exists():
+        old = _aside(target, "old")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- result tables -----------------------------------------------------------------------
+_TEXT = ("str", "string", "object")
+
+
+def _dtype_name(series: pd.Series, name: Any) -> str:
+    """The stored dtype of one column / index level (ValueError for unsupported ones):
+    a numeric or bool dtype, a string dtype (``str`` / ``string``), or ``object`` when every
+    value is a str."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.StringDtype) and not series.isna().any():
+        return str(dtype)
+    if dtype.kind in "biuf" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return str(dtype)
+    if dtype == object and all(isinstance(v, str) for v in series):
+        return "object"
+    raise ValueError(f"column {name!r} has dtype {dtype} (or missing / non-str values): "
+                     "save_frame stores float, int, bool and str columns only")
+
+
+def _schema(frame: pd.DataFrame, series_name: Any, is_series: bool) -> tuple[dict, pd.DataFrame]:
+    """The JSON schema of ``frame`` and the flat table written to CSV (index levels first)."""
+    index = frame.index
+    levels = [index.get_level_values(i).to_series(index=range(len(frame)))
+              for i in range(index.nlevels)]
+    cols = [frame.iloc[:, j].reset_index(drop=True) for j in range(frame.shape[1])]
+    header = [str(n) for n in index.names] + [
+        "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    flat = pd.concat(levels + cols, axis=1, ignore_index=True)
+    flat.columns = header
+    schema = {
+        "type": "series" if is_series else "frame",
+        "series_name": jsonable(series_name),
+        "index_names": jsonable(list(index.names)),
+        "index_dtypes": [_dtype_name(s, n) for s, n in zip(levels, index.names)],
+        "range_index": ([index.start, index.stop, index.step]
+                        if isinstance(index, pd.RangeIndex) else None),
+        "columns": jsonable([list(c) if isinstance(c, tuple) else c for c in frame.columns]),
+        "column_names": jsonable(list(frame.columns.names)),
+        "column_dtypes": [_dtype_name(s, c) for s, c in zip(cols, frame.columns)],
+    }
+    return schema, flat
+
+
+def save_frame(directory: str | Path, frame: pd.DataFrame | pd.Series, ident: dict,
+               extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Save a result table through :func:`save`: ``frame.csv`` and ``frame.schema.json``.
+
+    The CSV holds index levels then columns, floats in their shortest exact form, so
+    :func:`load_frame` gives back bit-identical float64 values, the dtypes (float, int,
+    bool, str), the index (names, MultiIndex, RangeIndex), column labels and names, and a
+    Series' name.
+
+    Raises:
+        ValueError: a column of another dtype (category, datetime, mixed objects, ...).
+        ResultMismatch: as :func:`save`.
+    """
+    is_series = isinstance(frame, pd.Series)
+    if not isinstance(frame, (pd.Series, pd.DataFrame)):
+        raise ValueError(f"frame={type(frame).__name__} is invalid: expected a DataFrame or Series")
+    table = frame.to_frame(name=0) if is_series else frame
+    schema, flat = _schema(table, frame.name if is_series else None, is_series)
+
+    def write(tmp: Path) -> None:
+        flat.to_csv(tmp / FRAME_FILE, index=False, na_rep="")
+        _write_json(tmp / SCHEMA_FILE, schema)
+
+    return save(directory, ident, write, extra=extra, overwrite=overwrite)
+
+
+def _read_flat(path: Path, dtypes: list[str]) -> pd.DataFrame:
+    """The CSV columns by position, each parsed exactly (strings verbatim, floats round-trip)."""
+    parse = {i: (str if d in _TEXT else "float64" if d.startswith("float") else d)
+             for i, d in enumerate(dtypes)}
+    return pd.read_csv(path, header=None, skiprows=1, names=range(len(dtypes)), dtype=parse,
+                       keep_default_na=False, float_precision="round_trip",
+                       na_values={i: [""] for i, d in enumerate(dtypes) if d.startswith("float")})
+
+
+def _labels(values: list, names: list):
+    if len(names) > 1:
+        return pd.MultiIndex.from_tuples([tuple(v) for v in values], names=names)
+    return pd.Index(values, name=names[0], dtype=object if not values else None)
+
+
+def _from_flat(flat: pd.DataFrame, schema: dict) -> pd.DataFrame | pd.Series:
+    n_idx = len(schema["index_dtypes"])
+    for i, d in enumerate(schema["index_dtypes"] + schema["column_dtypes"]):
+        flat[i] = flat[i].astype(d)
+    if schema["range_index"] is not None:
+        index = pd.RangeIndex(*schema["range_index"], name=schema["index_names"][0])
+    elif n_idx > 1:
+        index = pd.MultiIndex.from_arrays([flat[i] for i in range(n_idx)],
+                                          names=schema["index_names"])
+    else:
+        index = pd.Index(flat[0], name=schema["index_names"][0])
+    body = flat.iloc[:, n_idx:].set_axis(index, axis=0)
+    if schema["type"] == "series":
+        return body.iloc[:, 0].rename(schema["series_name"])
+    body.columns = _labels(schema["columns"], schema["column_names"])
+    return body
+
+
+def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame | pd.Series | None:
+    """A table saved by :func:`save_frame`.
+
+    With ``ident``: None when the folder holds no result, :class:`ResultMismatch` when it
+    holds one of another identity (as :func:`load_if_matching`). Without: whatever result
+    is there (FileNotFoundError when none).
+    """
+    directory = Path(directory)
+    if ident is not None and load_if_matching(directory, ident) is None:
+        return None
+    load_manifest(directory)
+    schema = json.loads((directory / SCHEMA_FILE).read_text())
+    flat = _read_flat(directory / FRAME_FILE, schema["index_dtypes"] + schema["column_dtypes"])
+    return _from_flat(flat, schema)
