@@ -31,17 +31,18 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from ._config import ConfigBase, jsonable
 
-__all__ = ["FRAME_FILE", "IDENTITY_KEYS", "MANIFEST", "ProvenanceError", "ResultMismatch",
-           "differences", "environment", "identity", "load_frame", "load_if_matching",
-           "load_manifest", "save", "save_frame"]
+__all__ = ["IDENTITY_KEYS", "MANIFEST", "TABLE_CSV", "TABLE_SCHEMA", "ProvenanceError", "ResultMismatch",
+           "differences", "environment", "git_state", "identity", "load_frame", "load_if_matching",
+           "load_manifest", "save", "save_frame", "saved_identity"]
 
 MANIFEST = "manifest.json"
-FRAME_FILE = "frame.csv"
-SCHEMA_FILE = "frame.schema.json"
+TABLE_CSV = "table.csv"
+TABLE_SCHEMA = "table.schema.json"
 IDENTITY_KEYS = ("kind", "config", "model_id", "data", "layerif_version")
 PACKAGES = ("torch", "transformers", "peft", "lm_eval")
 
@@ -74,6 +75,8 @@ def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
         raise ValueError(f"kind={kind!r} is invalid: expected a non-empty string")
     if not isinstance(config, (ConfigBase, dict)):
         raise ValueError(f"config={config!r} is invalid: expected a ConfigBase or a dict")
+    if model_id is not None and not isinstance(model_id, str):
+        raise ValueError(f"model_id={model_id!r} is invalid: expected a str or None")
     if not isinstance(data, dict):
         raise ValueError(f"data={data!r} is invalid: expected a dict")
     cfg = config.identity() if isinstance(config, ConfigBase) else config
@@ -96,11 +99,13 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def _list_difference(path: str, saved: list, given: list) -> str:
-    first = next((i for i, (a, b) in enumerate(zip(saved, given)) if a != b), None)
-    where = (f"first difference at [{first}]: {_short(saved[first], 30)} vs "
-             f"{_short(given[first], 30)}" if first is not None
-             else f"equal over the first {min(len(saved), len(given))}")
-    return f"{path}: {len(saved)} items (saved) vs {len(given)} items (given), {where}"
+    """Lengths and the first differing element (``<absent>`` past the shorter list's end)."""
+    n = max(len(saved), len(given))
+    pad = lambda xs: list(xs) + [_ABSENT] * (n - len(xs))  # noqa: E731
+    first = next(i for i, (a, b) in enumerate(zip(pad(saved), pad(given))) if a != b)
+    return (f"{path}: {len(saved)} items (saved) vs {len(given)} (given), first difference at "
+            f"[{first}]: {_short(pad(saved)[first], 30)} (saved) vs "
+            f"{_short(pad(given)[first], 30)} (given)")
 
 
 def differences(saved: Any, given: Any, path: str = "") -> list[str]:
@@ -139,7 +144,7 @@ class ResultMismatch(ProvenanceError):
         lines = "\n".join(f"  {d}" for d in self.differences)
         super().__init__(
             f"{self.directory} holds a {saved.get('kind')!r} result of another identity:\n"
-            f"{lines}\nTo replace it, save with overwrite=True (or use another folder).")
+            f"{lines}\nPass overwrite=True to replace it (or use another folder).")
 
 
 # -- environment -------------------------------------------------------------------------
@@ -164,18 +169,18 @@ def git_state(package_dir: str | Path | None = None) -> dict | None:
 
     None when the package does not live in a git work tree of its own (an installed copy
     inside some other repository counts as none). ``dirty`` is True when tracked files differ
-    from the commit or the package folder holds untracked (not ignored) files.
+    from the commit (untracked files, such as results being written, do not count).
     """
     here = Path(package_dir or Path(__file__).resolve().parent)
     top = _git(["rev-parse", "--show-toplevel"], here)
-    if not top or not (Path(top) / here.name / "__init__.py").resolve().samefile(here / "__init__.py"):
-        return None
+    mine = Path(top) / here.name / "__init__.py" if top else None
+    if mine is None or not mine.is_file() or not mine.resolve().samefile(here / "__init__.py"):
+        return None  # not a checkout, or an installed copy inside some other repository
     commit = _git(["rev-parse", "HEAD"], here)
-    tracked = _git(["status", "--porcelain", "--untracked-files=no"], here)
-    untracked = _git(["ls-files", "--others", "--exclude-standard", "--", str(here)], here)
-    if commit is None or tracked is None or untracked is None:
+    status = _git(["status", "--porcelain", "--untracked-files=no"], here)
+    if commit is None or status is None:
         return None
-    return {"commit": commit, "dirty": bool(tracked or untracked)}
+    return {"commit": commit, "dirty": bool(status)}
 
 
 def environment() -> dict:
@@ -196,10 +201,11 @@ def load_manifest(directory: str | Path, kind: str | None = None) -> dict:
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} holds no saved result ({MANIFEST} is missing)")
+        raise FileNotFoundError(f"{directory} holds no {MANIFEST}: no result is saved there")
     manifest = json.loads(path.read_text())
     if kind is not None and manifest.get("kind") != kind:
-        raise ValueError(f"{directory} holds a {manifest.get('kind')!r} result, not {kind!r}")
+        raise ValueError(f"kind={kind!r} is invalid: {directory} holds a "
+                         f"{manifest.get('kind')!r} result")
     return manifest
 
 
@@ -276,8 +282,8 @@ def _guard(target: Path, ident: dict, overwrite: bool) -> None:
     if (target / MANIFEST).is_file():
         load_if_matching(target, ident)
     elif any(target.iterdir()):
-        raise ProvenanceError(f"{target} holds files but no {MANIFEST}: not a layerif result; "
-                              "save with overwrite=True to replace it")
+        raise ProvenanceError(f"{target} holds no {MANIFEST} but other files: not a layerif "
+                              "result. Pass overwrite=True to replace them (or use another folder).")
 
 
 def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
@@ -301,6 +307,9 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         ProvenanceError: it holds files that are not a result and not ``overwrite``.
     """
     target = Path(directory)
+    if not (isinstance(ident, dict) and set(ident) == set(IDENTITY_KEYS)):
+        raise ValueError(f"ident={ident!r} is invalid: expected a dict from store.identity() "
+                         f"with keys {IDENTITY_KEYS}")
     ident = _normal(ident)
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
@@ -341,69 +350,79 @@ def _swap(tmp: Path, target: Path) -> None:
 
 # -- result tables -----------------------------------------------------------------------
 _TEXT = ("str", "string", "object")
+# pandas >= 3 parses floats exactly by default (and deprecates the option).
+_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def _dtype_name(series: pd.Series, name: Any) -> str:
-    """The stored dtype of one column / index level (ValueError for unsupported ones):
-    a numeric or bool dtype, a string dtype (``str`` / ``string``), or ``object`` when every
-    value is a str."""
+    """The stored dtype of one column or index level: a numpy numeric / bool dtype, a string
+    dtype (``str`` / ``string``), or ``object`` when every present value is a str."""
     dtype = series.dtype
-    if isinstance(dtype, pd.StringDtype) and not series.isna().any():
+    if isinstance(dtype, pd.StringDtype):
         return str(dtype)
-    if dtype.kind in "biuf" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+    if dtype.kind in "biuf" and isinstance(dtype, np.dtype):
         return str(dtype)
-    if dtype == object and all(isinstance(v, str) for v in series):
+    if dtype == object and all(isinstance(v, str) for v in series.dropna()):
         return "object"
-    raise ValueError(f"column {name!r} has dtype {dtype} (or missing / non-str values): "
-                     "save_frame stores float, int, bool and str columns only")
+    raise ValueError(f"frame column {name!r} has dtype {dtype}" + (
+        " with non-str values" if dtype == object else "") +
+        ": save_frame stores float, int, bool and str columns only")
 
 
 def _schema(frame: pd.DataFrame, series_name: Any, is_series: bool) -> tuple[dict, pd.DataFrame]:
-    """The JSON schema of ``frame`` and the flat table written to CSV (index levels first)."""
+    """The JSON schema of ``frame`` and the flat table written to CSV (index levels first).
+
+    Missing values of str columns are listed by row in ``missing`` (the CSV cell is empty,
+    like an empty string's); float NaN is an empty cell of a float column.
+    """
     index = frame.index
     levels = [index.get_level_values(i).to_series(index=range(len(frame)))
               for i in range(index.nlevels)]
     cols = [frame.iloc[:, j].reset_index(drop=True) for j in range(frame.shape[1])]
-    header = [str(n) for n in index.names] + [
-        "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    dtypes = ([_dtype_name(x, n) for x, n in zip(levels, index.names)]
+              + [_dtype_name(x, c) for x, c in zip(cols, frame.columns)])
     flat = pd.concat(levels + cols, axis=1, ignore_index=True)
-    flat.columns = header
+    flat.columns = [str(n) for n in index.names] + [
+        "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    missing = {str(i): np.flatnonzero(flat.iloc[:, i].isna().to_numpy()).tolist()
+               for i, d in enumerate(dtypes) if d in _TEXT and flat.iloc[:, i].isna().any()}
     schema = {
         "type": "series" if is_series else "frame",
         "series_name": jsonable(series_name),
         "index_names": jsonable(list(index.names)),
-        "index_dtypes": [_dtype_name(s, n) for s, n in zip(levels, index.names)],
         "range_index": ([index.start, index.stop, index.step]
                         if isinstance(index, pd.RangeIndex) else None),
         "columns": jsonable([list(c) if isinstance(c, tuple) else c for c in frame.columns]),
         "column_names": jsonable(list(frame.columns.names)),
-        "column_dtypes": [_dtype_name(s, c) for s, c in zip(cols, frame.columns)],
+        "dtypes": dtypes,
+        "missing": missing,
     }
     return schema, flat
 
 
 def save_frame(directory: str | Path, frame: pd.DataFrame | pd.Series, ident: dict,
                extra: dict | None = None, overwrite: bool = False) -> Path:
-    """Save a result table through :func:`save`: ``frame.csv`` and ``frame.schema.json``.
+    """Save a result table through :func:`save`: ``table.csv`` and ``table.schema.json``.
 
-    The CSV holds index levels then columns, floats in their shortest exact form, so
-    :func:`load_frame` gives back bit-identical float64 values, the dtypes (float, int,
-    bool, str), the index (names, MultiIndex, RangeIndex), column labels and names, and a
-    Series' name.
+    The CSV has one header row (index names, then column labels) and holds floats in their
+    shortest exact form, so :func:`load_frame` gives back bit-identical floats, the dtypes
+    (float, int, bool, str, missing values included), the index (names, MultiIndex,
+    RangeIndex), column labels and names, and a Series' name.
 
     Raises:
-        ValueError: a column of another dtype (category, datetime, mixed objects, ...).
+        ValueError: a column of another dtype (category, datetime, mixed objects, ...);
+            nothing is written then.
         ResultMismatch: as :func:`save`.
     """
-    is_series = isinstance(frame, pd.Series)
     if not isinstance(frame, (pd.Series, pd.DataFrame)):
         raise ValueError(f"frame={type(frame).__name__} is invalid: expected a DataFrame or Series")
+    is_series = isinstance(frame, pd.Series)
     table = frame.to_frame(name=0) if is_series else frame
     schema, flat = _schema(table, frame.name if is_series else None, is_series)
 
     def write(tmp: Path) -> None:
-        flat.to_csv(tmp / FRAME_FILE, index=False, na_rep="")
-        _write_json(tmp / SCHEMA_FILE, schema)
+        flat.to_csv(tmp / TABLE_CSV, index=False, na_rep="")
+        _write_json(tmp / TABLE_SCHEMA, schema)
 
     return save(directory, ident, write, extra=extra, overwrite=overwrite)
 
@@ -413,20 +432,23 @@ def _read_flat(path: Path, dtypes: list[str]) -> pd.DataFrame:
     parse = {i: (str if d in _TEXT else "float64" if d.startswith("float") else d)
              for i, d in enumerate(dtypes)}
     return pd.read_csv(path, header=None, skiprows=1, names=range(len(dtypes)), dtype=parse,
-                       keep_default_na=False, float_precision="round_trip",
+                       keep_default_na=False, **_EXACT_FLOATS,
                        na_values={i: [""] for i, d in enumerate(dtypes) if d.startswith("float")})
 
 
-def _labels(values: list, names: list):
+def _labels(values: list, names: list) -> pd.Index:
     if len(names) > 1:
         return pd.MultiIndex.from_tuples([tuple(v) for v in values], names=names)
-    return pd.Index(values, name=names[0], dtype=object if not values else None)
+    return pd.Index(values, name=names[0], dtype=None if values else object)
 
 
 def _from_flat(flat: pd.DataFrame, schema: dict) -> pd.DataFrame | pd.Series:
-    n_idx = len(schema["index_dtypes"])
-    for i, d in enumerate(schema["index_dtypes"] + schema["column_dtypes"]):
+    n_idx = len(schema["index_names"])
+    for i, d in enumerate(schema["dtypes"]):
         flat[i] = flat[i].astype(d)
+        rows = schema["missing"].get(str(i))
+        if rows:
+            flat.iloc[rows, i] = None
     if schema["range_index"] is not None:
         index = pd.RangeIndex(*schema["range_index"], name=schema["index_names"][0])
     elif n_idx > 1:
@@ -445,13 +467,18 @@ def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame
     """A table saved by :func:`save_frame`.
 
     With ``ident``: None when the folder holds no result, :class:`ResultMismatch` when it
-    holds one of another identity (as :func:`load_if_matching`). Without: whatever result
-    is there (FileNotFoundError when none).
+    holds one of another identity (as :func:`load_if_matching`). Without: whatever table is
+    there (FileNotFoundError when none).
+
+    Raises:
+        ValueError: the folder holds a result that is not a table.
     """
     directory = Path(directory)
-    if ident is not None and load_if_matching(directory, ident) is None:
+    manifest = load_manifest(directory) if ident is None else load_if_matching(directory, ident)
+    if manifest is None:
         return None
-    load_manifest(directory)
-    schema = json.loads((directory / SCHEMA_FILE).read_text())
-    flat = _read_flat(directory / FRAME_FILE, schema["index_dtypes"] + schema["column_dtypes"])
-    return _from_flat(flat, schema)
+    if not (directory / TABLE_SCHEMA).is_file():
+        raise ValueError(f"{directory} holds a {manifest.get('kind')!r} result that is not a "
+                         f"table (no {TABLE_SCHEMA})")
+    schema = json.loads((directory / TABLE_SCHEMA).read_text())
+    return _from_flat(_read_flat(directory / TABLE_CSV, schema["dtypes"]), schema)

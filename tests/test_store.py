@@ -19,6 +19,7 @@ import torch
 import layerif
 from layerif import data, moe, store
 from layerif.moe import MoEConfig
+from layerif.provenance import ProvenanceError as OldProvenanceError
 from layerif.scores import LayerScores, ScoreConfig, layer_scores
 from layerif.testing import tiny_model
 
@@ -86,8 +87,8 @@ def test_foreign_task_refused_with_both_values_then_overwritten(scored, tmp_path
         rte.save(tmp_path)
     message = str(err.value)
     assert "data.task: 'mrpc' (saved) vs 'rte' (given)" in message
-    assert message.rstrip().endswith("Pass overwrite=True to replace it (or use another folder).")
-    assert isinstance(err.value, layerif.provenance.ProvenanceError)  # the old name still works
+    assert "overwrite=True" in message.rstrip().splitlines()[-1]  # ends with how to proceed
+    assert isinstance(err.value, OldProvenanceError)  # the old name still works
     assert LayerScores.load(tmp_path).task == "mrpc"  # nothing was written
     rte.save(tmp_path, overwrite=True)
     back = LayerScores.load(tmp_path)
@@ -107,6 +108,8 @@ def test_long_lists_are_summarised():
     assert store.differences(saved, given) == [
         "data.ids: 300 items (saved) vs 200 (given), first difference at [200]: "
         "'x200' (saved) vs <absent> (given)"]
+    given["data"]["ids"], given["model_id"] = saved["data"]["ids"], "n"
+    assert store.differences(saved, given) == ["model_id: 'm' (saved) vs 'n' (given)"]
 
 
 def test_same_identity_replaces_other_identities_refuse(scored, tmp_path, monkeypatch):
@@ -157,7 +160,7 @@ def test_load_if_matching_layer_scores(scored, tmp_path):
 
 def test_folder_that_is_not_a_result_and_bad_callbacks(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(store.ProvenanceError, match="holds no manifest.json"):
+    with pytest.raises(store.ProvenanceError, match="no manifest.json"):
         store.save(tmp_path, ident(), write_text("x"))
     assert files_of(tmp_path) == {"notes.txt": b"mine"}
     with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
@@ -177,7 +180,7 @@ def test_folder_that_is_not_a_result_and_bad_callbacks(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         store.save(tmp_path, ident(), failing)
     assert (tmp_path / "value.txt").read_text() == "x"
-    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")] == []
 
 
 # --- atomicity under a real kill ---------------------------------------------------------
@@ -196,10 +199,11 @@ KILLED_SAVE = textwrap.dedent("""
 """)
 
 
-def kill_during_write(target: Path, identity: dict, marker: Path) -> Path:
-    """Start a save in a subprocess, SIGKILL it inside ``write``; the temp folder it left."""
+def kill_during_write(target: Path, identity: dict, marker: Path, script: str = KILLED_SAVE) -> Path:
+    """Start a save in a subprocess, SIGKILL it once it wrote ``marker`` (inside ``write``, by
+    default); the path the marker names (the temp folder it left)."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target), json.dumps(identity),
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target), json.dumps(identity),
                              str(marker)], env=env, stderr=subprocess.PIPE)
     try:
         for _ in range(1200):  # up to 2 minutes for the import on a loaded machine
@@ -236,6 +240,37 @@ def test_killed_save_leaves_old_result_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "marker1", "marker2", "r"]
 
 
+KILLED_BETWEEN_RENAMES = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from layerif import store
+    target, ident, marker = Path(sys.argv[1]).resolve(), json.loads(sys.argv[2]), Path(sys.argv[3])
+    rename = Path.rename
+    def hooked(self, dst):  # block right after the old result is moved out of the way
+        out = rename(self, dst)
+        if Path(self).resolve() == target:
+            marker.write_text(str(dst))
+            while True:
+                time.sleep(1)
+        return out
+    Path.rename = hooked
+    store.save(target, ident, lambda folder: (folder / "value.txt").write_text("new"))
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_killed_between_renames_loses_nothing_for_good(tmp_path):
+    old = ident()
+    store.save(tmp_path / "r", old, write_text("old result"))
+    before = files_of(tmp_path / "r")
+    kill_during_write(tmp_path / "r", old, tmp_path / "marker", script=KILLED_BETWEEN_RENAMES)
+    found = store.load_if_matching(tmp_path / "r", old)  # the old result, or none: never half
+    assert found is None or files_of(tmp_path / "r") == before
+    store.save(tmp_path / "r", old, write_text("re-run"))
+    assert (tmp_path / "r" / "value.txt").read_text() == "re-run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["marker", "r"]
+
+
 # --- environment -------------------------------------------------------------------------
 
 def test_manifest_environment(tmp_path):
@@ -264,6 +299,17 @@ def test_manifest_environment(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                             capture_output=True, text=True, check=True).stdout
     assert env["git"]["dirty"] is bool(status.strip())
+
+
+def test_installed_copy_inside_another_repository_has_no_git_state(tmp_path):
+    try:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    package = tmp_path / "site-packages" / "layerif"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    assert store.git_state(package) is None
 
 
 # --- result tables -----------------------------------------------------------------------
@@ -323,9 +369,9 @@ def test_frame_guards(tmp_path):
     with pytest.raises(store.ResultMismatch, match="config.alpha"):
         store.save_frame(tmp_path / "f", frame, ident(alpha=2.0))
     mixed = pd.DataFrame({"v": [1.0, "a"]})
-    with pytest.raises(ValueError, match="frame column 'v'"):
+    with pytest.raises(ValueError, match="column 'v'"):
         store.save_frame(tmp_path / "m", mixed, ident())
-    with pytest.raises(ValueError, match="frame column 'd' has dtype datetime"):
+    with pytest.raises(ValueError, match="column 'd' has dtype datetime"):
         store.save_frame(tmp_path / "m", pd.DataFrame({"d": pd.to_datetime(["2025-01-01"])}),
                          ident())
     assert not (tmp_path / "m").exists()
