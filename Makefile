@@ -43,5 +43,6 @@ bench: $(STAMP)
 	$(BIN)/python -m layerif.bench prune
 	$(BIN)/python -m layerif.bench moe
 
+# The executed cpu notebooks are committed: only the rendering and run markers go.
 clean-book:
-	rm -rf _build book/executed
+	rm -rf _build book/executed/.stamps

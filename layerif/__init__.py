@@ -12,11 +12,12 @@ The main entry points::
     ratios = layerif.allocate.sparsity(s, 0.5, layerif.describe(model)["linear_params"])
 
 Subpackages: ``data``, ``allocate``, ``baselines``, ``prune``, ``moe``, ``train``,
-``evaluate``, ``study``.
+``evaluate``, ``store`` (saved results), ``stats``, ``plots``, ``paper`` (the
+paper's numbers), ``experiments`` and ``study`` (the notebooks' loops and runner).
 """
 __version__ = "0.1.0"
 
-from . import allocate, baselines, data, evaluate, moe, prune, train  # noqa: E402
+from . import allocate, baselines, data, evaluate, moe, paper, plots, prune, stats, store, train  # noqa: E402
 from .models import describe, linear_modules, load_model, transformer_blocks  # noqa: E402
 from .scores import LayerScores, ScoreConfig, layer_scores  # noqa: E402
 
@@ -33,7 +34,11 @@ __all__ = [
     "linear_modules",
     "load_model",
     "moe",
+    "paper",
+    "plots",
     "prune",
+    "stats",
+    "store",
     "train",
     "transformer_blocks",
 ]
