@@ -91,13 +91,14 @@ def _allocate(args) -> None:
     from .models import describe, load_model
     from .scores import LayerScores
 
-    scores = LayerScores.load(args.scores_dir).aggregate(args.aggregation)
+    saved = LayerScores.load(args.scores_dir)
+    scores = saved.aggregate(args.aggregation)
     if args.kind == "experts":
         if args.total is None:
             raise ValueError("--total is required for experts: the total over all blocks")
         out = allocate.experts(scores, args.total, args.beta).to_frame()
     else:
-        model, _ = load_model(LayerScores.load(args.scores_dir).model_id, device="cpu")
+        model, _ = load_model(saved.model_id, device="cpu")
         out = allocate.sparsity(scores, args.target, describe(model)["linear_params"],
                                 args.epsilon, smooth=not args.no_smooth).to_frame()
     out.insert(0, "score", scores)

@@ -7,13 +7,17 @@ examples* (the same resample for both methods), recomputing scores and allocatio
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from .. import allocate, stats
+from .. import allocate, stats, store
 from ..scores import LayerScores, aggregate_values
+from .cache import cached_frame, slug
+from .scoring import fingerprint, load_scores
 
 __all__ = ["agreement_table", "allocation_agreement", "study_agreement"]
 
@@ -72,12 +76,6 @@ def agreement_table(pairs: dict, **kwargs) -> pd.DataFrame:
 def study_agreement(results, model_name: str, labels, per_block: float = 5.0, beta: float = 2.5,
                     n_boot: int = 1000, overwrite: bool = False) -> pd.DataFrame:
     """Notebook 06: :func:`agreement_table` from notebook 01's saved scores, saved itself."""
-    from pathlib import Path
-
-    from .. import store
-    from .cache import cached_frame, slug
-    from .scoring import fingerprint, load_scores
-
     config = {"per_block": float(per_block), "beta": float(beta), "n_boot": int(n_boot),
               "aggregation": "positive", "seed": 0}
     ident = store.identity("hessian_free_agreement", config, model_name,

@@ -12,8 +12,10 @@ import pandas as pd
 
 from .. import allocate, baselines, store
 from ..data import calibration_tokens
+from ..models import describe, load_model, model_id
 from ..prune import owl_outlier_ratios
 from .cache import cached_frame, slug
+from .scoring import aggregated_scores, fingerprint, load_scores
 
 __all__ = ["AGGREGATION_LABELS", "EPSILON", "allocation_distances", "beta_sweep", "block_alpha",
            "expert_allocations", "global_sparsity", "outlier_ratios", "sparsity_allocations",
@@ -29,8 +31,6 @@ MOLA = {2.5: ("1234",), 5.0: ("2468", "5555", "8642"), 7.0: ("46810",)}
 
 def block_alpha(model, results: str | Path, overwrite: bool = False) -> pd.Series:
     """PL_Alpha_Hill per block (AlphaLoRA, AlphaPruning), computed once per model."""
-    from ..models import model_id
-
     ident = store.identity("block_alpha", {"fit": "peak", "bins": 100}, model_id(model), {})
     return cached_frame(Path(results) / "model_stats" / slug(model_id(model)) / "alpha", ident,
                         lambda: baselines.alpha_hill(model, fit="peak"), overwrite)
@@ -39,8 +39,6 @@ def block_alpha(model, results: str | Path, overwrite: bool = False) -> pd.Serie
 def outlier_ratios(model, tokenizer, results: str | Path, n_samples: int, seq_len: int,
                    M: float = 5.0, overwrite: bool = False) -> pd.Series:
     """OWL's outlier ratio per block on BoolQ-passage calibration text, computed once."""
-    from ..models import model_id
-
     config = {"M": M, "n_samples": n_samples, "seq_len": seq_len, "seed": 0}
     ident = store.identity("owl_outlier_ratio", config, model_id(model),
                            {"calibration": "boolq passages (layerif.data.calibration_tokens)"})
@@ -130,12 +128,6 @@ def global_sparsity(allocations: pd.DataFrame, n_params: pd.Series) -> pd.Series
                      name="global sparsity")
 
 
-def _model(model_name: str, device: str = "auto"):
-    from ..models import load_model
-
-    return load_model(model_name, device=device)
-
-
 def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 5.0, 7.0),
                   beta: float = 2.5, overwrite: bool = False, device: str = "auto") -> pd.DataFrame:
     """Notebook 02: :func:`expert_allocations` from notebook 01's saved DataInf scores.
@@ -143,15 +135,13 @@ def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 
     Saved under ``<results>/allocations/<model>/experts`` with the scores' fingerprints as
     its data identity, so new scores make it recompute (or refuse, if not ``overwrite``).
     """
-    from .scoring import aggregated_scores, fingerprint
-
     config = {"per_block": [float(p) for p in per_block], "beta": float(beta),
               "method": "datainf"}
     ident = store.identity("expert_allocation", config, model_name,
                            {"scores": fingerprint(results, model_name, labels)})
 
     def compute():
-        model, _ = _model(model_name, device)
+        model, _ = load_model(model_name, device=device)
         scores = aggregated_scores(results, model_name, labels)
         return expert_allocations(scores, block_alpha(model, results), per_block, beta)
 
@@ -167,16 +157,13 @@ def study_sparsity(results: str | Path, model_name: str, label: str, target: flo
     Returns the allocations (index pruner, allocation; columns = layers) with two extra
     columns: ``global sparsity`` (parameter-weighted) and ``mean sparsity`` (unweighted).
     """
-    from ..models import describe
-    from .scoring import fingerprint, load_scores
-
     config = {"target": float(target), "calibration": list(calibration),
               "aggregation": aggregation, "epsilon": EPSILON, "owl_lambda": 0.08, "owl_M": 5.0}
     ident = store.identity("sparsity_allocation", config, model_name,
                            {"scores": fingerprint(results, model_name, [label])})
 
     def compute():
-        model, tokenizer = _model(model_name, device)
+        model, tokenizer = load_model(model_name, device=device)
         n_params = describe(model)["linear_params"]
         scores = load_scores(results, model_name, label, "datainf").aggregate(aggregation)
         frame = sparsity_allocations(scores, block_alpha(model, results),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import data
+from .. import data, store
 from ..models import load_model
 from ..scores import LayerScores, ScoreConfig, layer_scores
 from .cache import slug
@@ -161,8 +161,8 @@ def fingerprint(results: str | Path, model: str, labels, methods=("datainf",)) -
 
     out = {}
     for label in labels:
-        for m in methods:
-            ident = load_scores(results, model, label, m).identity()
+        for m in methods:  # the manifest alone holds the identity: no tensors are read
+            ident = store.saved_identity(store.load_manifest(scores_dir(results, model, label, m)))
             out[f"{label}/{m}"] = hashlib.sha256(json.dumps(ident, sort_keys=True)
                                                  .encode()).hexdigest()[:16]
     return out
