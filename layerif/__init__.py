@@ -19,10 +19,14 @@ __version__ = "0.1.0"
 
 from . import allocate, baselines, data, evaluate, moe, paper, plots, prune, stats, store, train  # noqa: E402
 from .models import describe, linear_modules, load_model, transformer_blocks  # noqa: E402
+from .evaluate import EvalConfig  # noqa: E402
+from .prune import PruneConfig  # noqa: E402
 from .scores import LayerScores, ScoreConfig, layer_scores  # noqa: E402
 
 __all__ = [
+    "EvalConfig",
     "LayerScores",
+    "PruneConfig",
     "ScoreConfig",
     "__version__",
     "allocate",

@@ -380,6 +380,8 @@ def per_matrix(values: pd.Series, blocks, modules: Sequence[str] | None = None) 
     """The values of :func:`per_module` as a flat list, one entry per matrix in depth order.
 
     For pruning code that takes ``ratios[k]`` for the k-th linear layer of the model
-    (the AlphaPruning/OWL reference code). Same arguments as :func:`per_module`.
+    (the AlphaPruning/OWL reference code), and for
+    ``layerif.prune.prune_model(..., per_matrix=...)``, which reads a flat sequence in this
+    order (:func:`layerif.prune.matrix_paths`). Same arguments as :func:`per_module`.
     """
     return list(per_module(values, blocks, modules).values())

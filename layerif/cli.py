@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from . import study
+from .prune.config import METHODS
+from .prune.magnitude import TIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,12 +68,77 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--no-smooth", action="store_true", help="sparsity: skip Savitzky-Golay")
     al.add_argument("--out", help="write the CSV here instead of printing it")
 
+    pr = sub.add_parser(
+        "prune", help="prune a model (per-block or global sparsity), evaluate it, save both",
+        description="Load MODEL, prune every transformer block with the profile's PruneConfig "
+        "preset (calibration rows x tokens: smoke 4x64, cpu 32x256, paper 128x2048), then "
+        "measure perplexity on held-out BoolQ passages and zero-shot accuracy (lm-eval), and "
+        "save the sparsity report and the evaluation under --out (sparsity/, evaluation/). "
+        "A saved result of the same identity is loaded, not recomputed; one of another "
+        "identity is refused unless --overwrite.")
+    pr.add_argument("model", help="embedded name, local checkpoint directory or hub id")
+    ratios = pr.add_mutually_exclusive_group(required=True)
+    ratios.add_argument("--allocation", help="CSV of per-block ratios: first column the block "
+                        "index, then a 'sparsity' column (as `layerif allocate sparsity --out` "
+                        "writes) or a single column")
+    ratios.add_argument("--sparsity", type=float, help="one global sparsity in (0, 1) for "
+                        "every block, instead of --allocation")
+    pr.add_argument("--method", default="wanda", choices=METHODS)
+    pr.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    pr.add_argument("--ties", default="exact", choices=TIES, help="exact (default) or the "
+                    "published code's threshold rule (reference)")
+    pr.add_argument("--out", help="result folder (default: results/<profile>/pruned/<model>/"
+                    "<method>/<CSV stem or uniform-s<sparsity>>)")
+    pr.add_argument("--eval-limit", type=_limit, help="zero-shot examples per task, or 'all' "
+                    "(default: the profile's EvalConfig preset: smoke 4, cpu 60, paper all)")
+    pr.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven); "
+                    "--tasks with no names: perplexity only")
+    pr.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
+    pr.add_argument("--overwrite", action="store_true", help="replace results of another identity")
+
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
 
     sub.add_parser("sync-notebooks", help="write notebooks/*.ipynb from the MyST sources (nbval)")
     sub.add_parser("tasks", help="print the task registry's split sizes")
     return p
+
+
+def _limit(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected an int >= 1 or 'all'")
+    return value
+
+
+def _prune(args) -> None:
+    from pathlib import Path
+
+    from .evaluate import EvalConfig
+    from .prune import PruneConfig, read_allocation
+    from .prune import run
+
+    config = PruneConfig.preset(args.profile, method=args.method, ties=args.ties)
+    if args.allocation is not None:
+        allocation, label = read_allocation(args.allocation), Path(args.allocation).stem
+    else:
+        allocation, label = args.sparsity, f"uniform-s{args.sparsity:g}"
+    evaluation = EvalConfig.preset(args.profile)
+    if args.eval_limit is not None:
+        evaluation = evaluation.replace(n_examples=None if args.eval_limit == "all" else args.eval_limit)
+    if args.tasks is not None:
+        evaluation = evaluation.replace(tasks=tuple(args.tasks))
+    out = args.out or run.default_out(args.profile, args.model, config.method, label)
+    result = run.prune_and_evaluate(args.model, allocation, config, out, evaluation,
+                                    device=args.device, overwrite=args.overwrite)
+    print(result.evaluation.to_string())
+    sparsity = float(result.report["zeros"].sum() / result.report["params"].sum())
+    print(f"global sparsity {sparsity:.4f}; {result.status}: {result.out}")
 
 
 def _scores(args) -> None:
@@ -124,6 +191,8 @@ def _dispatch(args) -> int:
         _scores(args)
     elif args.command == "allocate":
         _allocate(args)
+    elif args.command == "prune":
+        _prune(args)
     elif args.command == "run":
         names = args.notebooks or study.list_notebooks()
         for name in names:

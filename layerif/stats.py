@@ -20,6 +20,7 @@ from ._config import check
 
 __all__ = [
     "TestResult",
+    "above_rate",
     "bootstrap_diff_ci",
     "bootstrap_indices",
     "bootstrap_mean_ci",
@@ -336,3 +337,23 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, level: float = 0
     res = bootstrap_diff_ci(a.astype(np.float64), b.astype(np.float64), paired=True, n_boot=n_boot,
                             level=level, seed=seed)
     return dataclasses.replace(res, name="paired_bootstrap")
+
+
+def above_rate(correct, rate: float, level: float = 0.95) -> TestResult:
+    """Is an accuracy above a given rate (chance, or always answering the majority label)?
+
+    The one-sided exact binomial test of ``#correct`` out of ``n`` against ``rate``
+    (``H1: accuracy > rate``), with the two-sided Clopper--Pearson interval of the accuracy.
+
+    Returns:
+        estimate = accuracy, statistic = ``#correct``, p-value one-sided.
+    """
+    a = _booleans(correct, "correct")
+    check(isinstance(rate, (int, float, np.floating)) and 0 <= rate < 1, "rate", rate,
+          "a float in [0, 1)")
+    level = _check_level(level)
+    k, n = int(a.sum()), a.size
+    res = sps.binomtest(k, n, float(rate), alternative="greater")
+    ci = sps.binomtest(k, n, float(rate)).proportion_ci(confidence_level=level, method="exact")
+    return TestResult("binomial_above_rate", float(k), float(res.pvalue), k / n, float(ci.low),
+                      float(ci.high), n, level, note=f"rate={rate:.4g}")

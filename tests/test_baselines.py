@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from layerif import allocate as al
 from layerif.baselines import (MOLA_PATTERNS, alpha_hill, alpha_hill_table, alphalora,
-                               alphapruning_sparsity, esd_alpha, mola, owl_sparsity)
+                               alphapruning_sparsity, esd_alpha, mola, owl_sparsity, spectrum)
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -139,6 +139,38 @@ def test_alpha_hill_on_the_tiny_llama(tiny64):
     table = alpha_hill_table(model, fit="mid", progress=False)
     assert len(table) == 28 and table["path"].iloc[0] == "model.layers.0.self_attn.q_proj"
     assert table["n_eigs"].iloc[1] == 16  # k_proj: 2 kv heads x 8 = 16 rows
+
+
+def test_float32_spectrum_equals_float64_to_float32_rounding():
+    # well conditioned: eigenvalues in [1, 4] (singular values in [1, 2])
+    eigs = np.linspace(1.0, 4.0, 64)
+    w = with_spectrum(eigs, 96, seed=12)
+    lam64 = spectrum(w)
+    lam32 = spectrum(w, precision="float32")
+    assert lam64.dtype == lam32.dtype == torch.float64  # the fit always runs in float64
+    np.testing.assert_allclose(lam64.numpy(), eigs, rtol=1e-12)
+    eps32 = float(np.finfo(np.float32).eps)
+    # float32 SVD: error ~ a few eps * ||W||^2; squares double the relative error
+    assert float((lam32 - lam64).abs().max()) <= 64 * eps32 * float(lam64.max())
+    assert not torch.equal(lam32, lam64)  # it is a different computation
+    # the input's dtype does not matter, only the precision asked for
+    assert torch.equal(spectrum(w.float(), precision="float64"), spectrum(w.float().double()))
+    # the smooth (mid) fit moves by float32 rounding only
+    assert esd_alpha(w, "mid", precision="float32") == pytest.approx(esd_alpha(w, "mid"), rel=1e-5)
+
+
+def test_precision_is_threaded_and_validated(tiny64):
+    model, _ = tiny64
+    a64 = alpha_hill_table(model, fit="mid", progress=False)
+    a32 = alpha_hill_table(model, fit="mid", progress=False, precision="float32")
+    np.testing.assert_allclose(a32["alpha"], a64["alpha"], rtol=1e-4)
+    per_block = alpha_hill(model, fit="mid", progress=False, precision="float32")
+    np.testing.assert_allclose(per_block, a32.groupby("layer")["alpha"].mean(), rtol=1e-12)
+    for call in (lambda: spectrum(torch.eye(3), precision="float16"),
+                 lambda: esd_alpha(torch.eye(3), precision="half"),
+                 lambda: alpha_hill(model, precision=torch.float32, progress=False)):
+        with pytest.raises(ValueError, match="precision=.* is invalid: expected one of"):
+            call()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

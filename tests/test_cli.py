@@ -42,3 +42,121 @@ def test_allocate_refuses_to_overwrite_and_names_bad_arguments(scores_dir, tmp_p
     with pytest.raises(SystemExit):
         cli.main(["allocate", "experts", str(path), "--total", "2"])
     assert "total=2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- layerif prune
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """The tiny Llama and its tokenizer saved as a local checkpoint (the CLI loads by name)."""
+    from layerif.testing import tiny_model
+
+    model, tok = tiny_model()
+    path = tmp_path / "tiny"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _ratios_csv(path, values, index=None):
+    """A CSV in the form `layerif allocate sparsity --out` writes (layer, score, sparsity)."""
+    ratios = pd.Series(values, index=pd.Index(index or range(len(values)), name="layer"),
+                       name="sparsity")
+    out = ratios.to_frame()
+    out.insert(0, "score", -ratios)
+    path.write_text(out.to_csv())
+    return path
+
+
+def _fails(argv, capsys, *needles):
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    text = capsys.readouterr().err
+    assert err.value.code == 2, text
+    lines = [line for line in text.splitlines() if line.startswith("layerif")]
+    assert len(lines) == 1, text  # one error line (argparse prints its usage above it)
+    for needle in needles:
+        assert needle in lines[0], text
+    return lines[0]
+
+
+def test_prune_prunes_evaluates_saves_and_reloads(tiny_dir, tmp_path, capsys):
+    from layerif import store
+    from layerif.evaluate import EvalConfig
+    from layerif.prune import pruned_identity, PruneConfig
+
+    csv = _ratios_csv(tmp_path / "ratios.csv", [0.3, 0.5, 0.6, 0.4])
+    out = tmp_path / "out"
+    argv = ["prune", str(tiny_dir), "--allocation", str(csv), "--method", "sparsegpt",
+            "--profile", "smoke", "--device", "cpu", "--out", str(out), "--tasks", "boolq",
+            "--eval-limit", "2"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "computed" in printed and "perplexity" in printed
+    report = store.load_frame(out / "sparsity")
+    for layer, ratio in enumerate([0.3, 0.5, 0.6, 0.4]):
+        assert report.loc[layer, "self_attn.q_proj"] == int(32 * 32 * ratio) / (32 * 32)
+    evaluation = store.load_frame(out / "evaluation")
+    assert list(evaluation.index) == [("boolq_passages", "perplexity"), ("boolq", "acc"),
+                                      ("boolq", "acc_norm"), ("boolq", "margin")]
+    assert evaluation.loc[("boolq", "acc"), "n"] == 2
+    assert evaluation.loc[("boolq_passages", "perplexity"), "value"] > 1
+    config = PruneConfig.preset("smoke", method="sparsegpt")
+    evaluation = EvalConfig.smoke().replace(tasks=("boolq",), n_examples=2)
+    ident = pruned_identity(config, pd.Series([0.3, 0.5, 0.6, 0.4]), str(tiny_dir), evaluation)
+    assert store.load_if_matching(out / "evaluation", ident) is not None
+    # the same identity is loaded, not recomputed
+    assert cli.main(argv) == 0
+    assert "loaded" in capsys.readouterr().out
+    # another identity in the same folder is refused (and nothing is pruned again)
+    _fails(["prune", str(tiny_dir), "--sparsity", "0.5", "--profile", "smoke", "--device", "cpu",
+            "--out", str(out), "--tasks"], capsys, "another identity")
+
+
+def test_prune_with_a_global_sparsity_and_no_zero_shot(tiny_dir, tmp_path, capsys):
+    from layerif import store
+
+    out = tmp_path / "uniform"
+    assert cli.main(["prune", str(tiny_dir), "--sparsity", "0.5", "--method", "magnitude",
+                     "--ties", "reference", "--profile", "smoke", "--device", "cpu",
+                     "--out", str(out), "--tasks"]) == 0
+    evaluation = store.load_frame(out / "evaluation")
+    assert list(evaluation.index) == [("boolq_passages", "perplexity")]
+    report = store.load_frame(out / "sparsity")
+    # ties="reference" prunes at least one weight more than int(numel * s) per matrix
+    assert (report["zeros"] >= report["params"] // 2 + 7).all()
+    manifest = store.load_manifest(out / "sparsity")
+    assert manifest["config"]["prune"]["ties"] == "reference"
+    assert manifest["config"]["allocation"] == {"global": 0.5}
+
+
+def test_prune_argument_errors_name_the_argument_and_accepted_values(tiny_dir, tmp_path, capsys):
+    base = ["prune", str(tiny_dir), "--profile", "smoke", "--device", "cpu",
+            "--out", str(tmp_path / "o"), "--tasks"]
+    _fails(base + ["--sparsity", "0.5", "--method", "random"], capsys,
+           "--method", "'random'", "magnitude", "wanda", "sparsegpt")
+    _fails(base + ["--sparsity", "0.5", "--profile", "gpu"], capsys, "--profile", "smoke")
+    for bad in ("1.5", "0", "-0.2"):
+        _fails(base + ["--sparsity", bad], capsys, f"--sparsity {float(bad)!r}", "(0, 1)")
+    _fails(base, capsys, "--allocation", "--sparsity")  # neither given
+    csv = _ratios_csv(tmp_path / "r.csv", [0.5] * 4)
+    _fails(base + ["--sparsity", "0.5", "--allocation", str(csv)], capsys, "not allowed")
+    _fails(base + ["--allocation", str(tmp_path / "missing.csv")], capsys,
+           "--allocation", "missing.csv", "does not exist")
+    bad_ratio = _ratios_csv(tmp_path / "bad.csv", [0.5, 1.2, 0.5, 0.5])
+    _fails(base + ["--allocation", str(bad_ratio)], capsys, "bad.csv", "row 1", "[0, 1)")
+    named = tmp_path / "named.csv"
+    named.write_text("block,sparsity\na,0.5\nb,0.5\n")
+    _fails(base + ["--allocation", str(named)], capsys, "named.csv", "block indices 0..L-1")
+    wide = tmp_path / "wide.csv"
+    wide.write_text("layer,a,b\n0,0.5,0.5\n")
+    _fails(base + ["--allocation", str(wide)], capsys, "'sparsity' column")
+    _fails(["prune", str(tiny_dir), "--sparsity", "0.5", "--tasks", "nope"], capsys,
+           "tasks=['nope']", "boolq")
+    _fails(base + ["--sparsity", "0.5", "--eval-limit", "0"], capsys, "--eval-limit", "'all'")
+    # ratios that do not index the model's blocks: found once the model is loaded
+    three = _ratios_csv(tmp_path / "three.csv", [0.5, 0.5, 0.5])
+    _fails(base + ["--allocation", str(three)], capsys, "--allocation", "blocks [0, 1, 2]",
+           "0..3")
+    shifted = _ratios_csv(tmp_path / "shifted.csv", [0.5] * 4, index=[1, 2, 3, 4])
+    _fails(base + ["--allocation", str(shifted)], capsys, "blocks [1, 2, 3, 4]", "0..3")
+    assert not (tmp_path / "o").exists()  # nothing was saved

@@ -86,7 +86,8 @@ def test_zero_shot_on_pruned_in_memory_model_matches_hand_ranking(tiny):
     prune_model(model, "wanda", 0.5, calibration, progress=False)
     examples = _examples()
     # Two tasks in one run, and limit=6 cuts the first to its first 6 examples.
-    table = zero_shot(model, tokenizer, {"toy": examples, "toy_head": examples[:5]}, limit=6, batch_size=3)
+    table = zero_shot(model, tokenizer, {"toy": examples, "toy_head": examples[:5]}, limit=6, batch_size=3,
+                      backend="lm-eval")
     acc, acc_norm = _hand_scores(model, tokenizer, examples)
     assert list(table.index) == ["toy", "toy_head"]
     assert table.loc["toy", "n"] == 6 and table.loc["toy_head", "n"] == 5

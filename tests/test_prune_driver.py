@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from layerif.models import linear_modules, transformer_blocks
+from layerif import allocate
+from layerif.models import describe, linear_modules, transformer_blocks
 from layerif.testing import tiny_model
-from layerif.prune import magnitude, owl_outlier_ratios, prune_model, sparsegpt, sparsity_report, wanda
+from layerif.prune import (magnitude, matrix_paths, owl_outlier_ratios, prune_model, sparsegpt,
+                           sparsity_report, wanda)
 
 
 def _calibration(n=5, seq=24, seed=0):
@@ -93,6 +95,55 @@ def test_per_matrix_overrides_and_nm(tiny):
         for _, module in linear_modules(block):
             groups = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
             assert (groups == 2).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])
+def test_allocate_per_matrix_feeds_prune_model(tiny, method):
+    """allocate.per_matrix (a flat depth-order list) -> prune_model(per_matrix=...)."""
+    model, _ = tiny
+    values = pd.Series({0: 0.2, 1: 0.55, 2: 0.35, 3: 0.7}, name="sparsity")
+    flat = allocate.per_matrix(values, describe(model))
+    assert isinstance(flat, list) and len(flat) == len(matrix_paths(model)) == 28
+    report = prune_model(model, method, 0.5, _calibration(), per_matrix=flat, progress=False)
+    for layer, (path, block) in enumerate(transformer_blocks(model)):
+        for name, module in linear_modules(block):
+            n = module.weight.numel()
+            assert int((module.weight == 0).sum()) == int(n * values[layer]), (layer, name)
+            assert report.loc[layer, name] == int(n * values[layer]) / n
+
+
+def test_a_flat_per_matrix_list_is_read_in_depth_order(tiny):
+    model, _ = tiny
+    paths = matrix_paths(model)
+    assert paths[:2] == [f"{transformer_blocks(model)[0][0]}.{n}" for n, _ in
+                         linear_modules(transformer_blocks(model)[0][1])[:2]]
+    flat = [0.05 + 0.9 * k / len(paths) for k in range(len(paths))]  # a different ratio each
+    prune_model(model, "magnitude", None, per_matrix=flat, progress=False)
+    modules = dict(model.named_modules())
+    for path, ratio in zip(paths, flat):
+        w = modules[path].weight
+        assert int((w == 0).sum()) == int(w.numel() * ratio), path
+    # the same ratios as a mapping give the same model
+    other, _ = tiny_model()
+    prune_model(other, "magnitude", 0.5, per_matrix=dict(zip(paths, flat)), progress=False)
+    for (_, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bad_per_matrix_sequences_are_named(tiny):
+    model, _ = tiny
+    values = pd.Series([0.5, 0.5, 0.5, 0.5])
+    partial = allocate.per_matrix(values, describe(model), modules=["mlp.down_proj"])
+    with pytest.raises(ValueError, match=r"per_matrix is a sequence of 4 ratios but the model "
+                       r"has 28 linear matrices"):
+        prune_model(model, "magnitude", 0.5, per_matrix=partial, progress=False)
+    with pytest.raises(ValueError, match=r"per_matrix\['model.layers.0.self_attn.q_proj'\]=1.5"):
+        prune_model(model, "magnitude", 0.5, per_matrix=[1.5] + [0.5] * 27, progress=False)
+    with pytest.raises(ValueError, match="per_matrix of type str is invalid"):
+        prune_model(model, "magnitude", 0.5, per_matrix="0.5", progress=False)
+    with pytest.raises(ValueError, match="sparsity=None is invalid: per_matrix leaves 27 of 28"):
+        prune_model(model, "magnitude", None, per_matrix={matrix_paths(model)[0]: 0.5}, progress=False)
+    assert sparsity_report(model)["zeros"].sum() == 0
 
 
 def test_magnitude_driver_equals_per_matrix_function(tiny):

@@ -153,6 +153,102 @@ def test_output_error_order_sparsegpt_wanda_magnitude(sparsity):
     assert e_sgpt < e_wanda < e_mag
 
 
+# ----------------------------------------------------------------------------- ties="reference"
+def test_magnitude_ties_at_the_cut_exact_vs_reference():
+    # 20 weights, s = 0.5 -> k = 10; |w| sorted: six 1s (0..5), eight 2s (6..13), six 3s.
+    mags = torch.tensor([1.0] * 6 + [2.0] * 8 + [3.0] * 6, dtype=torch.float64)
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    signs = torch.where(torch.arange(20) % 3 == 0, -1.0, 1.0).double()
+    W = (mags[order] * signs).view(4, 5)
+    exact = magnitude(W, 0.5)
+    reference = magnitude(W, 0.5, ties="reference")
+    # exact: exactly int(20 * 0.5) = 10: all the 1s, then the 2s by position
+    assert int((exact == 0).sum()) == 10
+    flat = W.abs().flatten()
+    twos = torch.nonzero(flat == 2).flatten()[:4]
+    want = (flat == 1).clone()
+    want[twos] = True
+    assert torch.equal((exact == 0).flatten(), want)
+    # reference: thresh = sort(|W|)[10] = 2, every |w| <= 2 pruned: 14 > 10
+    assert torch.equal(reference == 0, W.abs() <= 2)
+    assert int((reference == 0).sum()) == 14
+    # without ties the reference prunes int(numel * s) + 1
+    V = _rand(7, 9, 21)
+    assert int((magnitude(V, 0.4, ties="reference") == 0).sum()) == int(63 * 0.4) + 1
+    assert int((magnitude(V, 0.4) == 0).sum()) == int(63 * 0.4)
+    # both prune nothing at sparsity 0; N:M is unaffected by ties
+    assert torch.equal(magnitude(V, 0.0, ties="reference"), V)
+    U = _rand(4, 8, 22)
+    assert torch.equal(magnitude(U, 0.5, nm=(2, 4), ties="reference"), magnitude(U, 0.5, nm=(2, 4)))
+
+
+def _published_sparsegpt(W, H, sparsity, blocksize, percdamp):
+    """The published one-block rule, written out from its description (not the package's code).
+
+    U is the upper Cholesky factor of (H + damp I)^-1 (explicit inverse here). For each block
+    of ``blocksize`` columns, on the weights as updated so far: tmp = w^2 / U_cc^2, thresh =
+    the entry at index int(tmp.numel() * s) of the ascending numpy sort, mask = tmp <= thresh.
+    Then the columns are swept one by one: err = w_c * mask_c / U_cc, and err * U[c, c:] is
+    subtracted from the columns c.. (OBS compensation through the row of U).
+    """
+    W = W.clone()
+    rows, d = W.shape
+    Hd = H + percdamp * H.diagonal().mean() * torch.eye(d, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.linalg.inv(Hd), upper=True)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for c in range(d):
+        if c % blocksize == 0:
+            c2 = min(c + blocksize, d)
+            tmp = (W[:, c:c2] ** 2 / U.diagonal()[c:c2] ** 2).numpy()
+            thresh = np.sort(tmp, axis=None)[int(tmp.size * sparsity)]
+            mask[:, c:c2] = torch.from_numpy(tmp <= thresh)
+        err = torch.where(mask[:, c], W[:, c], torch.zeros_like(W[:, c])) / U[c, c]
+        W[:, c:] -= err[:, None] * U[c, c:][None, :]
+    W[mask] = 0
+    return W, mask
+
+
+def test_sparsegpt_reference_rule_prunes_every_tie_in_a_block():
+    # H = 2 I: U is diagonal and equal, so the scores are w^2 times one constant and the
+    # integer weights tie massively at the cut.
+    g = torch.Generator().manual_seed(31)
+    W = torch.randint(-3, 4, (8, 16), generator=g).double()
+    H = 2 * torch.eye(16, dtype=torch.float64)
+    s = 0.5
+    got = sparsegpt(W, H, s, blocksize=16, ties="reference")
+    want, mask = _published_sparsegpt(W, H, s, 16, 0.01)
+    assert torch.equal(got == 0, mask)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    k = int(W.numel() * s)
+    assert int(mask.sum()) > k + 1  # ties at the cut: more than one extra
+    exact = sparsegpt(W, H, s, blocksize=16)
+    assert int((exact == 0).sum()) == k
+
+
+@pytest.mark.parametrize("blocksize", [16, 48])
+def test_sparsegpt_reference_rule_matches_the_published_one_block_rule(blocksize):
+    W = _rand(12, 48, 23)
+    X = _correlated_inputs(48, 400, 24)
+    H = 2 * X.T @ X / 400
+    s = 0.6
+    got = sparsegpt(W, H, s, blocksize=blocksize, percdamp=0.01, ties="reference")
+    want, mask = _published_sparsegpt(W, H, s, blocksize, 0.01)
+    assert torch.equal(got == 0, mask)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
+    n_blocks = 48 // blocksize
+    per_block = int(12 * blocksize * s) + 1  # no ties in float weights: one extra per block
+    assert int(mask.sum()) == n_blocks * per_block > int(W.numel() * s)
+    assert int((sparsegpt(W, H, s, blocksize=blocksize) == 0).sum()) == int(W.numel() * s)
+
+
+def test_bad_ties_are_rejected():
+    W = _rand(4, 8, 0)
+    with pytest.raises(ValueError, match="ties='loose' is invalid"):
+        magnitude(W, 0.5, ties="loose")
+    with pytest.raises(ValueError, match="ties=None is invalid"):
+        sparsegpt(W, torch.eye(8, dtype=W.dtype), 0.5, ties=None)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad", [1.0, 1.2, -0.1, float("nan"), "0.5", True])
 def test_bad_sparsity_is_rejected(bad):

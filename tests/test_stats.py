@@ -197,3 +197,17 @@ def test_result_dict_and_str(samples):
     d = res.as_dict()
     assert set(d) == {"name", "statistic", "pvalue", "estimate", "ci_low", "ci_high", "n", "level", "note"}
     assert "paired_t" in str(res) and "95% CI" in str(res)
+
+
+def test_above_rate_is_the_one_sided_binomial_tail_by_hand():
+    from math import comb
+
+    res = stats.above_rate([1] * 7 + [0] * 3, 0.5)
+    assert res.pvalue == pytest.approx(sum(comb(10, k) for k in range(7, 11)) / 2**10)
+    assert res.estimate == 0.7 and res.statistic == 7 and res.n == 10
+    assert res.ci_low < 0.7 < res.ci_high
+    # against a rate of 0.25 (four choices), 4 of 8 right
+    tail = sum(comb(8, k) * 0.25**k * 0.75 ** (8 - k) for k in range(4, 9))
+    assert stats.above_rate([1, 0, 1, 0, 1, 0, 1, 0], 0.25).pvalue == pytest.approx(tail)
+    with pytest.raises(ValueError, match="rate=1.5"):
+        stats.above_rate([1, 0], 1.5)

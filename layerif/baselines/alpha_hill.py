@@ -28,9 +28,18 @@ Quirks of the reference code (AlphaPruning ``net_esd_estimator``, AlphaLoRA
 * cut-offs whose ``alpha_i <= 1`` keep ``D_i = 1`` and the chosen index is the first
   minimum of ``D`` over all ``N - 1`` slots (skipped slots hold ``D = 1``, ``alpha = 0``).
 
-Differences from the reference, on purpose: eigenvalues are computed in float64 (the
-reference uses float32), and exactly-zero eigenvalues are dropped (their logarithm is
-undefined; the reference would produce NaN/-inf there).
+Differences from the reference, on purpose:
+
+* **Deviation: eigenvalue precision.** The reference computes the spectrum in float32
+  (``torch.linalg.svdvals(W.float())``, then squared in float32); by default ours is
+  computed in float64. The rounding can decide the fit where two cut-offs have nearly equal
+  KS distances or an eigenvalue sits on a histogram edge. ``precision="float32"``
+  reproduces the reference's eigenvalues (the fit then runs in float64 on them, as it does
+  by default; on SmolLM2-135M this changes the alphas by at most 2e-4 and no chosen
+  cut-off); it is accepted by :func:`spectrum`, :func:`esd_alpha`,
+  :func:`alpha_hill_table` and :func:`alpha_hill`.
+* exactly-zero eigenvalues are dropped (their logarithm is undefined; the reference would
+  produce NaN/-inf there).
 """
 from __future__ import annotations
 
@@ -41,21 +50,35 @@ from tqdm.auto import tqdm
 
 from ..models import linear_modules, transformer_blocks
 
-__all__ = ["alpha_hill", "alpha_hill_table", "esd_alpha", "spectrum"]
+__all__ = ["PRECISIONS", "alpha_hill", "alpha_hill_table", "esd_alpha", "spectrum"]
 
 _FITS = ("peak", "mid")
+#: dtypes the eigenvalues can be computed in: float64 (ours) or float32 (the reference's).
+PRECISIONS = ("float64", "float32")
 _CHUNK = 1 << 22  # elements per (candidates x eigenvalues) slab in the KS search
 
 
-def spectrum(weight: torch.Tensor) -> torch.Tensor:
-    """Ascending non-zero eigenvalues of ``W^T W`` (squared singular values), in float64.
+def _check_precision(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is invalid: expected one of {PRECISIONS}")
+    return getattr(torch, precision)
 
-    Computed on ``weight``'s device. Raises ValueError for a non-2-D weight or one with
-    fewer than two non-zero singular values.
+
+def spectrum(weight: torch.Tensor, precision: str = "float64") -> torch.Tensor:
+    """Ascending non-zero eigenvalues of ``W^T W`` (squared singular values), as float64.
+
+    Computed on ``weight``'s device. ``precision`` is the dtype of the singular values and
+    their squares: ``"float64"`` (default) or ``"float32"``, the reference code's
+    ``svdvals(W.float()) ** 2`` (a deviation of the default, see the module docstring);
+    either way the result is returned in float64 for the fit.
+
+    Raises ValueError for a non-2-D weight, one with fewer than two non-zero singular
+    values, or an unknown ``precision``.
     """
+    dtype = _check_precision(precision)
     if weight.ndim != 2:
         raise ValueError(f"weight of shape {tuple(weight.shape)} is invalid: expected a matrix")
-    lam = torch.linalg.svdvals(weight.detach().to(torch.float64)).square().sort().values
+    lam = torch.linalg.svdvals(weight.detach().to(dtype)).square().to(torch.float64).sort().values
     lam = lam[lam > 0]
     if lam.numel() < 2:
         raise ValueError(f"weight of shape {tuple(weight.shape)} has {lam.numel()} non-zero "
@@ -75,7 +98,7 @@ def _peak_candidates(lam: torch.Tensor, bins: int, fix_lower_bound: bool) -> tor
 
 
 def esd_alpha(weight: torch.Tensor, fit: str = "peak", bins: int = 100,
-              fix_lower_bound: bool = False) -> float:
+              fix_lower_bound: bool = False, precision: str = "float64") -> float:
     """PL_Alpha_Hill of one weight matrix (see the module docstring for the estimator).
 
     Args:
@@ -84,6 +107,8 @@ def esd_alpha(weight: torch.Tensor, fit: str = "peak", bins: int = 100,
             peak) or "mid" (Hill estimator with the cut-off at the median eigenvalue).
         bins: histogram bins for "peak".
         fix_lower_bound: "peak" only; see the module docstring (False = reference).
+        precision: dtype of the eigenvalues, "float64" (default) or "float32" (the
+            reference's; see :func:`spectrum` and the module docstring's deviations).
 
     Returns:
         alpha as a float: ``> 1`` for any non-degenerate spectrum, ``inf`` when the tail
@@ -92,13 +117,14 @@ def esd_alpha(weight: torch.Tensor, fit: str = "peak", bins: int = 100,
         ``bins * log10(1.5)`` decades, 17.6 for 100 bins).
 
     Raises:
-        ValueError: unknown ``fit``, ``bins < 1``, or a weight as in :func:`spectrum`.
+        ValueError: unknown ``fit`` or ``precision``, ``bins < 1``, or a weight as in
+            :func:`spectrum`.
     """
     if fit not in _FITS:
         raise ValueError(f"fit={fit!r} is invalid: expected one of {_FITS}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins={bins!r} is invalid: expected an integer >= 1")
-    lam = spectrum(weight)
+    lam = spectrum(weight, precision)
     big_n = lam.numel()
     log = lam.log()
     tail_sum = log.flip(0).cumsum(0).flip(0)  # tail_sum[i] = sum_{j >= i} ln lambda_j
@@ -129,18 +155,21 @@ def esd_alpha(weight: torch.Tensor, fit: str = "peak", bins: int = 100,
 
 
 def alpha_hill_table(model: nn.Module, fit: str = "peak", bins: int = 100,
-                     fix_lower_bound: bool = False, progress: bool = True) -> pd.DataFrame:
+                     fix_lower_bound: bool = False, progress: bool = True,
+                     precision: str = "float64") -> pd.DataFrame:
     """PL_Alpha_Hill of every linear matrix of every transformer block.
 
     Args:
         model: any model :func:`layerif.models.transformer_blocks` understands.
-        fit, bins, fix_lower_bound: as :func:`esd_alpha`.
+        fit, bins, fix_lower_bound, precision: as :func:`esd_alpha` (``precision="float32"``
+            gives the reference code's eigenvalues).
         progress: show a progress bar over blocks.
 
     Returns:
         DataFrame, one row per matrix in depth order: columns layer, block (block path),
         module (name inside the block), path (full module path), alpha, n_eigs.
     """
+    _check_precision(precision)
     rows = []
     blocks = transformer_blocks(model)
     for layer, (block_path, block) in enumerate(
@@ -150,25 +179,28 @@ def alpha_hill_table(model: nn.Module, fit: str = "peak", bins: int = 100,
             rows.append({
                 "layer": layer, "block": block_path, "module": name,
                 "path": f"{block_path}.{name}",
-                "alpha": esd_alpha(weight, fit=fit, bins=bins, fix_lower_bound=fix_lower_bound),
+                "alpha": esd_alpha(weight, fit=fit, bins=bins, fix_lower_bound=fix_lower_bound,
+                                   precision=precision),
                 "n_eigs": min(weight.shape),
             })
     return pd.DataFrame(rows)
 
 
 def alpha_hill(model: nn.Module, fit: str = "peak", bins: int = 100,
-               fix_lower_bound: bool = False, progress: bool = True) -> pd.Series:
+               fix_lower_bound: bool = False, progress: bool = True,
+               precision: str = "float64") -> pd.Series:
     """Per-block PL_Alpha_Hill: the unweighted mean over the block's linear matrices.
 
     This is AlphaPruning's block-wise ``alpha_peak`` (with ``fit="peak"``) and AlphaLoRA's
     layer alpha. Higher alpha = less well trained block.
 
     Args:
-        model, fit, bins, fix_lower_bound, progress: as :func:`alpha_hill_table`.
+        model, fit, bins, fix_lower_bound, progress, precision: as :func:`alpha_hill_table`
+            (``precision="float32"``: the reference code's float32 eigenvalues).
 
     Returns:
         ``pd.Series[float]`` named "alpha", indexed by block (index name "layer").
     """
     table = alpha_hill_table(model, fit=fit, bins=bins, fix_lower_bound=fix_lower_bound,
-                             progress=progress)
+                             progress=progress, precision=precision)
     return table.groupby("layer")["alpha"].mean().rename("alpha")

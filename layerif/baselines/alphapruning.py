@@ -18,6 +18,10 @@ def alphapruning_sparsity(alpha, target: float, n_params, epsilon: float,
     and every block's matrices sharing its ratio, this is AlphaPruning's block-wise
     ``ww_sparsity``. Its invariants are those of :func:`layerif.allocate.linear_sparsity`.
 
+    The eigenvalues behind ``alpha`` are computed by :func:`layerif.baselines.alpha_hill`:
+    in float64 by default, a deviation from the reference, which computes them in float32;
+    pass ``alpha_hill(model, precision="float32")`` for the reference's eigenvalues.
+
     Args:
         alpha: PL_Alpha_Hill per block.
         target: global sparsity in ``(0, 1)``, weighted by ``n_params``.

@@ -1,4 +1,4 @@
-"""``python -m layerif.bench {influence,prune,moe} [options]`` -- performance benchmarks.
+"""``python -m layerif.bench {influence,prune,moe,evaluate} [options]`` -- performance benchmarks.
 
 Each benchmark lives in its own module with a ``main(argv)`` and prints a table of times,
 ratios against a plain baseline, and peak memory.
@@ -6,7 +6,7 @@ ratios against a plain baseline, and peak memory.
 import importlib
 import sys
 
-BENCHES = ("influence", "prune", "moe")
+BENCHES = ("influence", "prune", "moe", "evaluate")
 
 
 def main(argv=None) -> int:

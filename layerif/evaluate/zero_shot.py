@@ -1,44 +1,37 @@
-"""Zero-shot multiple-choice accuracy through stock lm-evaluation-harness, fully offline.
-
-The model is evaluated in memory (``HFLM(pretrained=<model>, tokenizer=...)``, no save and
-reload) and each task is an lm-eval task config built in Python from our task registry
-(:func:`layerif.data.load_task`): a ``custom_dataset`` callable hands lm-eval the examples,
-so no YAML file, working-directory path or hub download is involved, and
-``TaskManager(include_defaults=False)`` keeps lm-eval's own task index out of the way.
+"""Zero-shot multiple-choice accuracy, fully offline: our one-pass scorer or stock lm-eval.
 
 Scoring is lm-eval's ``multiple_choice``: the log-likelihood of each choice given the
 prompt; ``acc`` takes the arg-max, ``acc_norm`` the arg-max after dividing by the choice's
-length in characters.
+length in characters. Two backends compute it:
+
+* ``"layerif"`` (default): :func:`layerif.evaluate.choices.choice_logliks`, lm-eval's exact
+  token ids but each context and each continuation run once (a shared key/value cache).
+* ``"lm-eval"``: stock lm-evaluation-harness, the reference. The model is evaluated in memory
+  (``HFLM(pretrained=<model>, tokenizer=...)``, no save and reload) and each task is an
+  lm-eval task config built in Python from our task registry (:func:`layerif.data.load_task`):
+  a ``custom_dataset`` callable hands lm-eval the examples, so no YAML file,
+  working-directory path or hub download is involved, and
+  ``TaskManager(include_defaults=False)`` keeps lm-eval's own task index out of the way.
+
+Both read the separator and choice texts from
+:func:`layerif.evaluate.choices.lm_eval_docs`.
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
-__all__ = ["PAPER_TASKS", "lm_eval_task", "zero_shot"]
+from .choices import choice_frame, choice_logliks, eval_mode, lm_eval_docs
+
+__all__ = ["BACKENDS", "PAPER_TASKS", "lm_eval_task", "summarize", "zero_shot"]
 
 # The paper's zero-shot tasks (Table 2).
 PAPER_TASKS = ("boolq", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "rte", "openbookqa")
-
-
-def _delimiter(examples) -> tuple[str, bool]:
-    """The text between prompt and answer, read off ``Example.text = prompt + sep + gold``.
-
-    Returns ``(sep, uniform)``; when examples disagree, the separator goes into each choice.
-    """
-    seps = set()
-    for ex in examples:
-        gold = ex.choices[ex.label]
-        text = getattr(ex, "text", None)
-        if isinstance(text, str) and text.startswith(ex.prompt) and text.endswith(gold) \
-                and len(text) >= len(ex.prompt) + len(gold):
-            seps.add(text[len(ex.prompt):len(text) - len(gold)])
-        else:
-            seps.add(" ")  # lm-eval's default target_delimiter
-    return (seps.pop(), True) if len(seps) == 1 else ("", False)
 
 
 def lm_eval_task(name: str, examples: Sequence) -> dict:
@@ -48,7 +41,8 @@ def lm_eval_task(name: str, examples: Sequence) -> dict:
         name: task name (lm-eval's task key is ``"layerif_" + name``).
         examples: objects with ``prompt: str``, ``choices: list[str]``, ``label: int`` and
             optionally ``text`` (``prompt + separator + gold choice``, which fixes the
-            separator; ``" "`` otherwise), e.g. :class:`layerif.data.Example`.
+            separator; ``" "`` otherwise), e.g. :class:`layerif.data.Example`. The separator
+            and choice texts are :func:`layerif.evaluate.choices.lm_eval_docs`'s.
 
     Returns:
         A config dict accepted by ``lm_eval.tasks.TaskManager.load``.
@@ -56,27 +50,7 @@ def lm_eval_task(name: str, examples: Sequence) -> dict:
     Raises:
         ValueError: no examples, or an example whose label does not index its choices.
     """
-    examples = list(examples)
-    if not examples:
-        raise ValueError(f"examples for task {name!r} are empty: expected at least one example")
-    for ex in examples:
-        if not (isinstance(ex.label, int) and 0 <= ex.label < len(ex.choices)):
-            raise ValueError(f"example {getattr(ex, 'id', ex)!r} has label={ex.label!r} outside its {len(ex.choices)} choices")
-    sep, uniform = _delimiter(examples)
-    strip = 0
-    if uniform and sep == "" and all(c.startswith(" ") for ex in examples for c in ex.choices):
-        # Our registry writes " yes"; lm-eval writes "yes" after target_delimiter " ". Same
-        # scored text, but acc_norm divides by len(choice), so match lm-eval's split.
-        sep, strip = " ", 1
-    docs = []
-    for ex in examples:
-        text = getattr(ex, "text", None)
-        gold = ex.choices[ex.label]
-        own = text[len(ex.prompt):len(text) - len(gold)] if not uniform and isinstance(text, str) \
-            and text.startswith(ex.prompt) and text.endswith(gold) else " "
-        choices = [c[strip:] for c in ex.choices] if uniform else [own + c for c in ex.choices]
-        docs.append({"id": str(getattr(ex, "id", len(docs))), "prompt": ex.prompt,
-                     "choices": choices, "label": int(ex.label)})
+    sep, docs = lm_eval_docs(examples, name)
 
     def dataset(**_):
         import datasets
@@ -101,6 +75,74 @@ def lm_eval_task(name: str, examples: Sequence) -> dict:
     }
 
 
+BACKENDS = ("layerif", "lm-eval")
+
+
+def _check(backend, limit, batch_size) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is invalid: expected one of {BACKENDS}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r} is invalid: expected a positive int or None")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: expected a positive int")
+
+
+def _stderr(x: np.ndarray) -> float:
+    """lm-eval's ``mean_stderr``: sample standard deviation (ddof=1) over sqrt(n)."""
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def summarize(per_example: pd.DataFrame) -> dict:
+    """One task's summary row from its :func:`choice_frame` rows.
+
+    ``acc`` / ``acc_norm`` / ``margin`` with lm-eval's standard error, ``chance`` (mean of
+    1 / number of choices), ``majority`` (share of the most frequent gold index), ``n``.
+    """
+    row = {}
+    for name, col in (("acc", "correct"), ("acc_norm", "correct_norm"), ("margin", "margin")):
+        x = per_example[col].to_numpy(dtype=np.float64)
+        row[name], row[f"{name}_stderr"] = float(x.mean()), _stderr(x)
+    row["chance"] = float((1.0 / per_example["n_choices"]).mean())
+    row["majority"] = float(per_example["label"].value_counts(normalize=True).max())
+    row["n"] = len(per_example)
+    return row
+
+
+def _lm_eval(model, tokenizer, named, limit, batch_size, log_samples) -> dict:
+    """Run stock lm-eval on the in-memory tasks; its output dict."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    configs = [lm_eval_task(name, examples) for name, examples in named.items()]
+    # lm-eval warns at length about being handed a model object; that is what we intend.
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with eval_mode(model):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            return simple_evaluate(
+                model=lm,
+                tasks=configs,
+                task_manager=TaskManager(include_defaults=False),
+                limit=limit,
+                log_samples=log_samples,
+                # > 0 or lm-eval skips standard errors; acc/acc_norm use the closed form anyway.
+                bootstrap_iters=1000,
+            )
+    finally:
+        quiet.setLevel(level)
+
+
+def _lm_eval_frame(samples: list[dict]) -> pd.DataFrame:
+    """Per-example frame (as :func:`choice_frame`) from lm-eval's logged samples."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    return choice_frame([s["doc"]["id"] for s in samples], [int(s["doc"]["label"]) for s in samples],
+                        [[float(r[0]) for r in s["filtered_resps"]] for s in samples],
+                        [[len(c) for c in s["doc"]["choices"]] for s in samples])
+
+
 def zero_shot(
     model: nn.Module,
     tokenizer,
@@ -108,8 +150,11 @@ def zero_shot(
     limit: int | None = None,
     batch_size: int = 8,
     split: str = "test",
-) -> pd.DataFrame:
-    """Zero-shot accuracy of an in-memory model on multiple-choice tasks via lm-eval.
+    backend: str = "layerif",
+    per_example: bool = False,
+    progress: bool = True,
+):
+    """Zero-shot multiple-choice accuracy of an in-memory model, scored as lm-eval does.
 
     Args:
         model: a Hugging Face causal LM (pruned or not), already on its device.
@@ -117,65 +162,68 @@ def zero_shot(
         tasks: registry task names (loaded with :func:`layerif.data.load_task`), or a
             mapping ``{name: examples}`` of in-memory examples.
         limit: score only the first ``limit`` examples of each task.
-        batch_size: lm-eval batch size.
+        batch_size: examples per context forward (``"layerif"``) or lm-eval's batch size.
         split: registry split for named tasks. The registry's ``"test"`` is the held-out
             split lm-eval scores: the official validation set of BoolQ, HellaSwag and
             WinoGrande, the official test set of ARC and OpenBookQA, a re-split for RTE
             (``layerif.data.task_info(name)["split_rule"]``).
+        backend: ``"layerif"`` (default: :func:`~layerif.evaluate.choices.choice_logliks`,
+            each context and continuation run once, lm-eval's tokenization) or ``"lm-eval"``
+            (stock ``simple_evaluate``, one forward per (context, choice); the reference).
+        per_example: also return the per-example frame.
+        progress: progress bars (``"layerif"`` only).
 
     Returns:
         A DataFrame indexed by task with columns ``acc``, ``acc_stderr``, ``acc_norm``,
-        ``acc_norm_stderr`` and ``n`` (examples scored).
+        ``acc_norm_stderr``, ``n`` (examples scored), ``margin``, ``margin_stderr`` (mean
+        gold log-likelihood minus the best other choice's), ``chance`` (mean 1 / number of
+        choices) and ``majority`` (share of the most frequent gold index). With
+        ``per_example=True``, ``(summary, per_example)``: the :func:`choice_frame` rows of
+        every task, indexed by ``(task, id)``.
 
     Raises:
-        ValueError: empty ``tasks``, a bad ``limit`` or ``batch_size``.
+        ValueError: empty ``tasks``, a bad ``backend``, ``limit`` or ``batch_size``.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit={limit!r} is invalid: expected a positive int or None")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid: expected a positive int")
+    _check(backend, limit, batch_size)
     if isinstance(tasks, str):
         tasks = [tasks]
     if not tasks:
         raise ValueError(f"tasks={tasks!r} is empty: expected task names or {{name: examples}}")
     if isinstance(tasks, Mapping):
-        named = dict(tasks)
+        named = {name: list(examples) for name, examples in tasks.items()}
     else:
         from ..data import load_task
 
         named = {t: load_task(t, split) for t in tasks}
-    configs = [lm_eval_task(name, examples) for name, examples in named.items()]
+    frames, rows = {}, []
+    if backend == "lm-eval":
+        out = _lm_eval(model, tokenizer, named, limit, batch_size, log_samples=per_example)
+        for name in named:
+            res = out["results"][f"layerif_{name}"]
+            row = {"acc": res["acc,none"], "acc_stderr": res["acc_stderr,none"],
+                   "acc_norm": res["acc_norm,none"], "acc_norm_stderr": res["acc_norm_stderr,none"],
+                   "n": out["n-samples"][f"layerif_{name}"]["effective"]}
+            if per_example:
+                frames[name] = _lm_eval_frame(out["samples"][f"layerif_{name}"])
+                extra = summarize(frames[name])
+                row.update({k: extra[k] for k in ("margin", "margin_stderr", "chance", "majority")})
+            rows.append({"task": name, **row})
+    else:
+        for name, examples in named.items():
+            frames[name] = choice_logliks(model, tokenizer, examples[:limit], batch_size, progress)
+            rows.append({"task": name, **summarize(frames[name])})
+    columns = ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
+               "margin", "margin_stderr", "chance", "majority"]
+    summary = pd.DataFrame(rows).set_index("task").reindex(columns=columns)
+    if not per_example:
+        return summary
+    return summary, _concat(frames)
 
-    was_training = model.training
-    model.eval()
-    # lm-eval warns at length about being handed a model object; that is what we intend.
-    quiet = logging.getLogger("lm_eval")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        out = simple_evaluate(
-            model=lm,
-            tasks=configs,
-            task_manager=TaskManager(include_defaults=False),
-            limit=limit,
-            log_samples=False,
-            # > 0 or lm-eval skips standard errors; acc/acc_norm use the closed form anyway.
-            bootstrap_iters=1000,
-        )
-    finally:
-        quiet.setLevel(level)
-        model.train(was_training)
 
-    rows = []
-    for name in named:
-        res = out["results"][f"layerif_{name}"]
-        n = out["n-samples"][f"layerif_{name}"]["effective"]
-        rows.append({"task": name, "acc": res["acc,none"], "acc_stderr": res["acc_stderr,none"],
-                     "acc_norm": res["acc_norm,none"], "acc_norm_stderr": res["acc_norm_stderr,none"],
-                     "n": n})
-    return pd.DataFrame(rows).set_index("task")
+def _concat(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-task frames into one indexed by (task, id), the ll_ columns in order."""
+    k = max(int(f["n_choices"].max()) for f in frames.values())
+    columns = ["label", "n_choices", *[f"ll_{j}" for j in range(k)],
+               "prediction", "correct", "prediction_norm", "correct_norm", "margin"]
+    frame = pd.concat(frames, names=["task", "id"])
+    return frame.reindex(columns=columns)

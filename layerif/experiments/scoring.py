@@ -73,7 +73,7 @@ def _ids(examples) -> list[str]:
 
 def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path,
                 methods=("datainf", "hessian_free"), template: str | None = "instruct",
-                overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
+                overwrite: bool = False, progress: bool = True, tag: str | None = None) -> pd.DataFrame:
     """Score ``model_name`` on each task by each method; compute only what is not saved.
 
     Args:
@@ -86,6 +86,9 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
         template: template for the tasks that offer it (None: each task's default).
         overwrite: replace a saved result of another identity (otherwise that raises).
         progress: progress bars.
+        tag: saved under the label ``<task>--<tag>`` (scores of the same task with other
+            targets, e.g. ``tag="all-linear"`` for ``config.modules="all"``, beside the
+            default ones).
 
     Returns:
         One row per (task, method): ``path``, ``status`` (loaded | computed), ``seconds``
@@ -100,6 +103,7 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
         tmpl = template if task != POOL and template in _templates(task) else None
         label = _label(task, tmpl)
         train, val = task_examples(label, config.n_train, config.n_val, config.seed)
+        label = label if tag is None else f"{label}--{tag}"
         found = {}
         for m in methods:
             cfg = config.replace(method=m)

@@ -16,21 +16,23 @@ with :func:`layerif.models.transformer_blocks` and linear modules with
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import linear_modules, transformer_blocks
+from .config import METHODS, PruneConfig
 from .magnitude import check_sparsity, magnitude
 from .sparsegpt import sparsegpt
 from .wanda import wanda
 
-__all__ = ["METHODS", "capture_block_inputs", "walk_blocks", "prune_model", "sparsity_report"]
+__all__ = ["METHODS", "capture_block_inputs", "matrix_paths", "walk_blocks", "prune_model",
+           "sparsity_report"]
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 _STATS = {"magnitude": None, "wanda": "act_sq_norm", "sparsegpt": "hessian"}
 
 
@@ -266,72 +268,162 @@ def _block_ratios(sparsity, n_blocks: int, nm) -> pd.Series:
     return ratios
 
 
-def _matrix_ratios(model, ratios: pd.Series, per_matrix, nm) -> dict[str, float]:
-    out = {}
-    for layer, (path, block) in enumerate(transformer_blocks(model)):
-        for name, _ in linear_modules(block):
-            out[f"{path}.{name}"] = float(ratios[layer])
-    for key, value in (dict(per_matrix) if per_matrix is not None else {}).items():
-        if key not in out:
+def matrix_paths(model: nn.Module) -> list[str]:
+    """Full paths of every linear module of every transformer block, in depth order.
+
+    The order of a flat ``per_matrix`` sequence (:func:`prune_model`) and of
+    :func:`layerif.allocate.per_matrix` with ``layerif.describe(model)``: block by block,
+    and inside a block in :func:`layerif.models.linear_modules` order.
+    """
+    return [f"{path}.{name}" for path, block in transformer_blocks(model)
+            for name, _ in linear_modules(block)]
+
+
+def _per_matrix_overrides(per_matrix, paths: list[str]) -> dict:
+    """``per_matrix`` as ``{path: ratio}`` (unchecked ratios); a sequence maps by position."""
+    if per_matrix is None:
+        return {}
+    if isinstance(per_matrix, (Mapping, pd.Series)):
+        return dict(per_matrix)
+    if isinstance(per_matrix, torch.Tensor):
+        per_matrix = per_matrix.detach().cpu().numpy()
+    if isinstance(per_matrix, np.ndarray) and per_matrix.ndim != 1:
+        raise ValueError(f"per_matrix of shape {per_matrix.shape} is invalid: expected a flat "
+                         "sequence of ratios, one per linear matrix in depth order")
+    if not isinstance(per_matrix, (Sequence, np.ndarray)) or isinstance(per_matrix, (str, bytes)):
+        raise ValueError(f"per_matrix of type {type(per_matrix).__name__} is invalid: expected a "
+                         "{module path: ratio} mapping or a sequence of ratios in depth order")
+    values = list(per_matrix)
+    if len(values) != len(paths):
+        raise ValueError(
+            f"per_matrix is a sequence of {len(values)} ratios but the model has {len(paths)} "
+            "linear matrices: expected one ratio per matrix in depth order, as "
+            "layerif.allocate.per_matrix(values, layerif.describe(model)) gives")
+    return dict(zip(paths, values))
+
+
+def _matrix_ratios(model, sparsity, per_matrix, nm) -> dict[str, float]:
+    paths = matrix_paths(model)
+    overrides = _per_matrix_overrides(per_matrix, paths)
+    for key in overrides:
+        if key not in paths:
             raise ValueError(
-                f"per_matrix key {key!r} is invalid: expected a linear module path such as {next(iter(out))!r}"
+                f"per_matrix key {key!r} is invalid: expected a linear module path such as {paths[0]!r}"
             )
+    if sparsity is None:
+        missing = [p for p in paths if p not in overrides]
+        if missing:
+            raise ValueError(
+                f"sparsity=None is invalid: per_matrix leaves {len(missing)} of {len(paths)} matrices "
+                f"without a ratio (e.g. {missing[0]!r}); expected a ratio in [0, 1) or per-block ratios")
+        out = {}
+    else:
+        ratios = _block_ratios(sparsity, len(transformer_blocks(model)), nm)
+        out = {f"{path}.{name}": float(ratios[layer])
+               for layer, (path, block) in enumerate(transformer_blocks(model))
+               for name, _ in linear_modules(block)}
+    for key, value in overrides.items():
         out[key] = check_sparsity(value, nm, name=f"per_matrix[{key!r}]")
-    return out
+    return {p: out[p] for p in paths}
+
+
+_UNSET = type("_Unset", (), {"__repr__": lambda self: "<from config>"})()
+_KEYWORDS = ("nm", "batch_size", "blocksize", "percdamp", "ties")
+
+
+def _resolve_config(method, keywords: dict) -> tuple[PruneConfig, bool]:
+    """``(config, from_config)`` from ``prune_model``'s ``method`` and its keywords."""
+    given = {k: v for k, v in keywords.items() if v is not _UNSET}
+    if isinstance(method, PruneConfig):
+        for name, value in given.items():
+            ours = getattr(method, name)
+            same = (tuple(value) if isinstance(value, list) else value) == ours
+            if not same:
+                raise ValueError(
+                    f"{name}={value!r} conflicts with the config's {name}={ours!r}: pass the "
+                    f"setting in the PruneConfig (config.replace({name}=...)) or as a keyword, not both")
+        return method, True
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid: expected one of {', '.join(METHODS)} "
+                         "or a PruneConfig")
+    return PruneConfig(method=method, **given), False
 
 
 # ----------------------------------------------------------------------------- driver
 def prune_model(
     model: nn.Module,
-    method: str,
-    sparsity: float | pd.Series | Mapping[int, float],
+    method: str | PruneConfig,
+    sparsity: float | pd.Series | Mapping[int, float] | None = None,
     calibration: torch.Tensor | None = None,
-    per_matrix: Mapping[str, float] | pd.Series | None = None,
-    nm: tuple[int, int] | None = None,
-    batch_size: int = 8,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
+    per_matrix: Mapping[str, float] | pd.Series | Sequence[float] | None = None,
+    nm: tuple[int, int] | None = _UNSET,
+    batch_size: int = _UNSET,
+    blocksize: int = _UNSET,
+    percdamp: float = _UNSET,
+    ties: str = _UNSET,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Prune every linear module of every transformer block of ``model`` in place.
 
     Args:
         model: a causal LM; its blocks are pruned sequentially (pruned outputs feed the next).
-        method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        method: a :class:`~layerif.prune.PruneConfig`, or the pruner's name
+            (``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``) with the settings below as
+            keywords. With a config, a keyword may only repeat the config's value.
         sparsity: one ratio for all blocks, or per-block ratios (a Series or mapping indexed
             by block index 0..L-1, e.g. from :mod:`layerif.allocate`); each block's linear
-            modules get its ratio.
+            modules get its ratio. ``None`` only when ``per_matrix`` gives every matrix.
         calibration: ``[n_samples, seq_len]`` token ids (unused, may be None, for magnitude).
-        per_matrix: optional ``{module path: ratio}`` overriding the block ratio for those
-            modules (paths as in :func:`sparsity_report`'s columns, e.g.
-            ``"model.layers.3.mlp.down_proj"``), for the per-matrix ablation.
-        nm: optional ``(n, m)`` structured pattern; every ratio must then equal ``n / m``.
-        batch_size: calibration sequences per forward pass.
-        blocksize, percdamp: SparseGPT's lazy-update block width and relative damping.
+            With a config, its shape must be ``(config.n_samples, config.seq_len)``.
+        per_matrix: per-matrix ratios overriding the block ratios: a ``{module path: ratio}``
+            mapping or Series (paths as in :func:`matrix_paths`, e.g.
+            ``"model.layers.3.mlp.down_proj"``; only those modules), or a flat sequence with
+            one ratio per linear matrix in depth order (:func:`matrix_paths`' order, the
+            AlphaPruning/OWL layout of :func:`layerif.allocate.per_matrix`).
+        nm: optional ``(n, m)`` structured pattern; every ratio must then equal ``n / m``
+            (default None).
+        batch_size: calibration sequences per forward pass (default 8).
+        blocksize, percdamp: SparseGPT's lazy-update block width and relative damping
+            (defaults 128 and 0.01).
+        ties: ``"exact"`` (default: exactly ``int(numel * s)`` weights per matrix) or
+            ``"reference"`` (the published code's threshold rule, magnitude and SparseGPT;
+            see :func:`~layerif.prune.magnitude` and :func:`~layerif.prune.sparsegpt`).
         progress: show a progress bar over blocks.
 
     Returns:
         :func:`sparsity_report` of the pruned model.
 
     Raises:
-        ValueError: unknown ``method``, a ratio outside ``[0, 1)``, ratios for missing or
-            unknown blocks, an unknown ``per_matrix`` key, or empty ``calibration``.
+        ValueError: unknown ``method``, a keyword conflicting with the config, a ratio
+            outside ``[0, 1)``, ratios for missing or unknown blocks, an unknown
+            ``per_matrix`` key or a ``per_matrix`` sequence of the wrong length, empty
+            ``calibration`` or one of another shape than the config's.
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is invalid: expected one of {', '.join(METHODS)}")
-    ratios = _block_ratios(sparsity, len(transformer_blocks(model)), nm)
-    targets = _matrix_ratios(model, ratios, per_matrix, nm)
+    config, from_config = _resolve_config(method, {
+        "nm": nm, "batch_size": batch_size, "blocksize": blocksize, "percdamp": percdamp,
+        "ties": ties})
+    method, nm = config.method, config.nm
+    targets = _matrix_ratios(model, sparsity, per_matrix, nm)
+    if config.needs_calibration:
+        check_calibration(calibration)
+        want = (config.n_samples, config.seq_len)
+        if from_config and tuple(calibration.shape) != want:
+            raise ValueError(
+                f"calibration of shape {tuple(calibration.shape)} is invalid with the config's "
+                f"n_samples={want[0]}, seq_len={want[1]}: draw it with those sizes (or "
+                "config.replace(n_samples=..., seq_len=...))")
 
     def prune_block(path, block, stats):
         for name, module in linear_modules(block):
             ratio = targets[f"{path}.{name}"]
             W = _weight(module)
             if method == "magnitude":
-                new = magnitude(W, ratio, nm)
+                new = magnitude(W, ratio, nm, ties=config.ties)
             elif method == "wanda":
                 new = wanda(W, stats[name], ratio, nm)
             else:
-                new = sparsegpt(W, stats[name], ratio, nm, blocksize=blocksize, percdamp=percdamp)
+                new = sparsegpt(W, stats[name], ratio, nm, blocksize=config.blocksize,
+                                percdamp=config.percdamp, ties=config.ties)
             _set_weight(module, new)
 
     with torch.no_grad():
@@ -340,8 +432,8 @@ def prune_model(
             for path, block in tqdm(blocks, desc="blocks", disable=not progress):
                 prune_block(path, block, {})
         else:
-            check_calibration(calibration)
-            for _, path, block, stats in walk_blocks(model, calibration, _STATS[method], batch_size, progress):
+            walk = walk_blocks(model, calibration, _STATS[method], config.batch_size, progress)
+            for _, path, block, stats in walk:
                 prune_block(path, block, stats)
     return sparsity_report(model)
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .magnitude import check_matrix, check_sparsity, lowest_k_mask, nm_mask
+from .magnitude import check_matrix, check_sparsity, check_ties, lowest_k_mask, nm_mask, threshold_mask
 
 __all__ = ["sparsegpt", "inverse_hessian_factor"]
 
@@ -63,11 +63,22 @@ def sparsegpt(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    ties: str = "exact",
 ) -> torch.Tensor:
     """Prune ``W`` to ``sparsity`` with SparseGPT's OBS sweep and return the updated matrix.
 
     Exactly ``int(W.numel() * sparsity)`` entries are zeroed: block ``[i1, i2)`` prunes
     ``int(d_out * i2 * s) - int(d_out * i1 * s)`` weights (the cumulative count rounds once).
+
+    **Deviation from the reference code** (IST-DASLab/sparsegpt ``fasterprune``): per block
+    of columns the reference sorts the block's scores ``tmp = w^2 / U_cc^2``, takes
+    ``thresh = sorted[int(tmp.numel() * s)]`` and prunes every ``tmp <= thresh`` -- at least
+    one weight more than ``int(block numel * s)`` in every block, more where scores tie
+    at the cut -- so a matrix ends a little above its target (by about one weight per block
+    of ``blocksize`` columns). The default ``ties="exact"`` prunes the exact count above;
+    ``ties="reference"`` applies the published per-block rule (the OBS updates are the same
+    in both). Both prune nothing at ``sparsity=0``. N:M patterns are chosen by rank
+    (``topk``) in both, so ``ties`` does not apply to them.
 
     Args:
         W: weight matrix ``[d_out, d_in]``.
@@ -78,16 +89,18 @@ def sparsegpt(
             ``blocksize`` must then be a multiple of ``m``.
         blocksize: columns per lazy-update block (the mask is chosen once per block).
         percdamp: diagonal damping as a fraction of ``mean(diag H)``.
+        ties: ``"exact"`` (default) or ``"reference"``, see above.
 
     Returns:
         The pruned and reconstructed weights (same shape, dtype and device as ``W``).
 
     Raises:
-        ValueError: bad shapes, ``sparsity``, ``nm``, ``blocksize`` or ``percdamp``, or a
+        ValueError: bad shapes, ``sparsity``, ``nm``, ``blocksize``, ``percdamp`` or ``ties``, or a
             Hessian that damping cannot make positive definite.
     """
     sparsity = check_sparsity(sparsity, nm)
     check_matrix(W, nm)
+    check_ties(ties)
     rows, cols = W.shape
     if not isinstance(H, torch.Tensor) or H.shape != (cols, cols):
         shape = tuple(H.shape) if isinstance(H, torch.Tensor) else type(H).__name__
@@ -111,7 +124,9 @@ def sparsegpt(
         W1 = Wf[:, i1:i2].clone()
         U1 = U[i1:i2, i1:i2]
         d = U1.diagonal()
-        if nm is None:
+        if nm is None and ties == "reference":
+            mask1 = threshold_mask((W1 / d) ** 2, int(W1.numel() * sparsity))
+        elif nm is None:
             k = int(rows * i2 * sparsity) - int(rows * i1 * sparsity)
             mask1 = lowest_k_mask(((W1 / d) ** 2).flatten(), k).view_as(W1)
         else:

@@ -1,0 +1,341 @@
+"""Tables of the pruning study from saved evaluations (pure: no model, no I/O).
+
+Inputs are ``{Setting: Evaluation}`` mappings from :meth:`PruningRun.evaluate_all`. Every
+comparison between two allocations is paired: the models are scored on the same examples,
+so accuracy differences are tested with McNemar's test and margin differences with a paired
+bootstrap (:mod:`layerif.stats`). Accuracies are fractions here; notebooks scale by 100 for
+the paper's percentages.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..evaluate.suite import Evaluation, summarize
+from .pruning import Setting
+from .scoring import POOL
+
+__all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "dense_check", "fixed_choice_tasks", "granularity_table",
+           "method_by_allocation", "paired_comparison", "smoothing_table", "task_specific_table",
+           "table8", "verdicts", "versus", "wins", "aggregation_table",
+           "smoothing_verdicts", "granularity_verdicts"]
+
+AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
+
+
+def fixed_choice_tasks(examples: Mapping[str, list]) -> list[str]:
+    """Tasks whose examples all offer the same choice texts (BoolQ's yes / no, RTE's
+    true / false): there, always giving the most frequent answer is a strategy a model can
+    follow, so it is the bar to clear; elsewhere the choices differ per example and chance is."""
+    return [t for t, exs in examples.items() if len({tuple(e.choices) for e in exs}) == 1]
+
+
+def dense_check(dense: Evaluation, fixed_choices=(), level: float = 0.05) -> pd.DataFrame:
+    """Per task: is the dense model above what a model without the skill would score?
+
+    The bar is chance (the mean of 1 / number of choices), or, for tasks in
+    ``fixed_choices`` (:func:`fixed_choice_tasks`), the share of the most frequent gold
+    answer when that is higher (BoolQ's "yes"). The test is the one-sided exact binomial test
+    of the accuracy against the bar (:func:`layerif.stats.above_rate`).
+    """
+    rows = {}
+    summary = summarize(dense.examples)
+    for task, ex in dense.examples.groupby(level="task", sort=False):
+        chance, majority = summary.at[task, "chance"], summary.at[task, "majority"]
+        bar = max(chance, majority) if task in fixed_choices else chance
+        test = stats.above_rate(ex["correct"].to_numpy(), bar)
+        rows[task] = {"acc": test.estimate, "ci_low": test.ci_low, "ci_high": test.ci_high,
+                      "chance": chance, "majority answer": majority if task in fixed_choices else np.nan,
+                      "bar": bar, "p (acc > bar)": test.pvalue,
+                      "above chance": test.pvalue < level, "n": test.n}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "task"
+    return out
+
+
+def _key(setting: Setting) -> tuple:
+    return setting.method, setting.label(), setting.sparsity
+
+
+def accuracy_table(evals: Mapping[Setting, Evaluation], above: list[str] | None = None) -> pd.DataFrame:
+    """One row per setting (method, allocation label, sparsity): accuracy per task, the
+    average over all tasks (the paper's), the average over ``above`` (tasks where the dense
+    model is above chance), the mean gold margin and the perplexity."""
+    rows = {}
+    for setting, ev in evals.items():
+        summary = summarize(ev.examples)
+        row = summary["acc"].to_dict()
+        row[AVERAGE] = summary["acc"].mean()
+        if above is not None:
+            row[AVERAGE_ABOVE] = summary["acc"].reindex(above).mean() if above else np.nan
+        row["margin"] = summary["margin"].mean()
+        row["perplexity"] = ev.perplexity
+        row["n per task"] = int(summary["n"].min())
+        rows[_key(setting)] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "allocation", "sparsity"])
+    return out
+
+
+def method_by_allocation(table: pd.DataFrame, column: str = AVERAGE, sparsity: float = 0.5) -> pd.DataFrame:
+    """The paper's Table 2 / 5 layout: rows allocation, columns pruner + their average."""
+    sub = table.xs(sparsity, level="sparsity")[column].unstack("method")
+    names = {"magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+    sub = sub[[m for m in names if m in sub.columns]].rename(columns=names)
+    sub["Average"] = sub.mean(axis=1)
+    sub.index.name = "allocation"
+    return sub
+
+
+def paired_comparison(a: Evaluation, b: Evaluation, seed: int = 0) -> dict:
+    """``a`` against ``b`` on the same examples: accuracy difference with McNemar's exact
+    test, mean margin difference with a paired bootstrap interval, perplexity ratio."""
+    cols = ["correct", "margin"]
+    joined = a.examples[cols].add_suffix("_a").join(b.examples[cols].add_suffix("_b"), how="inner")
+    if len(joined) != len(a.examples) or len(joined) != len(b.examples):
+        raise ValueError("a and b are invalid: expected evaluations of the same examples")
+    mc = stats.mcnemar(joined["correct_a"].to_numpy(), joined["correct_b"].to_numpy())
+    margin = stats.bootstrap_diff_ci(joined["margin_a"].to_numpy(), joined["margin_b"].to_numpy(),
+                                     paired=True, seed=seed)
+    return {"acc difference": mc.estimate, "McNemar p": mc.pvalue, "n": mc.n,
+            "margin difference": margin.estimate, "margin CI low": margin.ci_low,
+            "margin CI high": margin.ci_high, "margin p": margin.pvalue,
+            "perplexity ratio": a.perplexity / b.perplexity}
+
+
+def _find(evals: Mapping[Setting, Evaluation], **match) -> Evaluation:
+    hits = [ev for s, ev in evals.items() if all(getattr(s, k) == v for k, v in match.items())]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} evaluations match {match}: expected exactly one")
+    return hits[0]
+
+
+def table8(evals: Mapping[Setting, Evaluation], method: str, sparsities, baselines=("AlphaPruning", "Uniform", "OWL"),
+           ours: str = "LayerIF") -> pd.DataFrame:
+    """LayerIF against each baseline across sparsities (the paper's Table 8).
+
+    Columns: average accuracy over the settings; the paper's test -- a paired t-test over the
+    per-setting accuracies, a setting being one (sparsity, task) cell -- and ours over the
+    same examples pooled across sparsities: McNemar's exact test on correctness and a paired
+    bootstrap on the gold margin.
+    """
+    def cells(allocation):
+        per = [summarize(_find(evals, method=method, allocation=allocation, sparsity=s, smooth=True,
+                               epsilon=None, granularity="block", scores=POOL,
+                               aggregation="positive").examples)["acc"] for s in sparsities]
+        return pd.concat(per, keys=list(sparsities))
+
+    def pooled(allocation):
+        parts = [_find(evals, method=method, allocation=allocation, sparsity=s, smooth=True,
+                       epsilon=None, granularity="block", scores=POOL,
+                       aggregation="positive").examples for s in sparsities]
+        return pd.concat(parts, keys=list(sparsities))
+
+    mine, mine_ex = cells(ours), pooled(ours)
+    rows = {ours: {"average accuracy": mine.mean()}}
+    for base in baselines:
+        theirs, theirs_ex = cells(base), pooled(base)
+        t = stats.paired_t(mine.to_numpy(), theirs.to_numpy())
+        pair = paired_comparison(Evaluation(mine_ex, 1.0), Evaluation(theirs_ex, 1.0))
+        rows[base] = {"average accuracy": theirs.mean(), "LayerIF - baseline": mine.mean() - theirs.mean(),
+                      "t-test p (per setting)": t.pvalue, "settings": t.n,
+                      "McNemar p (per example)": pair["McNemar p"], "examples": pair["n"],
+                      "margin difference": pair["margin difference"],
+                      "margin CI low": pair["margin CI low"], "margin CI high": pair["margin CI high"]}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "allocation"
+    return out
+
+
+def smoothing_table(evals: Mapping[Setting, Evaluation], sparsity: float, epsilons, methods) -> pd.DataFrame:
+    """The paper's Table 6: % change of the average accuracy, smoothed vs raw LayerIF, per
+    epsilon (rows) and pruner, with the perplexity change and McNemar's p beside it."""
+    rows = {}
+    for eps in epsilons:
+        for method in methods:
+            kw = dict(method=method, allocation="LayerIF", sparsity=sparsity, epsilon=eps,
+                      granularity="block", scores=POOL, aggregation="positive")
+            smooth, raw = _find(evals, smooth=True, **kw), _find(evals, smooth=False, **kw)
+            a_s, a_r = smooth.examples["correct"].groupby(level="task").mean().mean(), \
+                raw.examples["correct"].groupby(level="task").mean().mean()
+            pair = paired_comparison(smooth, raw)
+            rows[(eps, method)] = {"% change accuracy": 100 * (a_s - a_r) / a_r,
+                                   "% change perplexity": 100 * (smooth.perplexity - raw.perplexity) / raw.perplexity,
+                                   "McNemar p": pair["McNemar p"],
+                                   "margin difference": pair["margin difference"]}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["epsilon", "method"])
+    return out
+
+
+def granularity_table(evals: Mapping[Setting, Evaluation], sparsity: float, methods,
+                      scores: str = POOL) -> pd.DataFrame:
+    """Per-block against per-matrix LayerIF allocations from the same ``scores``, per pruner."""
+    rows = {}
+    for method in methods:
+        kw = dict(method=method, allocation="LayerIF", sparsity=sparsity, epsilon=None,
+                  smooth=True, scores=scores, aggregation="positive")
+        block, matrix = _find(evals, granularity="block", **kw), _find(evals, granularity="matrix", **kw)
+        a_b = summarize(block.examples)["acc"].mean()
+        a_m = summarize(matrix.examples)["acc"].mean()
+        pair = paired_comparison(block, matrix)
+        rows[method] = {"per block": a_b, "per matrix": a_m,
+                        "% change (block vs matrix)": 100 * (a_b - a_m) / a_m,
+                        "McNemar p": pair["McNemar p"], "perplexity per block": block.perplexity,
+                        "perplexity per matrix": matrix.perplexity,
+                        "margin difference": pair["margin difference"],
+                        "margin CI low": pair["margin CI low"], "margin CI high": pair["margin CI high"]}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def task_specific_table(evals_by_task: Mapping[str, Mapping[Setting, Evaluation]], tasks) -> pd.DataFrame:
+    """Each task on the models pruned with its own scores, the pooled scores and uniformly.
+
+    ``evals_by_task[task]`` holds that task's three evaluations (one LayerIF setting whose
+    ``scores`` is the task, one with the pooled scores, one Uniform), all on that task only.
+    """
+    rows = {}
+    for task in tasks:
+        evals = evals_by_task[task]
+        own = _find(evals, allocation="LayerIF", scores=task)
+        pool = _find(evals, allocation="LayerIF", scores=POOL)
+        uniform = _find(evals, allocation="Uniform")
+        vs_pool, vs_uni = paired_comparison(own, pool), paired_comparison(own, uniform)
+        rows[task] = {"own scores": own.examples["correct"].mean(),
+                      "pooled scores": pool.examples["correct"].mean(),
+                      "uniform": uniform.examples["correct"].mean(),
+                      "McNemar p (own vs pooled)": vs_pool["McNemar p"],
+                      "margin own - pooled": vs_pool["margin difference"],
+                      "margin CI low": vs_pool["margin CI low"],
+                      "margin CI high": vs_pool["margin CI high"],
+                      "McNemar p (own vs uniform)": vs_uni["McNemar p"],
+                      "perplexity own / pooled": vs_pool["perplexity ratio"], "n": vs_pool["n"]}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "task"
+    return out
+
+
+def versus(evals: Mapping[Setting, Evaluation], ours: str, sparsity: float, methods,
+           baselines=("Uniform", "AlphaPruning", "OWL")) -> pd.DataFrame:
+    """:func:`paired_comparison` of allocation ``ours`` against each baseline, per pruner."""
+    rows = {}
+    for method in methods:
+        kw = dict(method=method, sparsity=sparsity, epsilon=None, smooth=True, granularity="block",
+                  scores=POOL, aggregation="positive")
+        mine = _find(evals, allocation=ours, **kw)
+        for base in baselines:
+            rows[(method, base)] = paired_comparison(mine, _find(evals, allocation=base, **kw))
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "baseline"])
+    return out
+
+
+def wins(paired: pd.DataFrame, level: float = 0.05) -> dict[str, int]:
+    """How many of the comparisons of :func:`versus` LayerIF wins / loses significantly."""
+    sig = paired["McNemar p"] < level
+    return {"comparisons": len(paired),
+            "higher accuracy": int((paired["acc difference"] > 0).sum()),
+            "significantly better": int((sig & (paired["acc difference"] > 0)).sum()),
+            "significantly worse": int((sig & (paired["acc difference"] < 0)).sum()),
+            "margin CI above 0": int((paired["margin CI low"] > 0).sum()),
+            "margin CI below 0": int((paired["margin CI high"] < 0).sum()),
+            "lower perplexity": int((paired["perplexity ratio"] < 1).sum())}
+
+
+
+
+def _p(value: float) -> str:
+    return f"p = {value:.3g}"
+
+
+def verdicts(paired: Mapping[str, pd.DataFrame], table8s: Mapping[str, pd.DataFrame],
+             specific: Mapping[str, pd.DataFrame], above: Mapping[str, list], level: float = 0.05) -> list[str]:
+    """Sentences for "what the numbers say", each computed from the tables above it."""
+    lines = []
+    for model, frame in paired.items():
+        w = wins(frame, level)
+        lines.append(
+            f"{model}: LayerIF vs {w['comparisons']} (pruner, baseline) pairs at the same examples: "
+            f"higher accuracy in {w['higher accuracy']}, significantly better in "
+            f"{w['significantly better']}, significantly worse in {w['significantly worse']} "
+            f"(McNemar, {level}); gold-margin interval above 0 in {w['margin CI above 0']}, below 0 in "
+            f"{w['margin CI below 0']}; lower perplexity in {w['lower perplexity']}. Tasks where the "
+            f"dense model is above chance: {', '.join(above[model]) or 'none'}.")
+        if w["significantly better"] == 0 and w["margin CI above 0"] == 0:
+            lines.append(f"{model}: LayerIF's advantage at 50% is not reproduced at this scale "
+                         "(no comparison significant on accuracy or margin).")
+    for model, t in table8s.items():
+        for base, row in t.drop(index=t.index[0]).iterrows():
+            lines.append(
+                f"{model}, SparseGPT across sparsities vs {base}: LayerIF - baseline = "
+                f"{100 * row['LayerIF - baseline']:+.2f} points; paper's t-test over settings "
+                f"{_p(row['t-test p (per setting)'])} (n = {row['settings']:.0f}); McNemar over "
+                f"{row['examples']:.0f} examples {_p(row['McNemar p (per example)'])}.")
+    for model, t in specific.items():
+        better = int((t["own scores"] > t["pooled scores"]).sum())
+        sig = int(((t["McNemar p (own vs pooled)"] < level) & (t["own scores"] > t["pooled scores"])).sum())
+        lines.append(f"{model}: a task's own scores beat the pooled vector on {better} of {len(t)} "
+                     f"tasks, significantly on {sig}.")
+    return lines
+
+
+def aggregation_table(evals: Mapping[Setting, Evaluation], method: str, sparsity: float) -> pd.DataFrame:
+    """LayerIF's three aggregations (and Uniform) for one pruner: average accuracy, margin,
+    perplexity, and each against "+ve" on the same examples."""
+    kw = dict(method=method, sparsity=sparsity, epsilon=None, smooth=True, granularity="block",
+              scores=POOL)
+    positive = _find(evals, allocation="LayerIF", aggregation="positive", **kw)
+    rows = {}
+    candidates = [(f"LayerIF ({a})", _find(evals, allocation="LayerIF", aggregation=a, **kw))
+                  for a in ("positive", "top", "all")]
+    candidates.append(("Uniform", _find(evals, allocation="Uniform", aggregation="positive", **kw)))
+    for name, ev in candidates:
+        summary = summarize(ev.examples)
+        pair = paired_comparison(ev, positive)
+        rows[name] = {"average accuracy": summary["acc"].mean(), "margin": summary["margin"].mean(),
+                      "perplexity": ev.perplexity, "acc - (+ve)": pair["acc difference"],
+                      "McNemar p vs +ve": pair["McNemar p"]}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "allocation"
+    return out
+
+
+def smoothing_verdicts(change: pd.DataFrame, acc: pd.DataFrame, level: float = 0.05) -> list[str]:
+    """Sentences for notebook 07 from :func:`smoothing_table` and :func:`accuracy_table`."""
+    up = int((change["% change accuracy"] > 0).sum())
+    better_ppl = int((change["% change perplexity"] < 0).sum())
+    sig = int((change["McNemar p"] < level).sum())
+    lines = [f"Smoothing raised the average accuracy in {up} of {len(change)} (epsilon, pruner) "
+             f"cells and lowered the perplexity in {better_ppl}; {sig} accuracy differences are "
+             f"significant (McNemar, {level}).",
+             f"The paper reports 13 of 15 cells positive (Mistral-7B, full test sets); "
+             + ("here the direction is mixed, so the paper's claim is not reproduced at this scale."
+                if up < 0.75 * len(change) else "here most cells are positive too.")]
+    dense = acc.xs("dense", level="method")
+    lines.append(f"For scale: the dense model averages {100 * dense['average'].iloc[0]:.1f}% at perplexity "
+                 f"{dense['perplexity'].iloc[0]:.1f}; the pruned ones {100 * acc['average'].drop(index='dense', level='method').min():.1f}"
+                 f"-{100 * acc['average'].drop(index='dense', level='method').max():.1f}% at perplexity "
+                 f"{acc['perplexity'].drop(index='dense', level='method').min():.0f}-"
+                 f"{acc['perplexity'].drop(index='dense', level='method').max():.0f}.")
+    return lines
+
+
+def granularity_verdicts(granularity: pd.DataFrame, aggregations: pd.DataFrame, paper_value: float,
+                         level: float = 0.05) -> list[str]:
+    """Sentences for notebook 08 from :func:`granularity_table` and :func:`aggregation_table`."""
+    mean = granularity["% change (block vs matrix)"].mean()
+    sig = int((granularity["McNemar p"] < level).sum())
+    ppl = int((granularity["perplexity per block"] < granularity["perplexity per matrix"]).sum())
+    lines = [f"Per block vs per matrix: {mean:+.2f}% average accuracy (paper: +{paper_value}%), "
+             f"significant for {sig} of {len(granularity)} pruners; per block has the lower "
+             f"perplexity for {ppl} of {len(granularity)}."]
+    best = aggregations.drop(index="Uniform")["average accuracy"].idxmax()
+    lines.append(f"Aggregations: the highest average accuracy is {best}; differences to +ve have "
+                 f"McNemar p from {aggregations['McNemar p vs +ve'].drop(index='LayerIF (positive)').min():.3g} "
+                 f"upward, perplexities {', '.join(f'{k}: {v:.1f}' for k, v in aggregations['perplexity'].items())}.")
+    return lines

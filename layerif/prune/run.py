@@ -1,0 +1,235 @@
+"""Prune with a :class:`PruneConfig` end to end, and the ``layerif prune`` command's steps.
+
+* :func:`prune` draws the calibration tokens the config describes and calls
+  :func:`~layerif.prune.prune_model`;
+* :func:`read_allocation` reads per-block ratios from a CSV (``layerif allocate sparsity
+  --out`` writes one: index ``layer``, columns ``score`` and ``sparsity``);
+* :func:`evaluate_pruned` is :func:`layerif.evaluate.evaluate_suite` (perplexity on held-out
+  BoolQ passages, zero-shot accuracy) as one long table;
+* :func:`prune_and_evaluate` loads a model, prunes it, evaluates it and saves the sparsity
+  report and the evaluation in the results store (loading them instead when a saved result
+  has the same identity, refusing a folder that holds another one).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from ..evaluate.suite import EvalConfig, evaluate_suite
+from .config import PruneConfig
+from .sequential import prune_model
+
+__all__ = ["KIND", "PrunedEvaluation", "default_out", "evaluate_pruned", "prune",
+           "prune_and_evaluate", "pruned_identity", "read_allocation"]
+
+KIND = "pruned_model"
+
+def prune(model: nn.Module, tokenizer, sparsity, config: PruneConfig | None = None,
+          per_matrix=None, progress: bool = True) -> pd.DataFrame:
+    """Prune ``model`` in place as ``config`` says, drawing its calibration tokens.
+
+    The calibration is ``layerif.data.calibration_tokens(tokenizer, config.n_samples,
+    config.seq_len, seed=config.calibration_seed, source=config.calibration_source)``
+    (not drawn for magnitude, which reads no activations).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        sparsity, per_matrix: as :func:`~layerif.prune.prune_model`.
+        config: a :class:`PruneConfig` (default ``PruneConfig()``: Wanda, 128 x 2048 tokens).
+        progress: show a progress bar over blocks.
+
+    Returns:
+        :func:`~layerif.prune.sparsity_report` of the pruned model.
+    """
+    from ..data import calibration_tokens
+
+    config = PruneConfig() if config is None else config
+    if not isinstance(config, PruneConfig):
+        raise ValueError(f"config={config!r} is invalid: expected a PruneConfig")
+    calibration = None
+    if config.needs_calibration:
+        calibration = calibration_tokens(tokenizer, config.n_samples, config.seq_len,
+                                         seed=config.calibration_seed,
+                                         source=config.calibration_source)
+    return prune_model(model, config, sparsity, calibration, per_matrix=per_matrix,
+                       progress=progress)
+
+
+def read_allocation(path: str | Path) -> pd.Series:
+    """Per-block sparsity ratios from a CSV.
+
+    Accepts what ``layerif allocate sparsity --out`` writes (first column ``layer``, then
+    ``score`` and ``sparsity``: the ``sparsity`` column is read) or any table whose first
+    column is the block index and which has one other column, the ratios.
+
+    Returns:
+        ``pd.Series[float]`` named ``"sparsity"``, indexed by block (``layer``), sorted.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a CSV of that form, a non-integer block index, or a ratio outside
+            ``[0, 1)``.
+    """
+    path = Path(path)
+    what = f"--allocation {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} does not exist: expected a CSV of per-block ratios "
+                                "(as `layerif allocate sparsity ... --out FILE` writes)")
+    try:
+        frame = pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} is not a readable CSV ({str(err).splitlines()[0]}): "
+                         "expected columns layer,sparsity") from None
+    if "sparsity" in frame.columns:
+        column = frame["sparsity"]
+    elif frame.shape[1] == 1:
+        column = frame.iloc[:, 0]
+    else:
+        raise ValueError(f"{what} has columns {[frame.index.name] + list(frame.columns)}: "
+                         "expected the block index first, then a 'sparsity' column (or a "
+                         "single column of ratios)")
+    if len(frame) == 0:
+        raise ValueError(f"{what} has no rows: expected one ratio per block")
+    if not pd.api.types.is_integer_dtype(frame.index.dtype):
+        raise ValueError(f"{what} is indexed by {list(frame.index)[:6]}: expected block "
+                         "indices 0..L-1 in the first column")
+    values = pd.to_numeric(column, errors="coerce")
+    for layer, (raw, value) in enumerate(zip(column, values)):
+        if not (0.0 <= value < 1.0):  # NaN fails too
+            raise ValueError(f"{what} row {frame.index[layer]} has sparsity {raw!r}: expected "
+                             "ratios in [0, 1)")
+    ratios = pd.Series(values.to_numpy(dtype=float), index=frame.index.astype(int),
+                       name="sparsity").sort_index()
+    ratios.index.name = "layer"
+    return ratios
+
+
+def _check_allocation(allocation) -> pd.Series | float:
+    if isinstance(allocation, pd.Series):
+        return allocation.astype(float)
+    real = isinstance(allocation, numbers.Real) and not isinstance(allocation, bool)
+    if not (real and 0.0 < float(allocation) < 1.0):
+        raise ValueError(f"--sparsity {allocation!r} is invalid: expected a global sparsity "
+                         "in (0, 1), e.g. 0.5")
+    return float(allocation)
+
+
+def _check_blocks(ratios, n_blocks: int, model_name: str) -> None:
+    if isinstance(ratios, pd.Series) and list(ratios.index) != list(range(n_blocks)):
+        raise ValueError(
+            f"--allocation has ratios for blocks {list(ratios.index)} but {model_name!r} has "
+            f"{n_blocks} blocks: expected one ratio for each of blocks 0..{n_blocks - 1}")
+
+
+def evaluate_pruned(model: nn.Module, tokenizer, evaluation: EvalConfig,
+                    progress: bool = True) -> pd.DataFrame:
+    """:func:`layerif.evaluate.evaluate_suite` (perplexity on held-out BoolQ passages, and
+    zero-shot accuracy when ``evaluation.tasks`` is not empty) as one long table.
+
+    Returns:
+        A DataFrame indexed by ``(task, metric)`` with columns ``value``, ``stderr`` and
+        ``n``: the row ``("boolq_passages", "perplexity")`` (``n`` = predicted tokens), then
+        ``acc``, ``acc_norm`` and ``margin`` per task (``n`` = examples scored).
+    """
+    result = evaluate_suite(model, tokenizer, evaluation, progress=progress)
+    rows = [("boolq_passages", "perplexity", result.perplexity, math.nan,
+             evaluation.ppl_samples * (evaluation.ppl_len - 1))]
+    if len(result.examples):
+        for task, r in result.summary().iterrows():
+            for metric in ("acc", "acc_norm", "margin"):
+                rows.append((str(task), metric, float(r[metric]), float(r[f"{metric}_stderr"]),
+                             int(r["n"])))
+    frame = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n"])
+    return frame.set_index(["task", "metric"])
+
+
+def pruned_identity(config: PruneConfig, allocation, model_name: str,
+                    evaluation: EvalConfig) -> dict:
+    """The store identity of a pruned model's evaluation: the config's identity, the
+    allocation (every per-block ratio, or the global sparsity), the evaluation config, the
+    model and the perplexity text."""
+    from .. import store
+
+    if isinstance(allocation, pd.Series):
+        alloc = {"per_block": [round(float(r), 12) for r in allocation]}
+    else:
+        alloc = {"global": round(float(allocation), 12)}
+    settings = {"prune": config.identity(), "allocation": alloc, "evaluation": evaluation.identity()}
+    data = {"perplexity": "boolq passages (layerif.data.perplexity_tokens, seed 0)"}
+    return store.identity(KIND, settings, model_name, data)
+
+
+@dataclass
+class PrunedEvaluation:
+    """What :func:`prune_and_evaluate` returns."""
+
+    report: pd.DataFrame      #: :func:`~layerif.prune.sparsity_report` of the pruned model
+    evaluation: pd.DataFrame  #: :func:`evaluate_pruned`'s table
+    out: Path                 #: the folder holding ``sparsity/`` and ``evaluation/``
+    status: str               #: "computed" or "loaded"
+
+
+def default_out(profile: str, model_name: str, method: str, label: str,
+                root: str | Path | None = None) -> Path:
+    """``results/<profile>/pruned/<model>/<method>/<label>`` (label: e.g. the allocation
+    CSV's stem, or ``uniform-s0.5``), each part reduced to a safe folder name."""
+    from ..study import results_dir
+
+    parts = [re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(p)).strip("-.") or "x"
+             for p in (model_name, method, label)]
+    return results_dir(profile, root).joinpath("pruned", *parts)
+
+
+def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: PruneConfig,
+                       out: str | Path, evaluation: EvalConfig | None = None, device: str = "auto",
+                       overwrite: bool = False, progress: bool = True) -> PrunedEvaluation:
+    """Load a model, prune it, evaluate it and save both tables in the results store.
+
+    ``out/sparsity`` holds the :func:`~layerif.prune.sparsity_report` (global sparsity in
+    its manifest's ``extra``) and ``out/evaluation`` the :func:`evaluate_pruned` table, both
+    under :func:`pruned_identity`. When both folders already hold this identity they are
+    loaded and nothing is computed; a folder holding another identity is refused
+    (:class:`layerif.store.ResultMismatch`) unless ``overwrite``. Arguments are checked
+    before the model loads (the block index of ``allocation`` right after).
+
+    Args:
+        model_name: an embedded model name, a local checkpoint directory or a hub id.
+        allocation: per-block ratios (:func:`read_allocation`) or one global sparsity in (0, 1).
+        config: the :class:`PruneConfig` (e.g. ``PruneConfig.preset("cpu", method="sparsegpt")``).
+        out: the result folder.
+        evaluation: what to evaluate (default ``EvalConfig.cpu()``).
+        device: where the model runs (``"auto"``: CUDA if present).
+        overwrite: replace results of another identity.
+        progress: progress bars.
+    """
+    from .. import store
+    from ..models import load_model, transformer_blocks
+
+    if not isinstance(config, PruneConfig):
+        raise ValueError(f"config={config!r} is invalid: expected a PruneConfig")
+    evaluation = EvalConfig.cpu() if evaluation is None else evaluation
+    if not isinstance(evaluation, EvalConfig):
+        raise ValueError(f"evaluation={evaluation!r} is invalid: expected an EvalConfig")
+    allocation = _check_allocation(allocation)
+    out = Path(out)
+    ident = pruned_identity(config, allocation, model_name, evaluation)
+    if not overwrite:
+        found = [store.load_if_matching(out / name, ident) for name in ("sparsity", "evaluation")]
+        if all(m is not None for m in found):
+            return PrunedEvaluation(store.load_frame(out / "sparsity"),
+                                    store.load_frame(out / "evaluation"), out, "loaded")
+    model, tokenizer = load_model(model_name, device=device)
+    _check_blocks(allocation, len(transformer_blocks(model)), model_name)
+    report = prune(model, tokenizer, allocation, config, progress=progress)
+    table = evaluate_pruned(model, tokenizer, evaluation, progress=progress)
+    extra = {"global_sparsity": report.attrs["global_sparsity"], "runtime": config.runtime()}
+    store.save_frame(out / "sparsity", report, ident, extra=extra, overwrite=overwrite)
+    store.save_frame(out / "evaluation", table, ident, extra=extra, overwrite=overwrite)
+    return PrunedEvaluation(report, table, out, "computed")
