@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "EmbeddedModel",
     "cache_dir",
     "describe",
+    "eval_mode",
     "linear_modules",
     "load_model",
     "model_id",
@@ -284,3 +286,14 @@ def describe(model: nn.Module) -> pd.DataFrame:
             "params": sum(p.numel() for p in block.parameters()),
         })
     return pd.DataFrame(rows).set_index("layer")
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model.eval()`` inside the block; its previous train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -6,7 +6,6 @@ against an independent float64 brute force (one unbatched forward per (context, 
 import copy
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,17 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from layerif import store
+from layerif.data import Example
 from layerif.evaluate import choice_logliks
 from layerif.evaluate.zero_shot import PAPER_TASKS, zero_shot
-
-
-@dataclass
-class _Example:
-    id: str
-    prompt: str
-    choices: list
-    label: int
-    text: str
 
 
 def _ll_columns(frame):
@@ -100,8 +91,8 @@ def _toy_tasks():
     ]
     single = [(f"Passage {'word ' * k}\nQuestion: is it?\nAnswer:", ["a", "b"], k % 2) for k in range(5)]
     return {
-        "multi": [_Example(str(i), p, c, y, f"{p} {c[y]}") for i, (p, c, y) in enumerate(multi)],
-        "single": [_Example(f"s{i}", p, c, y, p + c[y]) for i, (p, c, y) in enumerate(single)],
+        "multi": [Example(str(i), p, c, y, f"{p} {c[y]}") for i, (p, c, y) in enumerate(multi)],
+        "single": [Example(f"s{i}", p, c, y, p + c[y]) for i, (p, c, y) in enumerate(single)],
     }
 
 

@@ -108,3 +108,15 @@ def test_profiles_are_valid_configs(profile, name):
     for eps in params.get("epsilons", []):
         pruning.Setting(methods[0], "LayerIF", params["sparsity"], epsilon=eps, smooth=False)
     assert 0 < params["sparsity"] < 1
+
+
+def test_evaluations_on_other_examples_sit_side_by_side(setup):
+    run, results, model_dir = setup
+    setting = pruning.Setting("magnitude", "Uniform", 0.5)
+    run.evaluate(setting)
+    own = pruning.PruningRun(results, model_dir, run.prune_config,
+                             run.eval_config.replace(tasks=("arc_easy",), n_examples=4),
+                             device="cpu", progress=False)
+    ev, info = own.evaluate(setting)  # another evaluation of the same pruned model: no clash
+    assert info["status"] == "computed" and own.folder(setting) != run.folder(setting)
+    assert list(ev.examples.index.get_level_values("task").unique()) == ["arc_easy"]

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..models import eval_mode
+
 __all__ = ["ANSWER_PATTERN", "LETTER_PATTERN", "AccuracyResult", "accuracy", "parse_answer"]
 
 ANSWER_PATTERN = re.compile(r"Answer: ([\w\s]+)")
@@ -201,9 +203,7 @@ def accuracy(model, tokenizer, examples: Sequence, method: str = "loglik", batch
         if not 0 <= ex.label < len(ex.choices):
             raise ValueError(f"example {getattr(ex, 'id', '?')!r}: label={ex.label!r} is invalid: "
                              f"expected an index into its {len(ex.choices)} choices")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if method == "loglik":
             scores = _loglik(model, tokenizer, examples, batch_size, max_length, progress)
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
@@ -213,8 +213,6 @@ def accuracy(model, tokenizer, examples: Sequence, method: str = "loglik", batch
             preds = [parse_answer(_last_line(ex.prompt) + o, ex.choices, style)
                      for o, ex in zip(outputs, examples)]
             extra = {"output": outputs}
-    finally:
-        model.train(was_training)
     ids = [str(getattr(ex, "id", i)) for i, ex in enumerate(examples)]
     labels = [int(ex.label) for ex in examples]
     table = pd.DataFrame({

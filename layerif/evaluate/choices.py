@@ -20,7 +20,6 @@ continuations (BoolQ, RTE) need no second forward at all. Log-softmax is taken i
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 
@@ -29,20 +28,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["choice_frame", "choice_logliks", "encode_pair", "eval_mode", "lm_eval_docs"]
+from ..models import eval_mode
+
+__all__ = ["choice_frame", "choice_logliks", "encode_pair", "lm_eval_docs"]
 
 DEFAULT_DELIMITER = " "  # lm-eval's default target_delimiter
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """``model.eval()`` inside the block; its previous train/eval mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _separator(ex) -> str | None:

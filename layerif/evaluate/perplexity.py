@@ -8,6 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..models import eval_mode
+
 __all__ = ["perplexity"]
 
 
@@ -37,10 +39,8 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int = 8, prog
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is invalid: expected a positive int")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         starts = range(0, tokens.shape[0], batch_size)
         for start in tqdm(starts, desc="perplexity", disable=not progress):
             batch = tokens[start:start + batch_size].to(device)
@@ -50,6 +50,4 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, batch_size: int = 8, prog
             nll = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
             total += float(nll)
             count += batch[:, 1:].numel()
-    finally:
-        model.train(was_training)
     return math.exp(total / count)

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .choices import choice_frame, choice_logliks, eval_mode, lm_eval_docs
+from ..models import eval_mode
+from .choices import choice_frame, choice_logliks, lm_eval_docs
 
 __all__ = ["BACKENDS", "PAPER_TASKS", "lm_eval_task", "summarize", "zero_shot"]
 

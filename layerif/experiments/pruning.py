@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import allocate, baselines, store
 from ..data import calibration_tokens, perplexity_tokens
+from ..evaluate.zero_shot import PAPER_TASKS
 from ..evaluate.suite import EvalConfig, Evaluation, evaluate_suite, examples_fingerprint, task_examples
 from ..models import describe, linear_modules, load_model, transformer_blocks
 from ..scores import ScoreConfig
@@ -255,7 +256,16 @@ class PruningRun:
         return store.identity(KIND, config, self.model_name, data)
 
     def folder(self, setting: Setting) -> Path:
-        return self.results / "pruning" / slug(self.model_name) / setting.method / setting.folder()
+        """``<results>/pruning/<model>/<evaluation>/<method>/<setting>``: one folder per
+        evaluation config (``paper7-n20-ppl12x256``, ``arc_easy-n80-ppl12x256``), so that
+        evaluations of the same pruned model on other examples sit side by side."""
+        e = self.eval_config
+        tasks = "paper7" if e.tasks == PAPER_TASKS else "+".join(e.tasks) or "ppl-only"
+        name = f"{tasks}-n{e.n_examples or 'all'}-ppl{e.ppl_samples}x{e.ppl_len}"
+        if e.split != "test":
+            name += f"-{e.split}"
+        return (self.results / "pruning" / slug(self.model_name) / slug(name) / setting.method
+                / setting.folder())
 
     def evaluate(self, setting: Setting, overwrite: bool = False) -> tuple[Evaluation, dict]:
         """The evaluation of one setting (loaded when saved with the same identity).

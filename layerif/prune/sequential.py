@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import linear_modules, transformer_blocks
+from ..models import eval_mode, linear_modules, transformer_blocks
 from .config import METHODS, PruneConfig
 from .magnitude import check_sparsity, magnitude
 from .sparsegpt import sparsegpt
@@ -226,9 +226,7 @@ def walk_blocks(
     if stats not in (None, "act_sq_norm", "hessian"):
         raise ValueError(f"stats={stats!r} is invalid: expected None, 'act_sq_norm' or 'hessian'")
     blocks = transformer_blocks(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         inputs = capture_block_inputs(model, calibration, batch_size)
         for layer, (path, block) in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
             linears = linear_modules(block)
@@ -237,8 +235,6 @@ def walk_blocks(
             del found
             if layer + 1 < len(blocks):
                 _run_block(block, inputs)
-    finally:
-        model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- ratios
