@@ -187,3 +187,17 @@ def test_fixed_choice_tasks():
 
     examples = {t: list(load_task(t, "test", n=6)) for t in ("boolq", "rte", "arc_easy", "winogrande")}
     assert tables.fixed_choice_tasks(examples) == ["boolq", "rte"]
+
+
+def test_smoothing_verdicts_count_cells_and_read_the_paper_table():
+    change = pd.DataFrame({"% change accuracy": [1.0, -2.0, 3.0, 0.5], "% change perplexity": [-1.0, -2.0, -3.0, 4.0],
+                           "McNemar p": [0.5, 0.01, 0.9, 0.2]},
+                          index=pd.MultiIndex.from_product([[0.1, 0.3], ["wanda", "magnitude"]], names=["epsilon", "method"]))
+    acc = tables.accuracy_table({Setting("dense"): _random_eval(0, ppl=10.0),
+                                 Setting("wanda", "LayerIF", 0.7): _random_eval(1, ppl=300.0)})
+    paper_table = pd.DataFrame([[1.0, -1.0], [2.0, np.nan]])
+    lines = tables.smoothing_verdicts(change, acc, paper_table)
+    assert lines[0].startswith("Smoothing raised the average accuracy in 3 of 4") and "lowered the perplexity in 3" in lines[0]
+    assert "1 accuracy differences are significant" in lines[0]
+    assert "reports 2 of 3 cells positive" in lines[1] and "on accuracy smoothing helps" in lines[1]
+    assert "at perplexity 300-300" in lines[2]
