@@ -20,8 +20,8 @@ from .magnitude import TIES, lowest_k_mask, magnitude, nm_mask, threshold_mask
 from .outliers import owl_outlier_ratios
 from .run import (PrunedEvaluation, evaluate_pruned, prune, prune_and_evaluate, pruned_identity,
                   read_allocation)
-from .sequential import (METHODS, capture_block_inputs, matrix_paths, prune_model, sparsity_report,
-                         walk_blocks)
+from .ratios import block_ratios, matrix_paths, matrix_ratios
+from .sequential import METHODS, capture_block_inputs, prune_model, sparsity_report, walk_blocks
 from .sparsegpt import inverse_hessian_factor, sparsegpt
 from .wanda import wanda, wanda_scores
 
@@ -35,7 +35,9 @@ __all__ = [
     "inverse_hessian_factor",
     "lowest_k_mask",
     "magnitude",
+    "block_ratios",
     "matrix_paths",
+    "matrix_ratios",
     "nm_mask",
     "owl_outlier_ratios",
     "prune",

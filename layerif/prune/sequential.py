@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -26,12 +25,12 @@ from tqdm.auto import tqdm
 
 from ..models import eval_mode, linear_modules, transformer_blocks
 from .config import METHODS, PruneConfig
-from .magnitude import check_sparsity, magnitude
+from .magnitude import magnitude
+from .ratios import matrix_paths, matrix_ratios
 from .sparsegpt import sparsegpt
 from .wanda import wanda
 
-__all__ = ["METHODS", "capture_block_inputs", "matrix_paths", "walk_blocks", "prune_model",
-           "sparsity_report"]
+__all__ = ["METHODS", "capture_block_inputs", "walk_blocks", "prune_model", "sparsity_report"]
 
 _STATS = {"magnitude": None, "wanda": "act_sq_norm", "sparsegpt": "hessian"}
 
@@ -237,92 +236,6 @@ def walk_blocks(
                 _run_block(block, inputs)
 
 
-# ----------------------------------------------------------------------------- ratios
-def _block_ratios(sparsity, n_blocks: int, nm) -> pd.Series:
-    if isinstance(sparsity, (Mapping, pd.Series)):
-        ratios = pd.Series(sparsity, dtype=float) if isinstance(sparsity, Mapping) else sparsity.astype(float)
-        want = set(range(n_blocks))
-        try:
-            have = set(int(i) for i in ratios.index)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"sparsity is invalid: per-block ratios must be indexed by block index, got {list(ratios.index)}"
-            ) from None
-        if have != want:
-            missing, extra = sorted(want - have), sorted(have - want)
-            raise ValueError(
-                f"sparsity is invalid: per-block ratios must be indexed by blocks 0..{n_blocks - 1}; "
-                f"missing {missing}, unknown {extra}"
-            )
-        ratios.index = ratios.index.astype(int)
-        ratios = ratios.sort_index()
-    else:
-        ratios = pd.Series(float(check_sparsity(sparsity, nm)), index=range(n_blocks))
-    for layer, r in ratios.items():
-        check_sparsity(r, nm, name=f"sparsity[{layer}]")
-    ratios.index.name = "layer"
-    return ratios
-
-
-def matrix_paths(model: nn.Module) -> list[str]:
-    """Full paths of every linear module of every transformer block, in depth order.
-
-    The order of a flat ``per_matrix`` sequence (:func:`prune_model`) and of
-    :func:`layerif.allocate.per_matrix` with ``layerif.describe(model)``: block by block,
-    and inside a block in :func:`layerif.models.linear_modules` order.
-    """
-    return [f"{path}.{name}" for path, block in transformer_blocks(model)
-            for name, _ in linear_modules(block)]
-
-
-def _per_matrix_overrides(per_matrix, paths: list[str]) -> dict:
-    """``per_matrix`` as ``{path: ratio}`` (unchecked ratios); a sequence maps by position."""
-    if per_matrix is None:
-        return {}
-    if isinstance(per_matrix, (Mapping, pd.Series)):
-        return dict(per_matrix)
-    if isinstance(per_matrix, torch.Tensor):
-        per_matrix = per_matrix.detach().cpu().numpy()
-    if isinstance(per_matrix, np.ndarray) and per_matrix.ndim != 1:
-        raise ValueError(f"per_matrix of shape {per_matrix.shape} is invalid: expected a flat "
-                         "sequence of ratios, one per linear matrix in depth order")
-    if not isinstance(per_matrix, (Sequence, np.ndarray)) or isinstance(per_matrix, (str, bytes)):
-        raise ValueError(f"per_matrix of type {type(per_matrix).__name__} is invalid: expected a "
-                         "{module path: ratio} mapping or a sequence of ratios in depth order")
-    values = list(per_matrix)
-    if len(values) != len(paths):
-        raise ValueError(
-            f"per_matrix is a sequence of {len(values)} ratios but the model has {len(paths)} "
-            "linear matrices: expected one ratio per matrix in depth order, as "
-            "layerif.allocate.per_matrix(values, layerif.describe(model)) gives")
-    return dict(zip(paths, values))
-
-
-def _matrix_ratios(model, sparsity, per_matrix, nm) -> dict[str, float]:
-    paths = matrix_paths(model)
-    overrides = _per_matrix_overrides(per_matrix, paths)
-    for key in overrides:
-        if key not in paths:
-            raise ValueError(
-                f"per_matrix key {key!r} is invalid: expected a linear module path such as {paths[0]!r}"
-            )
-    if sparsity is None:
-        missing = [p for p in paths if p not in overrides]
-        if missing:
-            raise ValueError(
-                f"sparsity=None is invalid: per_matrix leaves {len(missing)} of {len(paths)} matrices "
-                f"without a ratio (e.g. {missing[0]!r}); expected a ratio in [0, 1) or per-block ratios")
-        out = {}
-    else:
-        ratios = _block_ratios(sparsity, len(transformer_blocks(model)), nm)
-        out = {f"{path}.{name}": float(ratios[layer])
-               for layer, (path, block) in enumerate(transformer_blocks(model))
-               for name, _ in linear_modules(block)}
-    for key, value in overrides.items():
-        out[key] = check_sparsity(value, nm, name=f"per_matrix[{key!r}]")
-    return {p: out[p] for p in paths}
-
-
 _UNSET = type("_Unset", (), {"__repr__": lambda self: "<from config>"})()
 _KEYWORDS = ("nm", "batch_size", "blocksize", "percdamp", "ties")
 
@@ -399,7 +312,7 @@ def prune_model(
         "nm": nm, "batch_size": batch_size, "blocksize": blocksize, "percdamp": percdamp,
         "ties": ties})
     method, nm = config.method, config.nm
-    targets = _matrix_ratios(model, sparsity, per_matrix, nm)
+    targets = matrix_ratios(model, sparsity, per_matrix, nm)
     if config.needs_calibration:
         check_calibration(calibration)
         want = (config.n_samples, config.seq_len)
