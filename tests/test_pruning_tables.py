@@ -116,6 +116,8 @@ def test_accuracy_table_and_paper_layout_by_hand():
     assert row[tables.AVERAGE] == pytest.approx(per_task.mean())
     assert row[tables.AVERAGE_ABOVE] == pytest.approx(per_task["arc_easy"])
     assert row["margin"] == pytest.approx(ex.groupby(level="task")["margin"].mean().mean())
+    se = ex.groupby(level="task")["correct"].agg(lambda c: c.astype(float).std(ddof=1) / np.sqrt(len(c)))
+    assert row["average stderr"] == pytest.approx(np.sqrt((se ** 2).sum()) / 2)
     assert row["perplexity"] == evals[s].perplexity
     layout = tables.method_by_allocation(t)
     assert list(layout.columns) == ["Magnitude", "Wanda", "Average"]

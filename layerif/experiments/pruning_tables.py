@@ -60,18 +60,26 @@ def _key(setting: Setting) -> tuple:
     return setting.method, setting.label(), setting.sparsity
 
 
+def _combined_stderr(stderrs: pd.Series) -> float:
+    """Standard error of the mean of independent task means."""
+    return float(np.sqrt((stderrs ** 2).sum()) / len(stderrs))
+
+
 def accuracy_table(evals: Mapping[Setting, Evaluation], above: list[str] | None = None) -> pd.DataFrame:
     """One row per setting (method, allocation label, sparsity): accuracy per task, the
-    average over all tasks (the paper's), the average over ``above`` (tasks where the dense
-    model is above chance), the mean gold margin and the perplexity."""
+    average over all tasks (the paper's) with its standard error (the tasks' standard errors
+    combined: ``sqrt(sum se_t^2) / T``), the average over ``above`` (tasks where the dense
+    model is above chance), the mean gold margin with its standard error, and the perplexity."""
     rows = {}
     for setting, ev in evals.items():
         summary = summarize(ev.examples)
         row = summary["acc"].to_dict()
         row[AVERAGE] = summary["acc"].mean()
+        row[f"{AVERAGE} stderr"] = _combined_stderr(summary["acc_stderr"])
         if above is not None:
             row[AVERAGE_ABOVE] = summary["acc"].reindex(above).mean() if above else np.nan
         row["margin"] = summary["margin"].mean()
+        row["margin stderr"] = _combined_stderr(summary["margin_stderr"])
         row["perplexity"] = ev.perplexity
         row["n per task"] = int(summary["n"].min())
         rows[_key(setting)] = row
