@@ -67,8 +67,9 @@ def tiny_llama(
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(dtype)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the caller's RNG state is left alone
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(dtype)
     model.eval()
     model._layerif_model_id = f"tiny-llama-{n_layers}x{hidden}-seed{seed}"
     return model

@@ -122,3 +122,18 @@ def test_real_smollm2_blocks_and_perplexity(smollm2):
         loss = model(input_ids=tokens, labels=tokens).loss.item()
     # A working LM is far better than uniform guessing over its 49k-token vocabulary.
     assert math.exp(loss) < model.config.vocab_size / 100
+
+
+def test_tiny_llama_is_seeded_without_touching_the_global_rng():
+    import torch
+
+    from layerif.testing import tiny_llama
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = tiny_llama(n_layers=1, seed=5), tiny_llama(n_layers=1, seed=5)
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream continues undisturbed
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    c = tiny_llama(n_layers=1, seed=6)
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
