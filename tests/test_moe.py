@@ -330,3 +330,16 @@ def test_sparse_dispatch_multiplies_only_the_top_k_tokens_by_each_A():
     stacked_b = 2 * n * E * r * d_out
     assert flops("sparse") == base_and_router + 2 * n * k * r * d_in + stacked_b
     assert flops("dense") == base_and_router + 2 * n * E * r * d_in + stacked_b
+
+
+def test_attach_follows_the_models_train_or_eval_mode(tiny):
+    """A model in eval mode stays deterministic after attach (no active expert dropout)."""
+    model, tok = tiny
+    model.eval()
+    attach(model, [1, 2, 3, 4], dropout=0.5)
+    assert not any(m.training for m in model.modules())
+    for i, (_, layer) in enumerate(moe_layers(model)):
+        _randomize(layer, seed=i)
+    enc = tok(["the same twice"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, model(**enc).logits)

@@ -197,6 +197,7 @@ def attach(model: nn.Module, experts, rank: int = 8, alpha: float = 16.0, dropou
         n = int(alloc[i])
         k = min(cfg.top_k, n) if cfg.top_k is not None else (2 if n > 1 else 1)
         layer = LoRAMoELinear(module, n, k, cfg.rank, cfg.alpha, cfg.dropout, cfg.dispatch)
+        layer.train(model.training)  # a new module is in train mode; follow the model's (dropout)
         layer.track_balance, layer._mask = cfg.balance_coef > 0, holder
         parent, _, leaf = rel.rpartition(".")
         setattr(block.get_submodule(parent) if parent else block, leaf, layer)
