@@ -203,3 +203,15 @@ def test_smoothing_verdicts_count_cells_and_read_the_paper_table():
     assert "1 accuracy differences are significant" in lines[0]
     assert "reports 2 of 3 cells positive" in lines[1] and "on accuracy smoothing helps" in lines[1]
     assert "at perplexity 300-300" in lines[2]
+
+
+def test_perplexity_wins_counts_settings_where_layerif_is_lowest():
+    evals = {Setting("dense"): _random_eval(0, ppl=5.0)}
+    ppl = {("wanda", 0.5): [10, 11, 12, 9], ("sparsegpt", 0.5): [10, 9, 12, 11], ("sparsegpt", 0.3): [8, 9, 9, 7]}
+    for (m, sp), values in ppl.items():
+        for a, v in zip(pruning.ALLOCATIONS, values):
+            evals[Setting(m, a, sp)] = _random_eval(int(v), ppl=float(v))
+    evals[Setting("magnitude", "LayerIF", 0.5)] = _random_eval(1, ppl=1.0)  # incomplete setting: ignored
+    w = tables.perplexity_wins(tables.accuracy_table(evals))
+    assert (w["settings"], w["wins"]) == (3, 2)
+    assert w["p"] == pytest.approx(sps.binomtest(2, 3, 0.25, alternative="greater").pvalue)

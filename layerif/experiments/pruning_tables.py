@@ -20,7 +20,7 @@ from .scoring import POOL
 
 __all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "dense_check", "fixed_choice_tasks", "granularity_table",
            "method_by_allocation", "paired_comparison", "smoothing_table", "task_specific_table",
-           "table8", "verdicts", "versus", "wins", "aggregation_table",
+           "table8", "verdicts", "versus", "wins", "aggregation_table", "perplexity_wins",
            "smoothing_verdicts", "granularity_verdicts"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
@@ -261,10 +261,37 @@ def _p(value: float) -> str:
     return f"p = {value:.3g}"
 
 
+def perplexity_wins(table: pd.DataFrame, ours: str = "LayerIF") -> dict:
+    """In how many (pruner, sparsity) settings allocation ``ours`` has the lowest perplexity.
+
+    ``table`` is :func:`accuracy_table`; only settings where every one of
+    :data:`~layerif.experiments.pruning.ALLOCATIONS` was evaluated count. The test is the
+    one-sided binomial test of the win count against ``1 / len(ALLOCATIONS)``, the rate if the
+    allocations were exchangeable. Settings share the scores and the evaluation text, so they
+    are not independent: read the p-value as a description, not a guarantee.
+    """
+    from .pruning import ALLOCATIONS
+
+    ppl = table["perplexity"].drop(index="dense", level="method", errors="ignore")
+    wide = ppl.unstack("allocation").reindex(columns=list(ALLOCATIONS)).dropna()
+    wins = (wide.idxmin(axis=1) == ours).to_numpy()
+    test = stats.above_rate(wins, 1 / len(ALLOCATIONS)) if len(wins) >= 2 else None
+    return {"settings": len(wins), "wins": int(wins.sum()),
+            "p": np.nan if test is None else test.pvalue,
+            "settings list": [f"{m} {sp:g}" for m, sp in wide.index]}
+
+
 def verdicts(paired: Mapping[str, pd.DataFrame], table8s: Mapping[str, pd.DataFrame],
-             specific: Mapping[str, pd.DataFrame], above: Mapping[str, list], level: float = 0.05) -> list[str]:
+             specific: Mapping[str, pd.DataFrame], above: Mapping[str, list],
+             acc: Mapping[str, pd.DataFrame] | None = None, level: float = 0.05) -> list[str]:
     """Sentences for "what the numbers say", each computed from the tables above it."""
     lines = []
+    for model, table in (acc or {}).items():
+        w = perplexity_wins(table)
+        lines.append(f"{model}: LayerIF's model has the lowest held-out perplexity of the four "
+                     f"allocations in {w['wins']} of {w['settings']} (pruner, sparsity) settings "
+                     f"(exchangeable allocations would give 1 in 4: binomial {_p(w['p'])}; the "
+                     "settings share scores and text, so this is descriptive).")
     for model, frame in paired.items():
         w = wins(frame, level)
         lines.append(
