@@ -42,3 +42,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def save_tiny(tmp_path_factory):
+    """``save_tiny(n_layers) -> path``: the tiny Llama and its tokenizer saved as a local
+    checkpoint (for code that loads a model by name, as the study and the CLI do)."""
+    from layerif.testing import tiny_model
+
+    def save(n_layers: int = 4):
+        path = tmp_path_factory.mktemp("tiny") / f"tiny-llama-{n_layers}"
+        model, tok = tiny_model(n_layers=n_layers)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        return path
+
+    return save

@@ -46,15 +46,9 @@ def test_allocate_refuses_to_overwrite_and_names_bad_arguments(scores_dir, tmp_p
 
 # ----------------------------------------------------------------------------- layerif prune
 @pytest.fixture
-def tiny_dir(tmp_path):
-    """The tiny Llama and its tokenizer saved as a local checkpoint (the CLI loads by name)."""
-    from layerif.testing import tiny_model
-
-    model, tok = tiny_model()
-    path = tmp_path / "tiny"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def tiny_dir(save_tiny):
+    """The tiny Llama saved as a local checkpoint (the CLI loads by name)."""
+    return save_tiny()
 
 
 def _ratios_csv(path, values, index=None):

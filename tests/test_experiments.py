@@ -8,18 +8,13 @@ from scipy.stats import spearmanr
 
 from layerif import ScoreConfig, allocate, store
 from layerif.experiments import agreement, allocation, scoring
-from layerif.testing import tiny_model
 
 TASKS = ["mrpc", "openbookqa", scoring.POOL]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    model, tok = tiny_model(n_layers=8)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+def model_dir(save_tiny):
+    return str(save_tiny(n_layers=8))
 
 
 @pytest.fixture(scope="module")

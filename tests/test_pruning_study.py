@@ -8,17 +8,13 @@ from layerif import ScoreConfig, store, study
 from layerif.evaluate import EvalConfig
 from layerif.experiments import pruning, scoring
 from layerif.prune import PruneConfig
-from layerif.testing import tiny_model
 
 TASKS = ("arc_easy", "boolq")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    model, tok = tiny_model(n_layers=6)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+def setup(tmp_path_factory, save_tiny):
+    path = save_tiny(n_layers=6)
     results = tmp_path_factory.mktemp("results")
     config = ScoreConfig(n_train=7, n_val=7, max_length=24, batch_size=4, device="cpu")
     scoring.score_tasks(str(path), [scoring.POOL], config, results, methods=("datainf",), progress=False)
