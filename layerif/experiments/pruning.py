@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import allocate, baselines, store
-from ..data import calibration_tokens, perplexity_tokens
+from ..data import perplexity_tokens
 from ..evaluate.zero_shot import PAPER_TASKS
 from ..evaluate.suite import EvalConfig, Evaluation, evaluate_suite, examples_fingerprint, task_examples
 from ..models import describe, linear_modules, load_model, transformer_blocks
@@ -176,9 +176,7 @@ class PruningRun:
     def _tokens(self):
         self.model()
         if self._calibration is None:
-            c = self.prune_config
-            self._calibration = calibration_tokens(self.tokenizer, c.n_samples, c.seq_len,
-                                                   c.calibration_seed, c.calibration_source)
+            self._calibration = self.prune_config.replace(method="wanda").calibration(self.tokenizer)
             e = self.eval_config
             self._ppl = perplexity_tokens(self.tokenizer, e.ppl_samples, e.ppl_len)
         return self._calibration, self._ppl

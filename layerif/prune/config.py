@@ -80,6 +80,16 @@ class PruneConfig(ConfigBase):
             check(self.blocksize % self.nm[1] == 0, "blocksize", self.blocksize,
                   f"a multiple of m={self.nm[1]} with nm={self.nm} and method='sparsegpt'")
 
+    def calibration(self, tokenizer):
+        """The calibration tokens this config describes (``layerif.data.calibration_tokens``
+        with its rows, length, seed and source); None for magnitude, which reads none."""
+        if not self.needs_calibration:
+            return None
+        from ..data import calibration_tokens
+
+        return calibration_tokens(tokenizer, self.n_samples, self.seq_len,
+                                  seed=self.calibration_seed, source=self.calibration_source)
+
     @property
     def needs_calibration(self) -> bool:
         """Whether the method reads calibration activations (all but magnitude)."""

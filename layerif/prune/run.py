@@ -48,17 +48,10 @@ def prune(model: nn.Module, tokenizer, sparsity, config: PruneConfig | None = No
     Returns:
         :func:`~layerif.prune.sparsity_report` of the pruned model.
     """
-    from ..data import calibration_tokens
-
     config = PruneConfig() if config is None else config
     if not isinstance(config, PruneConfig):
         raise ValueError(f"config={config!r} is invalid: expected a PruneConfig")
-    calibration = None
-    if config.needs_calibration:
-        calibration = calibration_tokens(tokenizer, config.n_samples, config.seq_len,
-                                         seed=config.calibration_seed,
-                                         source=config.calibration_source)
-    return prune_model(model, config, sparsity, calibration, per_matrix=per_matrix,
+    return prune_model(model, config, sparsity, config.calibration(tokenizer), per_matrix=per_matrix,
                        progress=progress)
 
 
