@@ -9,6 +9,7 @@ The same loop serves the LoRA warm-up of the influence engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Sequence
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._config import check
+from ._config import ConfigBase, check, field
 from .moe import balance_loss, moe_layers
 
-__all__ = ["causal_lm_loss", "finetune", "linear_schedule", "tokenize_texts"]
+__all__ = ["TrainConfig", "causal_lm_loss", "collate", "finetune", "linear_schedule", "tokenize_texts"]
 
 
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -53,7 +54,8 @@ def tokenize_texts(tokenizer, examples, max_length: int, add_eos: bool = True) -
     return rows
 
 
-def _collate(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)`` of token rows, on ``device``."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -70,24 +72,71 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
                            targets.reshape(-1), ignore_index=-100)
 
 
-def finetune(
-    model: nn.Module,
-    tokenizer,
-    train_examples: Sequence | torch.Tensor,
-    epochs: int = 1,
-    lr: float = 3e-4,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    warmup_steps: int = 0,
-    max_length: int = 128,
-    seed: int = 0,
-    progress: bool = True,
-    *,
-    weight_decay: float = 0.0,
-    max_grad_norm: float | None = 1.0,
-    balance_coef: float | None = None,
-    add_eos: bool = True,
-) -> pd.DataFrame:
+@dataclasses.dataclass
+class TrainConfig(ConfigBase):
+    """The fine-tuning recipe of :func:`finetune` (validated at construction).
+
+    Every field but ``progress`` is part of a trained adapter's identity: micro-batch size
+    and accumulation included, because they change the order of summation (and, with
+    dropout, the random draws), so two splits of one effective batch give different weights
+    in the last bits.
+    """
+
+    epochs: int = field(1, help="passes over the training examples")
+    lr: float = field(3e-4, help="peak learning rate of AdamW")
+    batch_size: int = field(8, help="examples per micro-batch (one forward/backward)")
+    grad_accum: int = field(1, help="micro-batches per optimizer step (effective batch = "
+                            "batch_size * grad_accum)")
+    warmup_steps: int = field(0, help="optimizer steps of linear warm-up, then linear decay to 0")
+    max_length: int = field(128, help="truncation length in tokens")
+    seed: int = field(0, help="seeds the data order and dropout (a private generator: the "
+                      "caller's RNG state is left alone)")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    max_grad_norm: float | None = field(1.0, help="gradient-norm clipping (None: off)")
+    balance_coef: float | None = field(None, help="load-balancing coefficient; None = the one "
+                                       "recorded by layerif.moe.attach (0 without an adapter)")
+    add_eos: bool = field(True, help="append the eos token to each text (teaches the model "
+                          "to stop after the answer)")
+    progress: bool = field(True, help="show a progress bar with the loss", runtime=True)
+
+    def __post_init__(self):
+        check(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        check(self.lr > 0, "lr", self.lr, "a positive float")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size",
+              self.batch_size, "an int >= 1")
+        check(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum",
+              self.grad_accum, "an int >= 1")
+        check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps",
+              self.warmup_steps, "an int >= 0")
+        check(isinstance(self.max_length, int) and self.max_length >= 2, "max_length",
+              self.max_length, "an int >= 2")
+        check(isinstance(self.seed, int), "seed", self.seed, "an int")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+              self.max_grad_norm, "None or a positive float")
+        check(self.balance_coef is None or self.balance_coef >= 0, "balance_coef",
+              self.balance_coef, "None or a float >= 0")
+
+    @classmethod
+    def smoke(cls) -> "TrainConfig":
+        """Seconds on the tiny model: a few steps at a high learning rate."""
+        return cls(epochs=1, lr=1e-3, batch_size=4, max_length=64, progress=False)
+
+    @classmethod
+    def cpu(cls) -> "TrainConfig":
+        """This study's CPU recipe: one epoch over a few hundred short examples, batch 16
+        (8 x 2), a higher peak rate than the paper's to make up for the ~20x fewer steps."""
+        return cls(epochs=1, lr=1e-3, batch_size=8, grad_accum=2, warmup_steps=2, max_length=96)
+
+    @classmethod
+    def paper(cls) -> "TrainConfig":
+        """The paper's recipe (MoLA's code): 3 epochs, lr 3e-4, batch 128 (8 x 16 micro-batches),
+        cut-off 256 tokens."""
+        return cls(epochs=3, lr=3e-4, batch_size=8, grad_accum=16, max_length=256)
+
+
+def finetune(model: nn.Module, tokenizer, train_examples: Sequence | torch.Tensor,
+             config: TrainConfig | None = None, **overrides) -> pd.DataFrame:
     """Fine-tune the trainable parameters of ``model`` on the examples' full text.
 
     Args:
@@ -96,56 +145,46 @@ def finetune(
         tokenizer: its tokenizer (needs a pad or eos token).
         train_examples: ``Example`` objects (their ``text`` is used), strings, or a
             ``LongTensor [n, seq_len]`` of token ids.
-        epochs: passes over the data.
-        lr: peak learning rate of AdamW.
-        batch_size: examples per micro-batch.
-        grad_accum: micro-batches per optimizer step.
-        warmup_steps: optimizer steps of linear warm-up; then linear decay to 0.
-        max_length: truncation length in tokens.
-        seed: seeds the shuffling and dropout.
-        progress: show a progress bar.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient-norm clipping (None: off).
-        balance_coef: load-balancing coefficient; None = the one recorded by ``attach``
-            (0 for models without a LoRA-MoE adapter).
-        add_eos: append the eos token to each text.
+        config: the recipe (:class:`TrainConfig`; default ``TrainConfig()``).
+        **overrides: fields of ``config`` to change for this call
+            (``finetune(m, tok, ex, lr=1e-3)``).
 
     Returns:
         One row per optimizer step (index ``step``): epoch, loss (LM loss, mean of the
         micro-batches), balance (load-balancing loss or NaN), lr, tokens, seconds.
 
     Raises:
-        ValueError: bad hyper-parameters, no examples, or no trainable parameter.
+        ValueError: a bad recipe field, no examples, or no trainable parameter.
     """
-    check(isinstance(epochs, int) and epochs >= 1, "epochs", epochs, "an int >= 1")
-    check(lr > 0, "lr", lr, "a positive float")
-    check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an int >= 1")
-    check(isinstance(grad_accum, int) and grad_accum >= 1, "grad_accum", grad_accum, "an int >= 1")
-    check(isinstance(warmup_steps, int) and warmup_steps >= 0, "warmup_steps", warmup_steps, "an int >= 0")
-    check(isinstance(max_length, int) and max_length >= 2, "max_length", max_length, "an int >= 2")
+    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameter: attach an adapter (peft LoRA or "
                          "layerif.moe.attach) before fine-tuning")
-    rows = tokenize_texts(tokenizer, train_examples, max_length, add_eos=add_eos)
+    rows = tokenize_texts(tokenizer, train_examples, cfg.max_length, add_eos=cfg.add_eos)
     if not rows:
         raise ValueError("train_examples is empty")
+    balance_coef = cfg.balance_coef
     if balance_coef is None:
         state = getattr(model, "_layerif_moe", None)
         balance_coef = state["config"].balance_coef if state is not None else 0.0
-    check(balance_coef >= 0, "balance_coef", balance_coef, "a float >= 0")
+    device = params[0].device
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):  # dropout draws; the caller's RNG is left alone
+        torch.manual_seed(cfg.seed)
+        return _train(model, tokenizer, rows, params, cfg, balance_coef)
+
+
+def _train(model, tokenizer, rows, params, cfg: TrainConfig, balance_coef: float) -> pd.DataFrame:
+    """The optimisation loop of :func:`finetune` (arguments already validated)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = params[0].device
-
-    n_batches = math.ceil(len(rows) / batch_size)
-    steps_per_epoch = math.ceil(n_batches / grad_accum)
-    total = steps_per_epoch * epochs
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    n_batches = math.ceil(len(rows) / cfg.batch_size)
+    total = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_schedule(s, total, warmup_steps))
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout
-
+        optimizer, lambda s: linear_schedule(s, total, cfg.warmup_steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
     was_training = model.training
     routed = [m for _, m in moe_layers(model)]
     tracked = [m.track_balance for m in routed]
@@ -153,36 +192,23 @@ def finetune(
         m.track_balance = balance_coef > 0
     model.train()
     history = []
-    bar = tqdm(total=total, desc="finetune", disable=not progress)
+    bar = tqdm(total=total, desc="finetune", disable=not cfg.progress)
     try:
-        for epoch in range(epochs):
+        for epoch in range(cfg.epochs):
             order = torch.randperm(len(rows), generator=gen).tolist()
-            batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-            for start in range(0, n_batches, grad_accum):
-                group = batches[start: start + grad_accum]
-                t0, lm_sum, bal_sum, n_tok, has_bal = time.perf_counter(), 0.0, 0.0, 0, False
-                step_lr = optimizer.param_groups[0]["lr"]
-                for batch in group:
-                    ids, mask = _collate([rows[i] for i in batch], pad_id, device)
-                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    loss = causal_lm_loss(logits, ids, mask)
-                    lm_sum += loss.item()
-                    bal = balance_loss(model) if balance_coef > 0 else None
-                    if bal is not None:
-                        bal_sum, has_bal = bal_sum + bal.item(), True
-                        loss = loss + balance_coef * bal.to(loss.device)
-                    (loss / len(group)).backward()
-                    n_tok += int(mask.sum())
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            batches = [order[i: i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            for start in range(0, n_batches, cfg.grad_accum):
+                group = batches[start: start + cfg.grad_accum]
+                t0, step_lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+                stats = _accumulate(model, [[rows[i] for i in b] for b in group], pad_id, device,
+                                    balance_coef)
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                history.append({
-                    "step": len(history), "epoch": epoch, "loss": lm_sum / len(group),
-                    "balance": bal_sum / len(group) if has_bal else float("nan"),
-                    "lr": step_lr, "tokens": n_tok, "seconds": time.perf_counter() - t0,
-                })
+                history.append({"step": len(history), "epoch": epoch, **stats, "lr": step_lr,
+                                "seconds": time.perf_counter() - t0})
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     finally:
@@ -191,3 +217,21 @@ def finetune(
         for m, t in zip(routed, tracked):
             m.track_balance = t
     return pd.DataFrame(history).set_index("step")
+
+
+def _accumulate(model, group: list[list[list[int]]], pad_id: int, device, balance_coef: float) -> dict:
+    """Forward and backward every micro-batch of one optimizer step; the step's statistics."""
+    lm_sum, bal_sum, n_tok, has_bal = 0.0, 0.0, 0, False
+    for batch in group:
+        ids, mask = collate(batch, pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = causal_lm_loss(logits, ids, mask)
+        lm_sum += loss.item()
+        bal = balance_loss(model) if balance_coef > 0 else None
+        if bal is not None:
+            bal_sum, has_bal = bal_sum + bal.item(), True
+            loss = loss + balance_coef * bal.to(loss.device)
+        (loss / len(group)).backward()
+        n_tok += int(mask.sum())
+    return {"loss": lm_sum / len(group),
+            "balance": bal_sum / len(group) if has_bal else float("nan"), "tokens": n_tok}

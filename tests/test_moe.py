@@ -343,3 +343,57 @@ def test_attach_follows_the_models_train_or_eval_mode(tiny):
     enc = tok(["the same twice"], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**enc).logits, model(**enc).logits)
+
+
+def test_detach_gives_back_the_exact_base_model(tiny):
+    model, tok = tiny
+    ids = tok(["the cat sat", "a dog"], return_tensors="pt", padding=True)
+    model.eval()
+    before = model(**ids).logits.detach().clone()
+    modules_before = {n: type(m) for n, m in model.named_modules()}
+    model.lm_head.weight.requires_grad_(False)  # a caller's own freezing is kept
+    attach(model, [1, 2, 3, 4], dropout=0.0)
+    for layer in (l for _, l in moe_layers(model)):
+        _randomize(layer)  # the adapter now changes the output
+    assert not torch.allclose(model(**ids).logits, before)
+    assert moe.detach(model) is model
+    assert {n: type(m) for n, m in model.named_modules()} == modules_before
+    assert not moe_layers(model) and not hasattr(model, "_layerif_moe")
+    assert torch.equal(model(**ids).logits, before)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert grads.pop("lm_head.weight") is False and all(grads.values())
+    assert not model._forward_pre_hooks  # the mask hook is gone
+    attach(model, [2, 2, 2, 2])  # and the model takes a new adapter
+    with pytest.raises(ValueError, match="no LoRA-MoE adapter"):
+        moe.detach(moe.detach(model))
+
+
+def test_config_object_equals_keywords_and_seed_is_private(tiny):
+    from layerif.testing import tiny_model
+
+    cfg = moe.MoEConfig(rank=4, alpha=8.0, dropout=0.0, top_k=1, seed=7)
+    a, _ = tiny_model()
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    attach(a, [1, 2, 3, 4], config=cfg)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded init leaves the caller's RNG
+    b, _ = tiny_model()
+    attach(b, [1, 2, 3, 4], config=moe.MoEConfig(seed=7), rank=4, alpha=8.0, dropout=0.0, top_k=1)
+    assert a._layerif_moe["config"] == b._layerif_moe["config"] == cfg
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert all(torch.equal(pa[n], pb[n]) for n in pa)  # same seed, same initial experts
+    c, _ = tiny_model()
+    attach(c, [1, 2, 3, 4], config=cfg.replace(seed=8))
+    assert not torch.equal(dict(c.named_parameters())[next(n for n in pa if "experts_A" in n)],
+                           pa[next(n for n in pa if "experts_A" in n)])
+    with pytest.raises(ValueError, match="seed='x'"):
+        moe.MoEConfig(seed="x")
+
+
+def test_moe_presets():
+    assert moe.MoEConfig.PRESETS == ("smoke", "paper")
+    paper = moe.MoEConfig.preset("paper")
+    assert (paper.rank, paper.alpha, paper.dropout, paper.top_k, paper.balance_coef) == (8, 16.0, 0.05, 2, 0.0)
+    assert moe.MoEConfig.preset("smoke").rank < paper.rank
+    with pytest.raises(ValueError, match="preset='cpu'"):
+        moe.MoEConfig.preset("cpu")

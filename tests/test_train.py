@@ -115,3 +115,35 @@ def test_no_trainable_parameters_is_an_error(tiny):
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         finetune(model, tok, TEXTS, progress=False)
+
+
+def test_finetune_leaves_the_global_rng_alone_and_is_reproducible(tiny):
+    from layerif.testing import tiny_model
+
+    losses = []
+    for _ in range(2):
+        model, tok = tiny_model()
+        moe.attach(model, [1, 2, 1, 2], dropout=0.3, seed=0)  # dropout draws from the RNG
+        torch.manual_seed(99)
+        state = torch.random.get_rng_state()
+        hist = finetune(model, tok, TEXTS, epochs=2, batch_size=2, lr=1e-2, seed=3, progress=False)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        losses.append(hist["loss"].tolist())
+    assert losses[0] == losses[1]  # same seed, same data order and dropout masks
+
+
+def test_train_config_object_and_presets(tiny):
+    from layerif.train import TrainConfig
+
+    model, tok = tiny
+    moe.attach(model, [1, 1, 1, 1])
+    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=2, lr=1e-3, progress=False)
+    hist = finetune(model, tok, TEXTS, cfg, max_length=64)
+    assert len(hist) == 4  # 3 micro-batches -> 2 steps per epoch, 2 epochs
+    assert "progress" not in cfg.identity() and cfg.identity()["grad_accum"] == 2
+    paper = TrainConfig.preset("paper")
+    assert (paper.epochs, paper.lr, paper.batch_size * paper.grad_accum) == (3, 3e-4, 128)
+    for name in TrainConfig.PRESETS:
+        assert TrainConfig.from_dict(TrainConfig.preset(name).to_dict()) == TrainConfig.preset(name)
+    with pytest.raises(ValueError, match="max_grad_norm=0"):
+        TrainConfig(max_grad_norm=0)

@@ -2,7 +2,9 @@
 
 Each function computes only what the results store (:mod:`layerif.store`) does not already
 hold for the same identity, saves what it computes, and returns tables indexed by block.
-Modules: :mod:`.scoring` (notebook 01), :mod:`.allocation` (02, 04), :mod:`.agreement` (06).
+Modules: :mod:`.scoring` (notebook 01), :mod:`.allocation` (02, 04), :mod:`.moe` and
+:mod:`.moe_tables` (03), :mod:`.pruning` and :mod:`.pruning_tables` (05, 07, 08),
+:mod:`.agreement` (06).
 """
 from . import agreement, allocation, scoring  # noqa: F401
 

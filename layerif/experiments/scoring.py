@@ -17,9 +17,9 @@ from ..models import load_model
 from ..scores import LayerScores, ScoreConfig, layer_scores
 from .cache import slug
 
-__all__ = ["POOL", "PRUNING_TASKS", "MOE_TASKS", "aggregated_scores", "fingerprint", "pruning_pool",
-           "profile_similarity", "score_frame", "score_tasks",
-           "scores_dir", "task_examples", "load_scores"]
+__all__ = ["POOL", "PRUNING_TASKS", "MOE_TASKS", "aggregated_scores", "fingerprint", "label_examples",
+           "pruning_pool", "profile_similarity", "score_frame", "score_tasks", "scores_dir",
+           "task_examples", "load_scores"]
 
 MOE_TASKS = ("mrpc", "sst2", "sciq", "csqa", "openbookqa")
 PRUNING_TASKS = ("boolq", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "rte",
@@ -53,13 +53,18 @@ def pruning_pool(split: str, n: int, tasks=PRUNING_TASKS, seed: int = 0) -> list
     return [parts[t][i] for i in range(max(per)) for t in range(len(tasks)) if i < len(parts[t])]
 
 
+def label_examples(label: str, split: str, n: int, seed: int = 0) -> list:
+    """The first ``n`` examples of one split of a task label (``"openbookqa:instruct"``, the
+    pruning pool, ...) in the registry's seeded order."""
+    if label == POOL:
+        return pruning_pool(split, n, seed=seed)
+    task, template = _split_label(label)
+    return data.load_task(task, split, n=n, seed=seed, template=template)
+
+
 def task_examples(label: str, n_train: int, n_val: int, seed: int = 0) -> tuple[list, list]:
     """Training and validation examples of a task label (see the module docstring)."""
-    if label == POOL:
-        return pruning_pool("train", n_train, seed=seed), pruning_pool("validation", n_val, seed=seed)
-    task, template = _split_label(label)
-    return (data.load_task(task, "train", n=n_train, seed=seed, template=template),
-            data.load_task(task, "validation", n=n_val, seed=seed, template=template))
+    return label_examples(label, "train", n_train, seed), label_examples(label, "validation", n_val, seed)
 
 
 def scores_dir(results: str | Path, model: str, label: str, method: str) -> Path:

@@ -19,6 +19,7 @@ forward pre-hook on the model shares the mask with its MoE layers).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
@@ -32,8 +33,8 @@ from .layer import DISPATCH, LoRAMoELinear, _MaskHolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "MoEConfig", "attach", "balance_loss", "default_targets", "moe_layers",
-           "moe_table"]
+__all__ = ["TARGETS", "MoEConfig", "attach", "balance_loss", "default_targets", "detach",
+           "moe_layers", "moe_table"]
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: The attention and MLP projections of each architecture (config ``model_type``).
@@ -50,6 +51,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
 class MoEConfig(ConfigBase):
     """Hyper-parameters of the LoRA-MoE adapter (the allocation is passed separately).
 
+    Presets: ``smoke`` and ``paper`` (there is no ``cpu`` preset: this study's cpu profile
+    trains the paper's adapter and cuts only the training, :meth:`layerif.train.TrainConfig.cpu`).
     No field is run-time (``field(..., runtime=True)``): all are part of a saved adapter's
     identity. ``dispatch`` included: sparse and dense compute the same function but sum in
     another order, so their outputs differ in the last bits (about 3e-6 on a float32 layer
@@ -68,6 +71,11 @@ class MoEConfig(ConfigBase):
     dispatch: str = field(
         "auto", help="'sparse' (each expert sees its top-k tokens only), 'dense' (all experts, "
                      "unselected gated to 0) or 'auto' (sparse unless top_k == experts)")
+    seed: int | None = field(
+        None, help="seed of the experts' and routers' initialisation (a private RNG stream); "
+                   "None draws from the global torch RNG")
+
+    PRESETS = ("smoke", "paper")
 
     def __post_init__(self):
         check(isinstance(self.rank, int) and self.rank >= 1, "rank", self.rank, "an int >= 1")
@@ -77,6 +85,7 @@ class MoEConfig(ConfigBase):
               "top_k", self.top_k, "None or an int >= 1")
         check(self.balance_coef >= 0, "balance_coef", self.balance_coef, "a float >= 0")
         check(self.dispatch in DISPATCH, "dispatch", self.dispatch, f"one of {DISPATCH}")
+        check(self.seed is None or isinstance(self.seed, int), "seed", self.seed, "None or an int")
         if self.targets is not None:
             if isinstance(self.targets, str):
                 self.targets = (self.targets,)
@@ -85,16 +94,16 @@ class MoEConfig(ConfigBase):
                   "targets", self.targets, "None or a non-empty sequence of module names")
 
     @classmethod
-    def smoke(cls):
-        return cls(rank=4, alpha=8.0)
+    def smoke(cls) -> "MoEConfig":
+        """Rank 4 on the tiny test model: seconds per step."""
+        return cls(rank=4, alpha=8.0, seed=0)
 
     @classmethod
-    def cpu(cls):
-        return cls()
-
-    @classmethod
-    def paper(cls):
-        return cls()
+    def paper(cls) -> "MoEConfig":
+        """The paper's adapter (MoLA's code): rank 8, alpha 16, dropout 0.05, top-2, no
+        balance loss, every projection of the block (q, k, v, o, gate, up, down)."""
+        return cls(rank=8, alpha=16.0, dropout=0.05, targets=None, top_k=2, balance_coef=0.0,
+                   seed=0)
 
 
 def moe_layers(model: nn.Module) -> list[tuple[str, LoRAMoELinear]]:
@@ -147,63 +156,102 @@ def _per_block(experts, n_blocks: int) -> pd.Series:
     return values.astype(int).rename("experts").rename_axis("layer")
 
 
-def attach(model: nn.Module, experts, rank: int = 8, alpha: float = 16.0, dropout: float = 0.05,
-           targets=None, top_k: int | None = None, balance_coef: float = 0.0,
-           dispatch: str = "auto") -> nn.Module:
+def attach(model: nn.Module, experts, config: MoEConfig | None = None, **overrides) -> nn.Module:
     """Replace the target linears of every block by LoRA-MoE layers, in place.
 
     Args:
-        model: a causal LM (not a ``PeftModel``); all its own parameters are frozen.
+        model: a causal LM (not a ``PeftModel``); all its own parameters are frozen (until
+            :func:`detach`).
         experts: expert count per block -- a ``pd.Series`` of ints indexed by block index
             (the allocation functions' output) or a sequence in block order.
-        rank, alpha, dropout: LoRA hyper-parameters of every expert.
-        targets: module names to adapt (last name component, or a longer suffix such as
-            ``"mlp.c_proj"``); None = :data:`TARGETS` for the architecture.
-        top_k: experts per token; None = 2 where a block has more than one expert, else 1;
-            an int is capped at each block's expert count.
-        balance_coef: coefficient of the load-balancing loss that
-            :func:`layerif.train.finetune` adds (recorded with the adapter).
-        dispatch: ``"auto"`` (sparse top-k dispatch unless a block selects all its experts),
-            ``"sparse"`` or ``"dense"``: same results, different cost (see
-            :mod:`layerif.moe.layer`).
+        config: the adapter's hyper-parameters (:class:`MoEConfig`; default ``MoEConfig()``):
+            LoRA rank / alpha / dropout of every expert, targets (module names, last name
+            component or a longer suffix such as ``"mlp.c_proj"``; None = :data:`TARGETS`),
+            top_k (None = 2 where a block has more than one expert, else 1; an int is capped
+            at each block's count), balance_coef (used by :func:`layerif.train.finetune`),
+            dispatch (same results, different cost, see :mod:`layerif.moe.layer`) and the
+            initialisation seed.
+        **overrides: fields of ``config`` to change (``attach(m, n, rank=4)``).
 
     Returns:
         ``model`` (modified in place); only expert and router parameters are trainable.
 
     Raises:
         ValueError: the allocation does not match the blocks, a count is < 1, a target
-            matches no module, or the model already carries an adapter.
+            matches no module, a bad config field, or the model already carries an adapter.
     """
-    cfg = MoEConfig(rank=rank, alpha=float(alpha), dropout=float(dropout),
-                    targets=None if targets is None else tuple([targets] if isinstance(targets, str) else targets),
-                    top_k=top_k, balance_coef=float(balance_coef), dispatch=dispatch)
+    cfg = (config or MoEConfig()).replace(**overrides) if overrides else (config or MoEConfig())
     if getattr(model, "_layerif_moe", None) is not None:
-        raise ValueError("model already carries a LoRA-MoE adapter; attach to a fresh model")
+        raise ValueError("model already carries a LoRA-MoE adapter; detach it or use a fresh model")
     if hasattr(model, "peft_config"):
         raise ValueError("model is a PeftModel: attach the LoRA-MoE to the base model instead")
     blocks = transformer_blocks(model)
     alloc = _per_block(experts, len(blocks))
-    names = cfg.targets or default_targets(model)
-    plan = [(i, block, rel, module) for i, (_, block) in enumerate(blocks)
-            for rel, module in linear_modules(block) if _matches(rel, names)]
-    missing = [t for t in names if not any(_matches(rel, (t,)) for _, _, rel, _ in plan)]
-    if missing:  # checked before anything is modified
-        raise ValueError(f"targets={missing} match no linear module of the blocks; available: "
-                         f"{[n for n, _ in linear_modules(blocks[0][1])]}")
+    plan = _plan(model, blocks, cfg.targets or default_targets(model))
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     holder = _MaskHolder()
-    for i, block, rel, module in plan:
-        n = int(alloc[i])
-        k = min(cfg.top_k, n) if cfg.top_k is not None else (2 if n > 1 else 1)
-        layer = LoRAMoELinear(module, n, k, cfg.rank, cfg.alpha, cfg.dropout, cfg.dispatch)
-        layer.train(model.training)  # a new module is in train mode; follow the model's (dropout)
-        layer.track_balance, layer._mask = cfg.balance_coef > 0, holder
-        parent, _, leaf = rel.rpartition(".")
-        setattr(block.get_submodule(parent) if parent else block, leaf, layer)
-    model._layerif_moe = {"config": cfg, "experts": alloc, "mask": holder}
-    model.register_forward_pre_hook(_capture_mask, with_kwargs=True)
+    with _init_rng(cfg.seed, next(model.parameters()).device):
+        for i, block, rel, module in plan:
+            n = int(alloc[i])
+            k = min(cfg.top_k, n) if cfg.top_k is not None else (2 if n > 1 else 1)
+            layer = LoRAMoELinear(module, n, k, cfg.rank, cfg.alpha, cfg.dropout, cfg.dispatch)
+            layer.train(model.training)  # a new module is in train mode; follow the model's
+            layer.track_balance, layer._mask = cfg.balance_coef > 0, holder
+            _swap(block, rel, layer)
+    hook = model.register_forward_pre_hook(_capture_mask, with_kwargs=True)
+    model._layerif_moe = {"config": cfg, "experts": alloc, "mask": holder, "hook": hook,
+                          "trainable": trainable, "swapped": [(i, rel) for i, _, rel, _ in plan]}
     return model
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Undo :func:`attach`: the original linears back in place, the mask hook removed, each
+    base parameter's ``requires_grad`` as it was. The adapter's weights are dropped (save
+    them first with :func:`layerif.moe.save_adapter`). Returns ``model``."""
+    state = getattr(model, "_layerif_moe", None)
+    if state is None:
+        raise ValueError("model carries no LoRA-MoE adapter: nothing to detach")
+    blocks = transformer_blocks(model)
+    for i, rel in state["swapped"]:
+        layer = blocks[i][1].get_submodule(rel)
+        _swap(blocks[i][1], rel, layer.base_layer)
+    state["hook"].remove()
+    del model._layerif_moe
+    for n, p in model.named_parameters():
+        p.requires_grad_(state["trainable"].get(n, p.requires_grad))
+    return model
+
+
+def _plan(model, blocks, names) -> list[tuple[int, nn.Module, str, nn.Module]]:
+    """(block index, block, relative path, linear) of every target; checked before any change."""
+    plan = [(i, block, rel, module) for i, (_, block) in enumerate(blocks)
+            for rel, module in linear_modules(block) if _matches(rel, names)]
+    missing = [t for t in names if not any(_matches(rel, (t,)) for _, _, rel, _ in plan)]
+    if missing:
+        raise ValueError(f"targets={missing} match no linear module of the blocks; available: "
+                         f"{[n for n, _ in linear_modules(blocks[0][1])]}")
+    return plan
+
+
+def _swap(block: nn.Module, rel: str, new: nn.Module) -> None:
+    parent, _, leaf = rel.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, leaf, new)
+
+
+def _init_rng(seed: int | None, device: torch.device):
+    """A seeded private RNG stream for the adapter's initialisation (or nothing for None)."""
+    if seed is None:
+        return contextlib.nullcontext()
+    return _seeded(seed, [device] if device.type == "cuda" else [])
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, devices):
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _capture_mask(model, args, kwargs):

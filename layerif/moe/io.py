@@ -91,7 +91,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     config = dict(manifest["config"])
     experts = pd.Series(config.pop("experts"), dtype=int).rename_axis("layer")
     if getattr(model, "_layerif_moe", None) is None:
-        attach(model, experts, **MoEConfig.from_dict(config).to_dict())
+        attach(model, experts, config=MoEConfig.from_dict(config))
     elif adapter_identity(model)["config"] != manifest["config"]:
         raise ValueError(f"model carries an adapter made with {adapter_identity(model)['config']}, "
                          f"but {directory} holds one made with {manifest['config']}")

@@ -1,0 +1,213 @@
+"""Tables and paired tests of the LoRA-MoE study (notebook 03), from :class:`MoERun` results.
+
+Accuracies are shares of held-out examples answered correctly (log-likelihood ranking of the
+choices). Every comparison pairs two methods on the same examples: per task with McNemar's
+exact test (one seed), and across tasks and budgets (the paper's Table 7) with the paper's
+paired t-test over per-setting accuracies and a paired bootstrap over the examples. The
+seed-to-seed spread of one method is shown beside every difference between methods: a
+difference smaller than that spread is not a difference this study can see.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from .moe import BASE, LORA, MoERun, MoESetting
+
+__all__ = ["AVERAGE", "PAPER_COLUMNS", "accuracy_table", "budget_table", "loss_curves", "paired_by_task",
+           "runs_frame", "seed_spread", "usage_table", "verdicts", "versus"]
+
+AVERAGE = "Average"
+
+
+def runs_frame(runs: Mapping[MoESetting, MoERun]) -> pd.DataFrame:
+    """One row per run (index task, method, per_block, seed): accuracy, examples, trainable
+    parameters, final training loss and seconds."""
+    rows = [{"task": s.task, "method": s.method, "per_block": s.per_block, "seed": s.seed,
+             "accuracy": r.accuracy, "n": len(r.examples),
+             "trainable_params": r.info.get("trainable_params", 0),
+             "final loss": float(r.history.iloc[-1]) if len(r.history) else np.nan,
+             "train_seconds": r.info["train_seconds"], "eval_seconds": r.info["eval_seconds"]}
+            for s, r in runs.items()]
+    return pd.DataFrame(rows).set_index(["task", "method", "per_block", "seed"]).sort_index()
+
+
+def _at(runs: Mapping[MoESetting, MoERun], per_block: float) -> dict[MoESetting, MoERun]:
+    """The runs at one budget, plus the base model's (it has no budget)."""
+    return {s: r for s, r in runs.items() if s.per_block == per_block or s.method == BASE}
+
+
+def accuracy_table(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0) -> pd.DataFrame:
+    """Accuracy (seed mean) per task (rows, plus :data:`AVERAGE`) and method (columns) at one
+    budget; methods in the order first met."""
+    frame = runs_frame(_at(runs, per_block))["accuracy"]
+    table = frame.groupby(["task", "method"], sort=False).mean().unstack("method")
+    order = list(dict.fromkeys(s.method for s in _at(runs, per_block)))
+    table = table[[m for m in order if m in table.columns]]
+    table.loc[AVERAGE] = table.mean(axis=0, skipna=False)
+    table.columns.name = None
+    return table
+
+
+def seed_spread(runs: Mapping[MoESetting, MoERun]) -> pd.DataFrame:
+    """Per (task, method, budget) trained with two or more seeds: accuracy of each seed and
+    the range (max - min)."""
+    acc = runs_frame(runs)["accuracy"].unstack("seed")
+    acc = acc[acc.notna().sum(axis=1) >= 2]
+    acc.columns = [f"seed {c}" for c in acc.columns]
+    acc["range"] = acc.max(axis=1) - acc.min(axis=1)
+    return acc
+
+
+def _examples(runs, method: str, task: str, per_block: float, seed: int | None) -> pd.DataFrame | None:
+    """Per-example correctness (mean over the seeds when ``seed`` is None) and margin."""
+    hits = [r.examples[["correct", "margin"]].astype(float) for s, r in runs.items()
+            if s.method == method and s.task == task and (s.per_block == per_block or method == BASE)
+            and (seed is None or s.seed == seed)]
+    if not hits:
+        return None
+    return sum(hits) / len(hits)
+
+
+def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines, per_block: float = 5.0,
+                   seed: int = 0) -> pd.DataFrame:
+    """``ours`` against each baseline per task, on the same examples and seed: accuracy
+    difference and McNemar's exact p (index task, baseline)."""
+    rows = {}
+    tasks = list(dict.fromkeys(s.task for s in runs))
+    for task in tasks:
+        mine = _examples(runs, ours, task, per_block, seed)
+        for base in baselines:
+            theirs = _examples(runs, base, task, per_block, seed)
+            if mine is None or theirs is None:
+                continue
+            a, b = _join(mine, theirs)
+            mc = stats.mcnemar(a["correct"].to_numpy() > 0.5, b["correct"].to_numpy() > 0.5)
+            rows[(task, base)] = {"difference": mc.estimate, "McNemar p": mc.pvalue, "n": mc.n}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.names = ["task", "baseline"]
+    return out
+
+
+def _join(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not a.index.equals(b.index):
+        raise ValueError("runs are invalid: expected evaluations of the same examples in the same order")
+    return a, b
+
+
+def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, tuple[str, ...]],
+           per_blocks, seed_spread_value: float = np.nan, n_boot: int = 2000) -> pd.DataFrame:
+    """The paper's Table 7: ``ours`` against each baseline family across tasks and budgets.
+
+    A family is one or more methods (``{"MoLA": ("MoLA 2468", "MoLA 5555", ...)}``); per
+    (task, budget) cell its accuracy is the mean over its methods present at that budget
+    and over seeds. Columns: average accuracy over the cells both have, the difference, the
+    paper's paired t-test over the cells, and a paired bootstrap over the examples of all
+    cells (each example's correctness averaged over the family's methods and the seeds),
+    with its 95% interval; ``seed spread`` repeats the mean seed-to-seed range for scale.
+    """
+    cells, pooled = {}, {}
+    tasks = list(dict.fromkeys(s.task for s in runs))
+    for name, methods in {ours: (ours,), **families}.items():
+        for task in tasks:
+            for pb in per_blocks:
+                parts = [e for m in methods if (e := _examples(runs, m, task, pb, None)) is not None]
+                if parts:
+                    cells.setdefault(name, {})[(task, pb)] = float((sum(parts) / len(parts))["correct"].mean())
+                    pooled.setdefault(name, {})[(task, pb)] = sum(parts) / len(parts)
+    rows = {ours: {"average accuracy": np.mean(list(cells.get(ours, {}).values()))}}
+    for name in families:
+        common = [k for k in cells.get(name, {}) if k in cells.get(ours, {})]
+        if not common:
+            continue
+        a = np.array([cells[ours][k] for k in common])
+        b = np.array([cells[name][k] for k in common])
+        t = stats.paired_t(a, b) if len(common) >= 2 else None
+        ea = pd.concat([pooled[ours][k]["correct"] for k in common]).to_numpy()
+        eb = pd.concat([pooled[name][k]["correct"] for k in common]).to_numpy()
+        boot = stats.bootstrap_diff_ci(ea, eb, paired=True, n_boot=n_boot)
+        rows[name] = {"average accuracy": b.mean(), f"{ours} - baseline": a.mean() - b.mean(),
+                      "t-test p (per setting)": t.pvalue if t else np.nan, "settings": len(common),
+                      "bootstrap CI low": boot.ci_low, "bootstrap CI high": boot.ci_high,
+                      "bootstrap p": boot.pvalue, "examples": len(ea),
+                      "seed spread": seed_spread_value}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def budget_table(runs: Mapping[MoESetting, MoERun], families: Mapping[str, tuple[str, ...]]) -> pd.DataFrame:
+    """Fig. 2: average accuracy over tasks (seed mean) per budget (rows) and family
+    (columns; a family's methods averaged where several run at a budget)."""
+    acc = runs_frame(runs)["accuracy"].groupby(["task", "method", "per_block"]).mean()
+    out = {}
+    for name, methods in families.items():
+        part = acc[acc.index.get_level_values("method").isin(methods)]
+        if len(part):
+            out[name] = part.groupby(["per_block", "task"]).mean().groupby("per_block").mean()
+    table = pd.DataFrame(out)
+    table.index.name = "experts per block"
+    return table[table.index > 0]
+
+
+def loss_curves(runs: Mapping[MoESetting, MoERun], task: str, per_block: float = 5.0,
+                seed: int = 0) -> pd.DataFrame:
+    """Training loss per optimizer step (rows) of every method (columns) on one task."""
+    curves = {s.method: r.history for s, r in runs.items()
+              if s.task == task and s.per_block == per_block and s.seed == seed and len(r.history)}
+    frame = pd.DataFrame(curves)
+    frame.index.name = "step"
+    return frame
+
+
+def usage_table(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0, seed: int = 0) -> pd.DataFrame:
+    """The routers' load after training, per (task, method): over the blocks with a router,
+    the mean experts allocated, the mean experts taking >= 5% of the assignments and the
+    mean effective number of experts (exp of the assignment entropy)."""
+    rows = {}
+    for s, r in runs.items():
+        if s.per_block != per_block or s.seed != seed or s.method in (BASE, LORA) or r.load.empty:
+            continue
+        rows[(s.task, s.method)] = {"routed blocks": len(r.load),
+                                    "experts allocated": r.load["experts"].mean(),
+                                    "experts used (>= 5%)": r.load["used"].mean(),
+                                    "effective experts": r.load["effective"].mean()}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index.names = ["task", "method"]
+    return out
+
+
+#: Our method names -> the paper's column labels (Tables 1 and 4).
+PAPER_COLUMNS = {"AlphaLoRA": "AlphaLora", "MoLA 2468": "MoLA(2468)", "MoLA 5555": "MoLA(5555)",
+                 "MoLA 8642": "MoLA(8642)", "MoLA 3578": "MoLA(3,5,7,8)",
+                 "LayerIF +ve": "LayerIF (+ve)", "LayerIF Top 25%": "LayerIF (Top 25%)",
+                 "LayerIF All": "LayerIF (All)"}
+
+
+def verdicts(table7: pd.DataFrame, paired: pd.DataFrame, spread: pd.DataFrame, ours: str,
+             level: float = 0.05) -> list[str]:
+    """One sentence per baseline family of ``table7``: the difference, both tests, the seed
+    spread, and whether the paper's claim (``ours`` better) held, failed or is undecided."""
+    lines, mean_range = [], float(spread["range"].mean()) if len(spread) else np.nan
+    for name, row in table7.drop(index=ours, errors="ignore").iterrows():
+        diff = row[f"{ours} - baseline"]
+        sig = row["bootstrap p"] < level and (np.isnan(row["t-test p (per setting)"])
+                                              or row["t-test p (per setting)"] < level)
+        within = not np.isnan(mean_range) and abs(diff) <= mean_range
+        verdict = ("held" if sig and diff > 0 and not within else
+                   "not held (the baseline is better)" if sig and diff < 0 and not within else
+                   "inconclusive at this scale")
+        lines.append(f"{ours} vs {name}: {100 * diff:+.1f} points over {int(row['settings'])} "
+                     f"settings ({int(row['examples'])} paired examples); paired t p = "
+                     f"{row['t-test p (per setting)']:.3f}, bootstrap 95% CI "
+                     f"[{100 * row['bootstrap CI low']:+.1f}, {100 * row['bootstrap CI high']:+.1f}]"
+                     f" points; seed-to-seed range {100 * mean_range:.1f} points -> {verdict}.")
+    if len(paired):
+        n_sig = int((paired["McNemar p"] < level).sum())
+        lines.append(f"Per task and baseline (one seed, McNemar): {n_sig} of {len(paired)} "
+                     f"differences significant at {level}.")
+    return lines

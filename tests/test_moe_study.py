@@ -1,0 +1,191 @@
+"""The LoRA-MoE study (notebook 03): settings, stored runs, router load and the paired tables.
+
+References: router choices recomputed by hand in float64 from captured layer inputs; McNemar
+and the paired t-test from scipy; accuracies and averages from hand-made per-example tables.
+"""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from layerif import moe
+from layerif.experiments import moe_tables as tables
+from layerif.experiments.moe import BASE, LORA, MoERun, MoESetting, MoEStudy, grid
+from layerif.moe.usage import load_summary, router_load
+from layerif.train import TrainConfig, collate
+
+
+def test_router_load_counts_top_k_of_real_tokens(tiny):
+    model, tok = tiny
+    moe.attach(model, [1, 3, 2, 4], dropout=0.0, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, layer in moe.moe_layers(model):
+            if layer.router is not None:
+                layer.router.weight.copy_(torch.randn(layer.router.weight.shape, generator=g))
+    ids, mask = collate([tok("the cat sat")["input_ids"], tok("a dog")["input_ids"]], 0)
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: inputs.__setitem__(n, a[0].detach()))
+             for n, m in moe.moe_layers(model)]
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    load = router_load(model, [(ids, mask)])
+    keep = mask.reshape(-1).bool()
+    for name, layer in moe.moe_layers(model):
+        if layer.router is None:
+            assert name not in set(load["path"])
+            continue
+        h = inputs[name].reshape(-1, layer.in_features)[keep].double()
+        probs = torch.softmax(h @ layer.router.weight.double().T, dim=-1)
+        expected = np.bincount(probs.topk(layer.top_k, dim=-1).indices.reshape(-1).numpy(),
+                               minlength=layer.n_experts)
+        got = load[load["path"] == name].sort_values("expert")
+        assert got["count"].tolist() == expected.tolist()
+        assert got["count"].sum() == layer.top_k * int(mask.sum())
+        assert got["share"].sum() == pytest.approx(1.0)
+
+
+def test_load_summary_on_hand_made_shares():
+    load = pd.DataFrame({"path": ["a"] * 4 + ["b"] * 4, "layer": [3] * 8, "experts": [4] * 8,
+                         "expert": [0, 1, 2, 3] * 2, "count": [1] * 8,
+                         "share": [0.25] * 4 + [0.97, 0.01, 0.01, 0.01]})
+    out = load_summary(load)
+    assert out.index.tolist() == [3] and out.loc[3, "experts"] == 4
+    assert out.loc[3, "used"] == pytest.approx((4 + 1) / 2)
+    p = np.array([0.97, 0.01, 0.01, 0.01])
+    assert out.loc[3, "effective"] == pytest.approx((4 + np.exp(-(p * np.log(p)).sum())) / 2)
+
+
+def test_grid_builds_every_setting_once():
+    out = grid(["a", "b"], ["X", "Y"], seeds=[0], spread={"methods": ["X"], "seeds": [0, 1]},
+               budgets={2.5: ["X", "Z"]}, budget_tasks=["b"])
+    assert len(out) == len(set(out)) == 4 + 2 + 2
+    assert MoESetting("X", "a", 5.0, 1) in out and MoESetting("Z", "b", 2.5, 0) in out
+    assert MoESetting("Z", "a", 2.5, 0) not in out
+    with pytest.raises(ValueError, match="tasks=\\[\\]"):
+        grid([], ["X"])
+
+
+def _allocations(n_blocks=4):
+    index = pd.MultiIndex.from_tuples(
+        [("LayerIF +ve", "sst2", 5.0), ("AlphaLoRA", "(model only)", 5.0)],
+        names=["method", "task", "per_block"])
+    table = pd.DataFrame([[2, 8, 5, 5], [5, 5, 6, 4]], index=index,
+                         columns=pd.RangeIndex(n_blocks, name="layer"))
+    table["total"] = table.sum(axis=1)
+    return table
+
+
+@pytest.mark.slow
+def test_study_runs_resume_and_detach(save_tiny, tmp_path):
+    path = str(save_tiny(4))
+    study = MoEStudy(tmp_path, path, ["sst2"], moe.MoEConfig(rank=2, alpha=4.0, dropout=0.0),
+                     TrainConfig(epochs=1, batch_size=2, lr=1e-2, max_length=64), n_train=4,
+                     n_eval=5, allocations=_allocations(), progress=False)
+    base = {n: p.detach().clone() for n, p in study.model.named_parameters()}
+    settings = [MoESetting("LayerIF +ve", "sst2"), MoESetting(BASE, "sst2"), MoESetting(LORA, "sst2")]
+    runs = study.run_all(settings)
+    assert study.log["status"].tolist() == ["computed"] * 3
+    lif = runs[settings[0]]
+    assert len(lif.history) == 2 and lif.info["trainable_params"] > 0
+    assert lif.load["experts"].tolist() == [2, 8, 5, 5]
+    # the rank-matched LoRA: rank 5 x 2 in every block, the experts' parameters without routers
+    lora = runs[settings[2]]
+    assert study.adapter_config(settings[2]).rank == 2 * 5 and lora.load.empty
+    routers = sum(p.numel() for n, p in _attached(study, settings[0]) if "router" in n)
+    assert lora.info["trainable_params"] == lif.info["trainable_params"] - routers
+    assert all(torch.equal(p, base[n]) for n, p in study.model.named_parameters())  # detached
+    assert not hasattr(study.model, "_layerif_moe")
+    again = study.run_all(settings)  # resumes from the store
+    assert study.log["status"].tolist() == ["loaded"] * 3
+    for s in settings:
+        pd.testing.assert_frame_equal(again[s].examples, runs[s].examples)
+        assert again[s].history.tolist() == pytest.approx(runs[s].history.tolist())
+    assert {tuple(r.examples.index) for r in runs.values()}.__len__() == 1
+    with pytest.raises(ValueError, match="no allocation"):
+        study.run(MoESetting("LayerIF All", "sst2"))
+
+
+def _attached(study, setting):
+    """Parameters of the setting's adapter on a fresh copy of the study's model."""
+    import copy
+    model = moe.attach(copy.deepcopy(study.model), study.experts(setting), study.adapter_config(setting))
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _run(correct, margin=None, history=(1.0, 0.5)):
+    correct = np.asarray(correct, dtype=bool)
+    frame = pd.DataFrame({"correct": correct,
+                          "margin": np.asarray(margin if margin is not None else correct - 0.5, float)},
+                         index=pd.Index([f"e{i}" for i in range(len(correct))], name="id"))
+    return MoERun(frame, pd.Series(history, dtype=float), pd.DataFrame(),
+                  {"train_seconds": 1.0, "eval_seconds": 1.0, "trainable_params": 10})
+
+
+def _runs():
+    rng = np.random.default_rng(0)
+    out = {}
+    for task in ("t1", "t2"):
+        for method in ("LayerIF +ve", "AlphaLoRA", "MoLA 5555"):
+            for seed in (0, 1):
+                out[MoESetting(method, task, 5.0, seed)] = _run(rng.random(30) < 0.6)
+        out[MoESetting("LayerIF +ve", task, 2.5, 0)] = _run(rng.random(30) < 0.5)
+        out[MoESetting("AlphaLoRA", task, 2.5, 0)] = _run(rng.random(30) < 0.5)
+        out[MoESetting("MoLA 1234", task, 2.5, 0)] = _run(rng.random(30) < 0.5)
+    return out
+
+
+def test_accuracy_table_and_seed_spread():
+    runs = _runs()
+    table = tables.accuracy_table(runs, 5.0)
+    ex = lambda m, t, s: runs[MoESetting(m, t, 5.0, s)].examples["correct"].mean()
+    assert table.loc["t1", "AlphaLoRA"] == pytest.approx((ex("AlphaLoRA", "t1", 0) + ex("AlphaLoRA", "t1", 1)) / 2)
+    assert table.loc[tables.AVERAGE, "MoLA 5555"] == pytest.approx(table.loc[["t1", "t2"], "MoLA 5555"].mean())
+    spread = tables.seed_spread(runs)
+    assert len(spread) == 6
+    r = spread.loc[("t2", "LayerIF +ve", 5.0)]
+    assert r["range"] == pytest.approx(abs(ex("LayerIF +ve", "t2", 0) - ex("LayerIF +ve", "t2", 1)))
+
+
+def test_paired_tests_match_scipy():
+    runs = _runs()
+    paired = tables.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=0)
+    a = runs[MoESetting("LayerIF +ve", "t1", 5.0, 0)].examples["correct"].to_numpy()
+    b = runs[MoESetting("AlphaLoRA", "t1", 5.0, 0)].examples["correct"].to_numpy()
+    n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
+    p = sps.binomtest(n10, n01 + n10, 0.5).pvalue if n01 + n10 else 1.0
+    assert paired.loc[("t1", "AlphaLoRA"), "McNemar p"] == pytest.approx(p)
+    assert paired.loc[("t1", "AlphaLoRA"), "difference"] == pytest.approx(a.mean() - b.mean())
+    t7 = tables.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",), "Mola": ("MoLA 5555", "MoLA 1234")},
+                       [2.5, 5.0], n_boot=500)
+    cell = lambda m, t, pb: np.mean([r.examples["correct"].mean() for s, r in runs.items()
+                                     if s.method == m and s.task == t and s.per_block == pb])
+    keys = [("t1", 2.5), ("t1", 5.0), ("t2", 2.5), ("t2", 5.0)]
+    mine = [cell("LayerIF +ve", *k) for k in keys]
+    theirs = [cell("AlphaLoRA", *k) for k in keys]
+    assert t7.loc["AlphaLora", "t-test p (per setting)"] == pytest.approx(sps.ttest_rel(mine, theirs).pvalue)
+    assert t7.loc["AlphaLora", "settings"] == 4 and t7.loc["AlphaLora", "examples"] == 120
+    mola = [cell("MoLA 1234", "t1", 2.5), cell("MoLA 5555", "t1", 5.0), cell("MoLA 1234", "t2", 2.5),
+            cell("MoLA 5555", "t2", 5.0)]
+    assert t7.loc["Mola", "average accuracy"] == pytest.approx(np.mean(mola))
+    row = t7.loc["Mola"]
+    assert row["bootstrap CI low"] <= row["LayerIF +ve - baseline"] <= row["bootstrap CI high"]
+    assert any("LayerIF +ve vs AlphaLora" in line for line in
+               tables.verdicts(t7, paired, tables.seed_spread(runs), "LayerIF +ve"))
+
+
+def test_budget_table_and_curves():
+    runs = _runs()
+    fig2 = tables.budget_table(runs, {"LayerIF": ("LayerIF +ve",), "Mola": ("MoLA 5555", "MoLA 1234")})
+    assert fig2.index.tolist() == [2.5, 5.0]
+    at = lambda m, pb: np.mean([np.mean([r.examples["correct"].mean() for s, r in runs.items()
+                                         if s.method == m and s.task == t and s.per_block == pb])
+                                for t in ("t1", "t2")])
+    assert fig2.loc[2.5, "Mola"] == pytest.approx(at("MoLA 1234", 2.5))
+    assert fig2.loc[5.0, "LayerIF"] == pytest.approx(at("LayerIF +ve", 5.0))
+    curves = tables.loss_curves(runs, "t1")
+    assert list(curves.columns) == ["LayerIF +ve", "AlphaLoRA", "MoLA 5555"] and len(curves) == 2
