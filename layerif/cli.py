@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from . import study
+from .evaluate.suite import BACKENDS
 from .prune.config import METHODS
 from .prune.magnitude import TIES
 
@@ -18,17 +19,29 @@ def _parser() -> argparse.ArgumentParser:
         description="Execute notebooks in run order with params/<profile>/. A notebook is "
         "skipped when its executed file records the same source, parameters and upstream "
         "runs. cpu notebooks go to book/executed/ (the book's, committed); smoke and paper "
-        "go to results/<profile>/executed/.")
-    run.add_argument("notebooks", nargs="*", help="notebook names (default: all)")
+        "go to results/<profile>/executed/. With --params FILE the file's values override "
+        "the profile's and the executed notebook goes to results/<profile>/with-params/"
+        "<hash of the values>/ instead, so the profile's own run (and the book) is untouched; "
+        "results the notebook saves still go through the store, which refuses to replace "
+        "one of the profile's results by a different one.",
+        epilog="examples: layerif run 00_model_and_data --profile smoke | "
+        "layerif run 05_pruning --profile cpu --params my.yaml  (my.yaml: 'models: "
+        "[smollm2-135m]'); `layerif status` lists the notebook names")
+    run.add_argument("notebooks", nargs="*", help="notebook names, e.g. 01_layer_scores "
+                     "(default: all, in run order)")
     run.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    run.add_argument("--params", metavar="FILE", help="YAML file of parameter values "
+                     "overriding the profile's (keys: the notebook's parameters cell); needs "
+                     "notebook names")
     run.add_argument("--force", action="store_true", help="re-run current notebooks too")
 
     book = sub.add_parser(
         "book", help="bring all notebooks up to date; with --profile cpu also render the book",
         description="Run every notebook that is not current, then render _build/html from "
-        "the cpu notebooks in book/executed/. With --profile smoke or paper the notebooks "
-        "are only run, into results/<profile>/executed/, and nothing is rendered: the book "
-        "always shows the cpu profile.")
+        "the cpu notebooks in book/executed/ (jupyter-book build -W -n --keep-going --all: "
+        "any warning or unresolved reference fails the build and is printed). With --profile "
+        "smoke or paper the notebooks are only run, into results/<profile>/executed/, and "
+        "nothing is rendered: the book always shows the cpu profile.")
     book.add_argument("--profile", default="cpu", choices=study.PROFILES)
     book.add_argument("--force", action="store_true", help="re-run current notebooks too")
 
@@ -96,6 +109,29 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
     pr.add_argument("--overwrite", action="store_true", help="replace results of another identity")
 
+    ev = sub.add_parser(
+        "evaluate", help="zero-shot accuracy and perplexity of a model, saved under results/",
+        description="Load MODEL and measure perplexity on held-out BoolQ passages and "
+        "zero-shot accuracy (acc, acc_norm, margin per task) with the profile's EvalConfig "
+        "preset (smoke: 4 examples per task, 4x64 perplexity tokens; cpu: 60, 32x256; paper: "
+        "all, 128x2048), print the table and save it under --out. A saved result of the same "
+        "identity is loaded, not recomputed; one of another identity is refused unless "
+        "--overwrite.",
+        epilog="example: layerif evaluate smollm2-135m --profile smoke --tasks boolq rte")
+    ev.add_argument("model", help="embedded name (smollm2-135m, gemma3-270m), local "
+                    "checkpoint directory or hub id")
+    ev.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    ev.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven; "
+                    "`layerif tasks` lists them); --tasks with no names: perplexity only")
+    ev.add_argument("--n-examples", type=_limit, help="examples per task, or 'all' (default: "
+                    "the profile's preset)")
+    ev.add_argument("--backend", choices=BACKENDS, help="zero-shot scorer (default: layerif; "
+                    "lm-eval runs stock lm-evaluation-harness)")
+    ev.add_argument("--out", help="result folder (default: results/<profile>/evaluated/<model>/"
+                    "<hash of the evaluation config>)")
+    ev.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
+    ev.add_argument("--overwrite", action="store_true", help="replace results of another identity")
+
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
 
@@ -119,7 +155,6 @@ def _limit(text: str) -> int | str:
 def _prune(args) -> None:
     from pathlib import Path
 
-    from .evaluate import EvalConfig
     from .prune import PruneConfig, read_allocation
     from .prune import run
 
@@ -128,11 +163,7 @@ def _prune(args) -> None:
         allocation, label = read_allocation(args.allocation), Path(args.allocation).stem
     else:
         allocation, label = args.sparsity, f"uniform-s{args.sparsity:g}"
-    evaluation = EvalConfig.preset(args.profile)
-    if args.eval_limit is not None:
-        evaluation = evaluation.replace(n_examples=None if args.eval_limit == "all" else args.eval_limit)
-    if args.tasks is not None:
-        evaluation = evaluation.replace(tasks=tuple(args.tasks))
+    evaluation = _eval_config(args)
     out = args.out or run.default_out(args.profile, args.model, config.method, label)
     result = run.prune_and_evaluate(args.model, allocation, config, out, evaluation,
                                     device=args.device, overwrite=args.overwrite)
@@ -141,16 +172,61 @@ def _prune(args) -> None:
     print(f"global sparsity {sparsity:.4f}; {result.status}: {result.out}")
 
 
+def _eval_config(args):
+    """The profile's EvalConfig preset with the command's --tasks, --n-examples, --backend."""
+    from .evaluate import EvalConfig
+
+    config = EvalConfig.preset(args.profile)
+    limit = getattr(args, "n_examples", None) or getattr(args, "eval_limit", None)
+    if limit is not None:
+        config = config.replace(n_examples=None if limit == "all" else limit)
+    if args.tasks is not None:
+        config = config.replace(tasks=tuple(args.tasks))
+    if getattr(args, "backend", None) is not None:
+        config = config.replace(backend=args.backend)
+    return config
+
+
+def _evaluate(args) -> None:
+    from .evaluate import run
+
+    config = _eval_config(args)
+    out = args.out or run.default_out(args.profile, args.model, config)
+    result = run.evaluate_and_save(args.model, config, out, device=args.device,
+                                   overwrite=args.overwrite)
+    print(result.evaluation.to_string())
+    print(f"{result.status}: {result.out}")
+
+
+def _run(args) -> None:
+    if args.params is not None and not args.notebooks:
+        raise ValueError("--params needs notebook names: the file's keys are one notebook's "
+                         f"parameters (notebooks: {', '.join(study.list_notebooks())})")
+    for name in args.notebooks or study.list_notebooks():
+        if args.params is None:
+            print(study.run_notebook(name, args.profile, force=args.force))
+        else:
+            print(study.run_with_params(name, args.profile, args.params, force=args.force))
+
+
 def _scores(args) -> None:
+    from . import distributed
     from .experiments import scoring
     from .scores import ScoreConfig
 
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
     config = ScoreConfig.preset(args.profile, **sizes)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    runs = scoring.score_tasks(args.model, args.tasks, config, study.results_dir(args.profile),
-                               methods=methods, overwrite=args.overwrite)
-    print(runs.to_string())
+    started = distributed.init_from_env()  # under torchrun: one rank per process
+    main = distributed.is_main()
+    try:
+        runs = scoring.score_tasks(args.model, args.tasks, config, study.results_dir(args.profile),
+                                   methods=methods, overwrite=args.overwrite, progress=main)
+    finally:
+        if started:
+            distributed.close()
+    if main:
+        print(runs.to_string())
 
 
 def _allocate(args) -> None:
@@ -182,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         parser.exit(2, f"layerif {args.command}: error: {err}\n")
 
 
@@ -193,10 +269,10 @@ def _dispatch(args) -> int:
         _allocate(args)
     elif args.command == "prune":
         _prune(args)
+    elif args.command == "evaluate":
+        _evaluate(args)
     elif args.command == "run":
-        names = args.notebooks or study.list_notebooks()
-        for name in names:
-            print(study.run_notebook(name, args.profile, force=args.force))
+        _run(args)
     elif args.command == "book":
         out = study.build_book(args.profile, force=args.force)
         if args.profile != study.BOOK_PROFILE:

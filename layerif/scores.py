@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import influence, store
+from . import distributed, influence, parallel_scores, store
 from ._config import ConfigBase, check, field
-from .gradients import (Batches, GradientEngine, attached_lora, encode, find_units, has_lora,
+from .gradients import (Batches, GradientEngine, attached_lora, find_units, has_lora,
                         units_table)
 from .models import model_id as _model_id
 from .models import resolve_device, transformer_blocks
@@ -193,11 +193,18 @@ def _stream_influence(engine: GradientEngine, train: Batches, v: list[Tensor],
 
 def _unit_influence(engine: GradientEngine, train: Batches, val: Batches,
                     config: ScoreConfig, groups: list[list[int]],
-                    methods: tuple[str, ...] | None = None) -> tuple[dict[str, Tensor], str]:
+                    methods: tuple[str, ...] | None = None,
+                    n_train: int | None = None) -> tuple[dict[str, Tensor], str]:
     """Per-unit influence matrices of every method (default ``config.method``), and the
-    storage used; all methods share one validation pass and the training passes."""
+    storage used; all methods share one validation pass and the training passes. In a
+    process group, ``train``/``val`` are this rank's shards of ``n_train``/all examples."""
     methods = methods or (config.method,)
-    storage = _pick_storage(engine, train.n, config, methods)
+    n_train = train.n if n_train is None else n_train
+    largest = -(-n_train // distributed.world_size())  # the same storage on every rank
+    storage = _pick_storage(engine, largest, config, methods)
+    if distributed.is_distributed():
+        return parallel_scores.unit_influence(engine, train, val, n_train, storage,
+                                              config.damping, groups, methods), storage
     v = engine.summed(val)
     if storage == "stream":
         out = _stream_influence(engine, train, v, config, groups, methods)
@@ -230,7 +237,8 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
     Each example's loss is its mean next-token loss over its non-pad tokens (see
     :mod:`layerif.gradients`). The model is moved to ``config.device`` (unless it is spread
     over devices by a ``device_map``); with ``target="lora"`` on a model without adapters,
-    fresh ones are attached for the computation and removed afterwards.
+    fresh ones are attached for the computation and removed afterwards. Under torchrun each
+    rank scores a shard of the examples and returns the single-process result.
 
     Returns:
         :class:`LayerScores`; with ``methods``, ``dict[str, LayerScores]`` in their order,
@@ -252,17 +260,18 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
         model.to(device)
     kw = dict(max_length=config.max_length, include_pads=config.include_pads,
               batch_size=config.batch_size)
-    train_b, val_b = encode(tokenizer, train, **kw), encode(tokenizer, val, **kw)
+    (train_b, n_tokens), (val_b, _) = (parallel_scores.encode_shard(tokenizer, x, **kw)
+                                       for x in (train, val))
     dtype = config.dtype or torch.promote_types(next(model.parameters()).dtype, torch.float32)
     fresh = config.target == "lora" and not has_lora(model, config.modules)
     with (attached_lora(model, config.modules, config.lora_rank, config.lora_alpha, config.seed)
           if fresh else nullcontext()):
         units = find_units(model, config.target, config.modules)
-        engine = GradientEngine(model, units, dtype=dtype, progress=progress)
+        engine = GradientEngine(model, units, dtype=dtype, progress=progress and distributed.is_main())
         values, storage = _unit_influence(engine, train_b, val_b, config,
-                                          _groups(units, config.unit), names)
+                                          _groups(units, config.unit), names, len(train))
     info = {"storage": storage, "passes": engine.passes, "fresh_lora": fresh,
-            "n_train_tokens": train_b.n_tokens}
+            "n_train_tokens": n_tokens}
     if names is not None:
         info["shared_with"] = list(names)
     results = {m: _result(model, units, values[m], train, val,
@@ -394,12 +403,15 @@ class LayerScores:
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write ``influence.pt`` (float64 values), ``units.csv`` and ``manifest.json``
         atomically through :func:`layerif.store.save`; a re-save of the same identity
-        replaces the folder.
+        replaces the folder. In a process group only rank 0 writes (the others return the
+        path at once).
 
         Raises:
             layerif.store.ResultMismatch: ``directory`` holds a result of another identity
                 (config, model, task, examples, version) and ``overwrite`` is False.
         """
+        if not distributed.is_main():
+            return Path(directory)
         blocks = None if self.blocks is None else {int(k): v for k, v in self.blocks.items()}
 
         def write(folder: Path) -> None:

@@ -51,6 +51,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -72,16 +73,24 @@ __all__ = [
     "list_notebooks",
     "load_params",
     "needs_of",
+    "parameter_names",
+    "params_dir",
+    "read_params_file",
+    "render_book",
     "repo_root",
     "results_dir",
     "run_all",
     "run_notebook",
+    "run_with_params",
     "status",
     "sync_notebooks",
 ]
 
 PROFILES = ("smoke", "cpu", "paper")
 BOOK_PROFILE = "cpu"
+# jupyter-book's flags for the book: every Sphinx warning (and every missing reference) is an
+# error, reported all together at the end; --all re-reads every page so none is skipped.
+RENDER_FLAGS = ("-W", "-n", "--keep-going", "--all")
 
 
 def repo_root() -> Path:
@@ -166,7 +175,8 @@ def _failure_marker(out_dir: Path, name: str) -> Path:
 
 def _current_inputs(name: str, profile: str, root: Path, out_dir: Path,
                     params: dict | None = None) -> tuple[dict, list[str]]:
-    """The inputs a run of ``name`` would record now, and the upstream names lacking a record."""
+    """The inputs a run of ``name`` would record now, and the upstream names lacking a record
+    (upstream executed notebooks are looked up in ``out_dir``)."""
     merged = {**load_params(name, profile, root), **(params or {})}
     refs = {n: rec.upstream_ref(rec.read_record(out_dir / f"{n}.ipynb"))
             for n in needs_of(name, root)}
@@ -182,6 +192,7 @@ def run_notebook(
     output_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    upstream_dir: str | Path | None = None,
 ) -> Path:
     """Execute one notebook with papermill unless it is current; return the executed path.
 
@@ -193,6 +204,8 @@ def run_notebook(
         output_dir: where to write and find upstream notebooks (default :func:`executed_dir`).
         force: run even when the notebook is current (records a new ``run_id``).
         progress: show papermill's cell progress bar.
+        upstream_dir: where the executed notebooks of ``needs`` are read (default
+            ``output_dir``); :func:`run_with_params` points it at the profile's folder.
 
     Returns:
         ``<output_dir>/<name>.ipynb``, holding a record of the run that produced it.
@@ -205,10 +218,11 @@ def run_notebook(
     """
     root = Path(root or repo_root())
     out_dir = Path(output_dir or executed_dir(profile, root))
-    inputs, missing = _current_inputs(name, profile, root, out_dir, params)
+    up_dir = Path(upstream_dir or out_dir)
+    inputs, missing = _current_inputs(name, profile, root, up_dir, params)
     if missing:
         raise FileNotFoundError(
-            f"{name} needs {missing}, which have no executed notebook in {out_dir}: run "
+            f"{name} needs {missing}, which have no executed notebook in {up_dir}: run "
             f"`layerif run {' '.join(missing)} --profile {profile}` first")
     target, marker = out_dir / f"{name}.ipynb", _failure_marker(out_dir, name)
     recorded = rec.read_record(target) or {}
@@ -257,6 +271,80 @@ def _execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
     record = rec.make_record(inputs, started, time.monotonic() - clock, root,
                              f"notebooks/{name}.md")
     return rec.with_record(nb, record)
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The parameters in a YAML file (``--params FILE``): a mapping of names to values.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, or not a non-empty mapping with string keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--params {str(path)!r} does not exist: expected a YAML file "
+                                "of parameter names and values, e.g. 'n_examples: 20'")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        params = f"unreadable YAML ({str(err).splitlines()[0]})"
+    ok = isinstance(params, dict) and params and all(isinstance(k, str) for k in params)
+    check(ok, f"--params {str(path)!r}", params,
+          "a YAML mapping of parameter names to values, e.g. 'n_examples: 20'")
+    return params
+
+
+def parameter_names(name: str, root: str | Path | None = None) -> list[str]:
+    """The names assigned in notebook ``name``'s cell tagged ``parameters``, in order."""
+    import ast
+
+    import jupytext
+
+    nb = jupytext.read(_source(name, Path(root or repo_root())))
+    names: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
+def params_dir(profile: str, params: dict, root: str | Path | None = None) -> Path:
+    """Where notebooks run with override ``params`` go:
+    ``results/<profile>/with-params/<sha256 of the params' canonical JSON, 12 digits>``."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(rec.normalise(params), sort_keys=True).encode())
+    return results_dir(profile, root) / "with-params" / key.hexdigest()[:12]
+
+
+def run_with_params(name: str, profile: str, params_file: str | Path,
+                    root: str | Path | None = None, force: bool = False,
+                    progress: bool = True) -> Path:
+    """Run ``name`` with the profile's parameters overridden by a YAML file's.
+
+    The executed notebook goes to :func:`params_dir` (never to the profile's executed folder,
+    so ``status`` and the book keep showing the profile's own run), and its record holds the
+    merged parameters. Upstream notebooks are the profile's own (``needs`` are looked up in
+    :func:`executed_dir`). Results the notebook saves go through the store into the profile's
+    results folder as usual: one whose identity the override changes is refused there
+    (``store.ResultMismatch``) rather than replacing the profile's.
+
+    Raises:
+        ValueError: a key that is not one of the notebook's parameters, or ``profile``.
+    """
+    root = Path(root or repo_root())
+    params = read_params_file(params_file)
+    accepted = [k for k in parameter_names(name, root) if k != "profile"]
+    accepted += [k for k in load_params(name, profile, root) if k not in accepted + ["profile"]]
+    unknown = [k for k in params if k not in accepted]
+    check(not unknown, f"--params {str(params_file)!r} keys", unknown,
+          f"parameters of {name}: {', '.join(accepted)} (the profile comes from --profile)")
+    return run_notebook(name, profile, params=params, root=root, force=force, progress=progress,
+                        output_dir=params_dir(profile, params, root),
+                        upstream_dir=executed_dir(profile, root))
 
 
 def _advice(name: str, profile: str, state: str, changed: list[str], error: str) -> str:
@@ -361,10 +449,35 @@ def build_book(profile: str = "cpu", root: str | Path | None = None, force: bool
     run_all(profile, root=root, force=force, progress=progress)
     if profile != BOOK_PROFILE:
         return executed_dir(profile, root)
+    return render_book(root)
+
+
+def render_book(root: str | Path | None = None, output: str | Path | None = None) -> Path:
+    """Render the book from the executed notebooks as they are (nothing is executed).
+
+    Runs ``jupyter-book build ROOT`` with :data:`RENDER_FLAGS`: any Sphinx warning, or a
+    reference that does not resolve, fails the build.
+
+    Args:
+        root: the study root (``_config.yml``, ``_toc.yml``).
+        output: folder that receives ``_build/`` (default: ``root``).
+
+    Returns:
+        ``<output>/_build/html/index.html``.
+
+    Raises:
+        RuntimeError: the build failed or warned (its last lines are in the message).
+    """
+    root = Path(root or repo_root())
+    out = Path(output or root)
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root)]
-    subprocess.run(cmd, check=True)
-    index = root / "_build" / "html" / "index.html"
-    if not index.exists():
-        raise RuntimeError(f"jupyter-book finished but {index} is missing")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), *RENDER_FLAGS,
+           "--path-output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    index = out / "_build" / "html" / "index.html"
+    if done.returncode != 0 or not index.exists():
+        # Sphinx writes its warnings to stderr, its progress to stdout.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", done.stderr.strip() or done.stdout)  # colours
+        tail = "\n".join(text.strip().splitlines()[-30:])
+        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}")
     return index

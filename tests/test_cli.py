@@ -154,3 +154,102 @@ def test_prune_argument_errors_name_the_argument_and_accepted_values(tiny_dir, t
     shifted = _ratios_csv(tmp_path / "shifted.csv", [0.5] * 4, index=[1, 2, 3, 4])
     _fails(base + ["--allocation", str(shifted)], capsys, "blocks [1, 2, 3, 4]", "0..3")
     assert not (tmp_path / "o").exists()  # nothing was saved
+
+
+# ----------------------------------------------------------------------------- layerif evaluate
+def test_evaluate_prints_saves_and_reloads(tiny_dir, tmp_path, capsys):
+    from layerif import store
+    from layerif.evaluate import EvalConfig, run
+
+    out = tmp_path / "ev"
+    argv = ["evaluate", str(tiny_dir), "--profile", "smoke", "--tasks", "boolq", "rte",
+            "--n-examples", "2", "--device", "cpu", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and f"computed: {out}" in printed
+    table = store.load_frame(out)
+    assert list(table.index) == [("boolq_passages", "perplexity")] + [
+        (t, m) for t in ("boolq", "rte") for m in ("acc", "acc_norm", "margin")]
+    assert (table.xs("acc", level="metric")["n"] == 2).all()
+    assert 0 <= table.loc[("rte", "acc"), "value"] <= 1
+    config = EvalConfig.smoke().replace(tasks=("boolq", "rte"), n_examples=2)
+    assert store.load_if_matching(out, run.evaluation_identity(str(tiny_dir), config))
+    assert cli.main(argv) == 0  # the same identity: loaded, not recomputed
+    assert f"loaded: {out}" in capsys.readouterr().out
+    _fails(argv[:-2] + ["--out", str(out), "--n-examples", "3"], capsys, "another identity")
+    # the default folder depends on the evaluation config, so other sizes never collide
+    assert run.default_out("smoke", "smollm2-135m", config) != run.default_out(
+        "smoke", "smollm2-135m", config.replace(n_examples=3))
+    assert run.default_out("smoke", "a/b", config).parent.name == "a-b"
+
+
+# ----------------------------------------------------------------------------- --help and errors
+SUBCOMMANDS = ["run", "book", "status", "scores", "allocate", "prune", "evaluate", "describe",
+               "sync-notebooks", "tasks"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main([command, "--help"])
+    assert err.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: layerif {command}")
+    assert len(text.split()) > 12, text  # more than the usage line: what it does
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(command in text for command in SUBCOMMANDS)
+
+
+BAD = [
+    (["run", "nope"], ["name='nope'", "00_model_and_data"]),
+    (["run", "--params", "p.yaml"], ["--params needs notebook names", "00_model_and_data"]),
+    (["run", "00_model_and_data", "--params", "/no/such.yaml"], ["--params", "does not exist"]),
+    (["run", "--profile", "gpu"], ["--profile", "'gpu'", "smoke", "cpu", "paper"]),
+    (["book", "--profile", "laptop"], ["--profile", "'laptop'", "smoke", "cpu", "paper"]),
+    (["status", "--profile", "x"], ["--profile", "'x'", "smoke"]),
+    (["scores", "mrpc", "--n-train", "many"], ["--n-train", "'many'", "int"]),
+    (["allocate", "clusters", "x"], ["kind", "'clusters'", "experts", "sparsity"]),
+    (["allocate", "experts", "x", "--aggregation", "mean"], ["--aggregation", "'mean'", "top"]),
+    (["evaluate", "smollm2-135m", "--tasks", "nope"], ["tasks=['nope']", "boolq", "hellaswag"]),
+    (["evaluate", "smollm2-135m", "--n-examples", "0"], ["--n-examples", "'0'", "'all'"]),
+    (["evaluate", "smollm2-135m", "--backend", "hf"], ["--backend", "'hf'", "lm-eval"]),
+    (["evaluate", "smollm2-135m", "--profile", "big"], ["--profile", "'big'", "paper"]),
+    (["describe", "no-such-model"], ["name='no-such-model'", "smollm2-135m", "gemma3-270m"]),
+    (["frobnicate"], ["'frobnicate'", "run", "evaluate"]),
+]
+
+
+@pytest.mark.parametrize("argv, needles", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_arguments_give_one_line_naming_them(argv, needles, capsys):
+    _fails(argv, capsys, *needles)
+
+
+# ----------------------------------------------------------------------------- scripts/gpu_smoke.sh
+def test_gpu_smoke_script_is_valid_and_covers_the_cuda_test_in_both_dtypes():
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_smoke.sh"
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "set -euo pipefail" in text and "tests/test_cuda.py" in text
+    assert "--profile smoke" in text
+    dtypes = re.search(r"for dtype in ([\w ]+); do", text).group(1).split()
+    assert {"float32", "bfloat16"} <= set(dtypes)
+    cuda_test = (script.parent.parent / "tests" / "test_cuda.py").read_text()
+    assert all(f'"{d}"' in cuda_test for d in dtypes)  # test_cuda.py accepts each of them
+    if not torch.cuda.is_available():  # here it must stop at once, saying why
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": sys.executable})
+        assert done.returncode != 0 and "no CUDA device" in done.stderr

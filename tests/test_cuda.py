@@ -4,7 +4,16 @@ Every test is parametrized over the available devices: ``cpu`` always (so the bo
 CI), ``cuda`` where a GPU is present (the CUDA leg skips elsewhere). Run the GPU leg with
 ``pytest tests/test_cuda.py``. The models are float64 so that CPU and CUDA agree to
 rounding and no near-tie can flip a pruning mask.
+
+``LAYERIF_CUDA_DTYPE=float32`` or ``bfloat16`` (``scripts/gpu_smoke.sh`` runs both) puts the
+model copy on CUDA in that dtype instead; the CPU reference stays float64 and the
+comparisons of the CUDA leg widen to ``TOLERANCE[dtype]``. bfloat16 keeps ~3 significant
+digits, too few for element-wise checks: there tensors are compared by their relative error
+in norm (``BF16_NORM_ERROR``), pruning masks by agreement (rounding makes ties), and accuracy
+may differ by one example.
 """
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -25,10 +34,40 @@ TEXTS = [
 ]
 
 
+CUDA_DTYPE = os.environ.get("LAYERIF_CUDA_DTYPE", "float64")
+TOLERANCE = {"float64": (0.0, 0.0), "float32": (1e-3, 1e-5), "bfloat16": (5e-2, 2e-2)}  # rtol, atol
+BF16_NORM_ERROR = 0.1  # |gpu - cpu| / |cpu| (Frobenius) allowed in bfloat16
+if CUDA_DTYPE not in TOLERANCE:
+    raise ValueError(f"LAYERIF_CUDA_DTYPE={CUDA_DTYPE!r} is invalid: expected one of "
+                     f"{list(TOLERANCE)}")
+
+
+def _dtype(device) -> torch.dtype:
+    return torch.float64 if device == "cpu" else getattr(torch, CUDA_DTYPE)
+
+
+def _tol(device, rtol, atol) -> dict:
+    """The test's own tolerances, widened to the CUDA dtype's on the CUDA leg."""
+    floor = TOLERANCE["float64" if device == "cpu" else CUDA_DTYPE]
+    return {"rtol": max(rtol, floor[0]), "atol": max(atol, floor[1])}
+
+
+def _close(device, actual, expected, rtol, atol, msg=None):
+    """assert_close with :func:`_tol`, or in bfloat16 a relative error in norm."""
+    actual, expected = (x.detach().cpu().to(torch.float64) if isinstance(x, torch.Tensor)
+                        else torch.tensor(x, dtype=torch.float64) for x in (actual, expected))
+    if _dtype(device) == torch.bfloat16:
+        error = ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+        assert error <= BF16_NORM_ERROR, f"{msg or 'tensor'}: relative error {error:.3g} in norm"
+    else:
+        torch.testing.assert_close(actual, expected, msg=msg, **_tol(device, rtol, atol))
+
+
 def _pair(device, seed=0):
-    """The tiny float64 model twice: a CPU reference and a copy on ``device``."""
+    """The tiny model twice: a float64 CPU reference and a copy on ``device`` (float64, or
+    ``LAYERIF_CUDA_DTYPE`` on CUDA)."""
     cpu, tok = tiny_model(seed=seed, dtype=torch.float64)
-    gpu, _ = tiny_model(seed=seed, dtype=torch.float64)
+    gpu, _ = tiny_model(seed=seed, dtype=_dtype(device))
     return cpu, gpu.to(device), tok
 
 
@@ -46,8 +85,10 @@ def test_layer_scores_match_cpu(target, device):
                           progress=False)
     # transformers computes rotary embeddings in float32 even for a float64 model, so the
     # model's own gradients differ between devices by ~1e-7 (weights) to ~1e-5 (LoRA).
-    torch.testing.assert_close(on_gpu.values, on_cpu.values, rtol=1e-4, atol=1e-10)
-    pd.testing.assert_series_equal(on_gpu.aggregate("all"), on_cpu.aggregate("all"), rtol=1e-4)
+    _close(device, on_gpu.values, on_cpu.values, 1e-4, 1e-10, "scores")
+    agg_gpu, agg_cpu = on_gpu.aggregate("all"), on_cpu.aggregate("all")
+    assert list(agg_gpu.index) == list(agg_cpu.index)
+    _close(device, agg_gpu.to_numpy(), agg_cpu.to_numpy(), 1e-4, 1e-8, "aggregate('all')")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -62,7 +103,11 @@ def test_pruning_matches_cpu(method, device):
     rep_gpu = prune_model(gpu, method, ratios, calib.to(device), progress=False)
     pd.testing.assert_frame_equal(rep_gpu, rep_cpu)
     for (name, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters()):
-        torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-5, atol=1e-8, msg=name)
+        if _dtype(device) == torch.bfloat16:  # rounding makes ties: masks agree, mostly
+            agree = ((p_gpu.cpu() != 0) == (p_cpu != 0)).double().mean().item()
+            assert agree >= 0.95, f"{name}: pruning masks agree on {agree:.1%} only"
+        else:
+            _close(device, p_gpu, p_cpu, 1e-5, 1e-8, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -84,7 +129,7 @@ def test_moe_forward_and_training_on_device(device):
     with torch.no_grad():
         out_cpu = cpu(**batch).logits
         out_gpu = gpu(**{k: v.to(device) for k, v in batch.items()}).logits
-    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-5, atol=1e-6)
+    _close(device, out_gpu, out_cpu, 1e-5, 1e-6, "logits")
     history = finetune(gpu, tok, TEXTS * 4, epochs=3, lr=3e-3, batch_size=4, max_length=64,
                        seed=0, progress=False)
     losses = pd.DataFrame(history)["loss"].to_numpy()
@@ -102,10 +147,19 @@ def test_accuracy_and_perplexity_match_cpu(device):
                 for i in range(6)]
     r_cpu = accuracy(cpu, tok, examples, batch_size=4)
     r_gpu = accuracy(gpu, tok, examples, batch_size=4)
-    assert r_gpu.accuracy == r_cpu.accuracy
+    if _dtype(device) == torch.bfloat16:  # a near-tie may flip one example
+        assert abs(r_gpu.accuracy - r_cpu.accuracy) <= 1 / len(examples) + 1e-12
+    else:
+        assert r_gpu.accuracy == r_cpu.accuracy
     ll_cpu = choice_logliks(cpu, tok, examples, batch_size=4, progress=False)
     ll_gpu = choice_logliks(gpu, tok, examples, batch_size=4, progress=False)
-    pd.testing.assert_frame_equal(ll_gpu, ll_cpu, rtol=1e-6)
+    if _dtype(device) == torch.float64:
+        pd.testing.assert_frame_equal(ll_gpu, ll_cpu, rtol=1e-6)
+    else:  # the log-likelihoods, within the dtype's tolerance
+        numbers = ll_cpu.select_dtypes("number").columns
+        assert list(ll_gpu.index) == list(ll_cpu.index)
+        _close(device, ll_gpu[numbers].to_numpy(float), ll_cpu[numbers].to_numpy(float), 1e-6,
+               1e-8, "log-likelihoods")
     tokens = torch.randint(4, 100, (3, 32), generator=torch.Generator().manual_seed(0))
     assert perplexity(gpu, tokens.to(device), batch_size=2, progress=False) == pytest.approx(
-        perplexity(cpu, tokens, batch_size=2, progress=False), rel=1e-6)
+        perplexity(cpu, tokens, batch_size=2, progress=False), rel=_tol(device, 1e-6, 0)["rtol"])

@@ -240,3 +240,80 @@ def test_bad_names():
         study.load_params("toy", "laptop")
     with pytest.raises(ValueError, match="name='nope'"):
         study.run_notebook("nope", "cpu")
+
+
+# ------------------------------------------------------------------ run with a params file
+def test_params_file_run_goes_beside_the_profiles_own(root, monkeypatch, capsys):
+    own = study.run_notebook("toy", "cpu", root=root, progress=False)
+    before = own.read_bytes()
+    override = root / "mine.yaml"
+    override.write_text("x: 7\n")
+    out = study.run_with_params("toy", "cpu", override, root=root, progress=False)
+    assert out == study.params_dir("cpu", {"x": 7}, root) / "toy.ipynb"
+    assert out.parent.parent == root / "results" / "cpu" / "with-params"
+    assert "result 147 cpu" in _printed(out)
+    assert _record(out)["params"] == {"x": 7, "profile": "cpu"}
+    assert own.read_bytes() == before  # the profile's own run is untouched, and current
+    assert study.status("cpu", root).loc["toy", "state"] == "current"
+    first = out.stat().st_mtime_ns
+    study.run_with_params("toy", "cpu", override, root=root, progress=False)
+    assert out.stat().st_mtime_ns == first  # same override: skipped
+    other = root / "other.yaml"
+    other.write_text("x: 8\n")
+    elsewhere = study.run_with_params("toy", "cpu", other, root=root, progress=False)
+    assert elsewhere.parent != out.parent
+    monkeypatch.setenv("LAYERIF_ROOT", str(root))
+    assert cli.main(["run", "toy", "--profile", "cpu", "--params", str(override)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+
+
+def test_params_file_errors_name_the_key_and_the_accepted_ones(root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: 1\ny: 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml' keys=\['y'\] is invalid: expected "
+                                         r"parameters of toy: x \(the profile comes from"):
+        study.run_with_params("toy", "cpu", bad, root=root, progress=False)
+    bad.write_text("profile: paper\n")
+    with pytest.raises(ValueError, match=r"keys=\['profile'\]"):
+        study.run_with_params("toy", "cpu", bad, root=root, progress=False)
+    for text in ("[1, 2]\n", "", "x: [1\n"):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="expected a YAML mapping of parameter names"):
+            study.read_params_file(bad)
+    with pytest.raises(FileNotFoundError, match="--params .*nothing.yaml' does not exist"):
+        study.read_params_file(tmp_path / "nothing.yaml")
+    assert not (root / "results").exists()  # nothing ran
+    assert study.parameter_names("toy", root) == ["profile", "x"]
+
+
+def test_params_file_run_reads_the_profiles_upstream(chain, tmp_path):
+    override = tmp_path / "b.yaml"
+    override.write_text("y: 100\n")
+    with pytest.raises(FileNotFoundError, match=r"b needs \['a'\].*book/executed"):
+        study.run_with_params("b", "cpu", override, root=chain, progress=False)
+    study.run_notebook("a", "cpu", root=chain, progress=False)
+    out = study.run_with_params("b", "cpu", override, root=chain, progress=False)
+    assert "b sees 110" in _printed(out)
+    assert _record(out)["needs"]["a"]["run_id"] == _run_ids(chain, ["a"])["a"]
+    assert study.status("cpu", chain).loc["b", "state"] == "missing"  # not the profile's run
+
+
+# ------------------------------------------------------------------ rendering
+BOOK_CONFIG = """title: toy
+only_build_toc_files: true
+exclude_patterns: [_build, out]
+execute:
+  execute_notebooks: "off"
+"""
+
+
+def test_render_fails_on_a_warning_and_names_it(tmp_path):
+    _write(tmp_path, {"_config.yml": BOOK_CONFIG, "_toc.yml": "format: jb-book\nroot: intro\n",
+                      "intro.md": "# Intro\n\nSee {doc}`method`.\n", "method.md": "# Method\n"})
+    warning = r"(?s)-W -n --keep-going.*\n[^\n]*intro.md:3: WARNING: unknown document: 'method'"
+    with pytest.raises(RuntimeError, match=warning):
+        study.render_book(tmp_path, tmp_path / "out")  # method.md is not in the toc
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: method\n")
+    index = study.render_book(tmp_path, tmp_path / "out")
+    assert index == tmp_path / "out" / "_build" / "html" / "index.html"
+    assert "Method" in (tmp_path / "out" / "_build" / "html" / "method.html").read_text()

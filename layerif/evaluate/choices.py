@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..models import eval_mode
 
 __all__ = ["choice_frame", "choice_logliks", "encode_pair", "lm_eval_docs"]
@@ -210,6 +211,9 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
         batch_size: examples per context forward (their continuations run together after).
         progress: show a progress bar.
 
+    In a process group each rank scores its shard of the examples
+    (:func:`layerif.distributed.shard`) and every rank returns the whole table.
+
     Returns:
         One row per example (index ``id``), see :func:`choice_frame`.
 
@@ -225,14 +229,19 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
         if any(ctx != pairs[0][0] for ctx, _ in pairs):  # cannot happen: one context string
             raise AssertionError(f"example {doc['id']!r}: contexts tokenize differently")
         encoded.append((pairs[0][0], [cont for _, cont in pairs]))
-    order = sorted(range(len(docs)), key=lambda i: -len(encoded[i][0]))
+    order = sorted(distributed.shard(range(len(docs))), key=lambda i: -len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    scores: list = [None] * len(docs)
+    mine: dict[int, list[float]] = {}
+    progress = progress and distributed.is_main()
     with eval_mode(model):
         for start in tqdm(range(0, len(order), batch_size), desc="choices", disable=not progress):
             part = order[start:start + batch_size]
             for i, s in zip(part, _score_batch(model, [encoded[i] for i in part], pad, device)):
-                scores[i] = s
+                mine[i] = s
+    scores: list = [None] * len(docs)
+    for part in distributed.all_gather_objects(mine):
+        for i, s in part.items():
+            scores[i] = s
     return choice_frame([d["id"] for d in docs], [d["label"] for d in docs], scores,
                         [[len(c) for c in d["choices"]] for d in docs])

@@ -130,6 +130,9 @@ def evaluate_suite(model, tokenizer, config: EvalConfig, examples: dict[str, lis
         examples: the tasks' examples, if already loaded (:func:`task_examples`).
         ppl_tokens: the perplexity windows, if already drawn.
         progress: progress bars.
+
+    In a process group (torchrun) the ``"layerif"`` backend and the perplexity shard their
+    examples and windows across the ranks; every rank returns the whole evaluation.
     """
     from ..data import perplexity_tokens
 

@@ -171,6 +171,8 @@ def zero_shot(
         backend: ``"layerif"`` (default: :func:`~layerif.evaluate.choices.choice_logliks`,
             each context and continuation run once, lm-eval's tokenization) or ``"lm-eval"``
             (stock ``simple_evaluate``, one forward per (context, choice); the reference).
+            In a process group (torchrun) ``"layerif"`` shards each task's examples across
+            the ranks and every rank gets all the results; ``"lm-eval"`` is not sharded.
         per_example: also return the per-example frame.
         progress: progress bars (``"layerif"`` only).
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import data, store
+from .. import data, distributed, store
 from ..models import load_model
 from ..scores import LayerScores, ScoreConfig, layer_scores
 from .cache import slug
@@ -95,6 +95,9 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
             targets, e.g. ``tag="all-linear"`` for ``config.modules="all"``, beside the
             default ones).
 
+    Under torchrun every rank calls this; the examples are sharded across the ranks
+    (:func:`layerif.layer_scores`) and rank 0 reads and writes the store.
+
     Returns:
         One row per (task, method): ``path``, ``status`` (loaded | computed), ``seconds``
         (wall time of the shared computation, 0 when loaded), ``n_train``, ``n_val``.
@@ -115,7 +118,8 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
             found[m] = None if overwrite else LayerScores.load_if_matching(
                 scores_dir(results, model_name, label, m), cfg, model_name,
                 label, _ids(train), _ids(val))
-        missing = [m for m in methods if found[m] is None]
+        # rank 0's store decides for all ranks (they compute together)
+        missing = distributed.broadcast_object([m for m in methods if found[m] is None])
         seconds = 0.0
         if missing:
             if model is None:
@@ -124,8 +128,9 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
             computed = layer_scores(model, tokenizer, train, val, config, methods=tuple(missing),
                                     task=label, progress=progress)
             seconds = time.perf_counter() - start
-            for m, s in computed.items():
+            for m, s in computed.items():  # rank 0 writes; the others wait until it has
                 s.save(scores_dir(results, model_name, label, m), overwrite=overwrite)
+            distributed.barrier()
         for m in methods:
             rows.append({"task": label, "method": m, "status": "loaded" if m not in missing
                          else "computed", "seconds": round(seconds, 1), "n_train": len(train),

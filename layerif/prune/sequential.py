@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..models import eval_mode, linear_modules, transformer_blocks
 from .config import METHODS, PruneConfig
 from .magnitude import magnitude
@@ -157,9 +158,26 @@ def _run_block(block: nn.Module, inputs: _BlockInputs) -> None:
         inputs.hidden[i] = _block_output(block(h, *args, **kwargs)).detach()
 
 
+def _reduce_stats(linears, sums: dict[str, torch.Tensor], n_seq: int, kind: str,
+                  device) -> tuple[dict[str, torch.Tensor], int]:
+    """The sums of every rank added up, one collective per linear module in block order
+    (zeros where this rank saw no calibration rows; q/k/v's shared tensor copied first)."""
+    local, seen = {}, set()
+    for name, module in linears:
+        stat = sums.get(name)
+        if stat is None:
+            d_in, dtype = _weight(module).shape[1], torch.promote_types(module.weight.dtype, torch.float32)
+            stat = torch.zeros((d_in,) if kind == "act_sq_norm" else (d_in, d_in), dtype=dtype, device=device)
+        local[name] = stat.clone() if id(stat) in seen else stat
+        seen.add(id(stat))
+    out = {name: distributed.all_reduce_sum(stat) for name, stat in local.items()}
+    return out, int(distributed.all_reduce_sum(torch.tensor([n_seq])).item())
+
+
 @torch.no_grad()
 def _collect_stats(block: nn.Module, linears, inputs: _BlockInputs, kind: str) -> dict[str, torch.Tensor]:
-    """Per linear module: mean over sequences of sum_tokens x^2 (``act_sq_norm``) or 2 X X^T."""
+    """Per linear module: mean over sequences of sum_tokens x^2 (``act_sq_norm``) or 2 X X^T;
+    in a process group, over the calibration rows of every rank."""
     sums: dict[str, torch.Tensor] = {}
     n_seq = 0
     cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -189,6 +207,8 @@ def _collect_stats(block: nn.Module, linears, inputs: _BlockInputs, kind: str) -
     finally:
         for handle in handles:
             handle.remove()
+    if distributed.is_distributed():
+        sums, n_seq = _reduce_stats(linears, sums, n_seq, kind, device)
     scale = 2.0 / n_seq if kind == "hessian" else 1.0 / n_seq
     return {name: s * scale for name, s in sums.items()}
 
@@ -203,7 +223,10 @@ def walk_blocks(
     """Visit the blocks in depth order, feeding each block's (possibly modified) outputs on.
 
     Whatever the caller does to a block before asking for the next one (pruning it) is
-    reflected in the inputs of the next block. The model is put in eval mode meanwhile.
+    reflected in the inputs of the next block. The model is put in eval mode meanwhile. In a
+    process group each rank runs its shard of the calibration rows
+    (:func:`layerif.distributed.shard`) and the statistics are summed over all ranks, so
+    every rank sees the single-process statistics.
 
     Args:
         model: a causal LM.
@@ -225,8 +248,10 @@ def walk_blocks(
     if stats not in (None, "act_sq_norm", "hessian"):
         raise ValueError(f"stats={stats!r} is invalid: expected None, 'act_sq_norm' or 'hessian'")
     blocks = transformer_blocks(model)
+    local = distributed.shard(check_calibration(calibration))
+    progress = progress and distributed.is_main()
     with eval_mode(model):
-        inputs = capture_block_inputs(model, calibration, batch_size)
+        inputs = capture_block_inputs(model, local, batch_size) if len(local) else _BlockInputs()
         for layer, (path, block) in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
             linears = linear_modules(block)
             found = _collect_stats(block, linears, inputs, stats) if stats else {}

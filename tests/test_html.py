@@ -1,0 +1,481 @@
+"""The rendered book, checked as a reader would see it.
+
+The book is rendered once per session, from the committed executed notebooks, into a
+temporary folder with the flags ``layerif book`` uses (``jupyter-book build -W -n
+--keep-going --all``: any Sphinx warning fails the build; nothing is executed). Then, over
+the HTML:
+
+* every page of ``_toc.yml`` exists, and every executed notebook is in ``_toc.yml``;
+* every ``<img>`` resolves to a non-empty local file (or a non-empty ``data:`` URI);
+* no page shows error output: no traceback, stderr or error output block, no docutils
+  system message, no "Traceback (most recent call last)";
+* no internal link is broken: every local ``href``/``src`` names an existing file, and every
+  ``#anchor`` an ``id`` of its target page;
+* every notebook page shows a "paper vs ours" table: a ``<table>`` whose header has a column
+  ``paper`` beside a column ``ours`` (``paper.compare``'s layout) or ``this study ...``
+  (notebook 00's setting table). The rule holds for every notebook page, 00 included;
+  pages that do not meet it yet are listed in ``NO_COMPARISON_TABLE_YET`` as strict xfails,
+  so adding the table makes the test fail until the page is taken off the list.
+
+Finally each page is opened in headless Chromium (``test_pages_load_in_a_browser``): no
+console error, uncaught exception or failed load, and a screenshot that is not blank. That
+test skips, saying how to install Chromium, when no browser is found.
+"""
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from layerif import study
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+# Notebook pages whose comparison with the paper is prose or printed text, not a table yet.
+NO_COMPARISON_TABLE_YET = {
+    "01_layer_scores": "Fig. 1 prints no numbers: the claim is discussed in prose",
+    "02_expert_allocation": "Fig. 4 prints no numbers: no paper | ours table yet",
+    "04_sparsity_allocation": "the paper prints no per-block sparsities: no table yet",
+    "08_ablation_granularity": "the per-block vs per-matrix claim is printed as text",
+}
+
+
+class Page(html.parser.HTMLParser):
+    """What the checks need from one HTML page."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.ids: set[str] = set()
+        self.links: list[tuple[str, str]] = []  # (tag, url)
+        self.images: list[str] = []
+        self.error_blocks: list[str] = []
+        self.tables: list[list[str]] = []  # header cells of each table
+        self._in_th = False
+        self.text_parts: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("name"):
+            self.ids.add(a["name"])
+        for key in ("href", "src"):
+            if a.get(key) is not None and tag in ("a", "link", "script", "img", "iframe"):
+                self.links.append((tag, a[key]))
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        classes = set((a.get("class") or "").split())
+        if classes & {"traceback", "stderr", "system-message"} or (
+                "output" in classes and "error" in classes):
+            self.error_blocks.append(f"<{tag} class={a.get('class')!r}>")
+        if tag == "table":
+            self.tables.append([])
+        if tag == "th":
+            self._in_th = True
+            if self.tables:
+                self.tables[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data):
+        self.text_parts.append(data)
+        if self._in_th and self.tables and self.tables[-1]:
+            self.tables[-1][-1] += data
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+def toc_files(root: Path = CHECKOUT) -> list[str]:
+    """Every ``root`` / ``file`` entry of ``_toc.yml``, in order (without suffix)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if isinstance(node.get(key), str):
+                    found.append(str(Path(node[key]).with_suffix("")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load((root / "_toc.yml").read_text()))
+    return found
+
+
+@pytest.fixture(scope="module")
+def html_dir(tmp_path_factory) -> Path:
+    """The book rendered as ``layerif book`` renders it, into a temporary folder."""
+    index = study.render_book(CHECKOUT, tmp_path_factory.mktemp("book"))
+    return index.parent
+
+
+@pytest.fixture(scope="module")
+def pages(html_dir) -> dict[str, Page]:
+    """Every HTML page of the book outside ``_static``/``_sources``, parsed, by relative path."""
+    out = {}
+    for path in sorted(html_dir.rglob("*.html")):
+        rel = path.relative_to(html_dir).as_posix()
+        if not rel.startswith(("_static/", "_sources/")):
+            out[rel] = Page(path.read_text(encoding="utf-8"))
+    return out
+
+
+def test_every_toc_page_is_rendered_and_every_notebook_is_in_the_toc(html_dir):
+    files = toc_files()
+    missing = [f for f in files if not (html_dir / f"{f}.html").is_file()]
+    assert not missing, f"_toc.yml pages not rendered: {missing}"
+    executed = sorted(f"book/executed/{p.stem}"
+                      for p in (CHECKOUT / "book" / "executed").glob("*.ipynb"))
+    assert not sorted(set(executed) - set(files)), "executed notebooks missing from _toc.yml"
+    assert (html_dir / "index.html").is_file()
+
+
+def _local_target(page: str, url: str, html_dir: Path) -> tuple[Path | None, str]:
+    """(file, fragment) a local URL of ``page`` points to; file None for external URLs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme or parts.netloc:
+        return None, ""
+    base = (html_dir / page).parent
+    target = (base / urllib.parse.unquote(parts.path)).resolve() if parts.path else html_dir / page
+    return target, urllib.parse.unquote(parts.fragment)
+
+
+def bad_images(html_dir: Path, pages: dict[str, Page], names: list[str]) -> list[str]:
+    """``<img>`` of pages ``names`` that do not resolve to a non-empty file or data URI."""
+    problems = []
+    for rel in names:
+        for src in pages[rel].images:
+            if src.startswith("data:"):
+                ok = len(src.split(",", 1)[-1]) > 0
+            else:
+                target, _ = _local_target(rel, src, html_dir)
+                ok = target is not None and target.is_file() and target.stat().st_size > 0
+            if not ok:
+                problems.append(f"{rel}: <img src={src[:80]!r}>")
+    return problems
+
+
+def error_output(pages: dict[str, Page], names: list[str]) -> list[str]:
+    """Error blocks and tracebacks shown on pages ``names``."""
+    problems = []
+    for rel in names:
+        problems += [f"{rel}: {block}" for block in pages[rel].error_blocks]
+        for needle in ("Traceback (most recent call last)", "An Exception was encountered"):
+            if needle in pages[rel].text:
+                problems.append(f"{rel}: shows {needle!r}")
+    return problems
+
+
+def broken_links(html_dir: Path, pages: dict[str, Page]) -> list[str]:
+    """Local links (href/src) of every page to a missing file or a missing ``#id``."""
+    problems = set()
+    for rel, page in pages.items():
+        for tag, url in page.links:
+            if url.startswith(("mailto:", "javascript:", "data:")) or url in ("", "#"):
+                continue
+            target, fragment = _local_target(rel, url, html_dir)
+            if target is None:
+                continue
+            if not target.exists():
+                problems.add(f"{rel}: <{tag}> {url!r}: no such file")
+            elif fragment and target.suffix == ".html":
+                key = target.relative_to(html_dir.resolve()).as_posix()
+                ids = pages[key].ids if key in pages else Page(target.read_text()).ids
+                if fragment not in ids:
+                    problems.add(f"{rel}: <{tag}> {url!r}: no id {fragment!r} there")
+    return sorted(problems)
+
+
+def _toc_pages() -> list[str]:
+    return [f"{f}.html" for f in toc_files()]
+
+
+def test_every_image_resolves_to_a_non_empty_file(html_dir, pages):
+    problems = bad_images(html_dir, pages, _toc_pages())
+    assert not problems, "images not resolving to a non-empty file:\n" + "\n".join(problems)
+    figures = sum(len(pages[rel].images) for rel in _toc_pages() if "executed" in rel)
+    assert figures >= 10, f"only {figures} images over the notebook pages: figures lost?"
+
+
+def test_no_page_shows_error_output(pages):
+    problems = error_output(pages, _toc_pages())
+    assert not problems, "\n".join(problems)
+
+
+def test_no_internal_link_is_broken(html_dir, pages):
+    problems = broken_links(html_dir, pages)
+    assert not problems, "broken internal links:\n" + "\n".join(problems)
+
+
+def test_the_checks_find_what_they_look_for(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "ok.png").write_bytes(b"png")
+    (tmp_path / "sub" / "b.html").write_text('<h2 id="there">b</h2>')
+    a = ('<img src="ok.png"><img src="empty.png"><img src="gone.png"><img src="data:,">'
+         '<a href="sub/b.html#there">ok</a><a href="sub/b.html#nowhere">x</a>'
+         '<a href="missing.html">x</a><a href="#top">x</a><a href="https://x.org/y">ext</a>'
+         '<div class="cell_output docutils container"><div class="output traceback '
+         'highlight-ipythontb">x</div></div><pre>Traceback (most recent call last):</pre>')
+    (tmp_path / "a.html").write_text(a)
+    pages = {"a.html": Page(a), "sub/b.html": Page('<h2 id="there">b</h2>')}
+    assert bad_images(tmp_path, pages, ["a.html"]) == [
+        "a.html: <img src='empty.png'>", "a.html: <img src='gone.png'>",
+        "a.html: <img src='data:,'>"]
+    assert broken_links(tmp_path, pages) == [
+        "a.html: <a> '#top': no id 'top' there", "a.html: <a> 'missing.html': no such file",
+        "a.html: <a> 'sub/b.html#nowhere': no id 'nowhere' there",
+        "a.html: <img> 'gone.png': no such file"]
+    assert error_output(pages, ["a.html"]) == [
+        "a.html: <div class='output traceback highlight-ipythontb'>",
+        "a.html: shows 'Traceback (most recent call last)'"]
+
+
+def _has_comparison(page: Page) -> bool:
+    for header in page.tables:
+        cells = [" ".join(c.split()).lower() for c in header]
+        if "paper" in cells and any(c == "ours" or c.startswith("this study") for c in cells):
+            return True
+    return False
+
+
+NOTEBOOK_PAGES = [pytest.param(
+    f, marks=[pytest.mark.xfail(strict=True, reason=NO_COMPARISON_TABLE_YET[Path(f).name])]
+    if Path(f).name in NO_COMPARISON_TABLE_YET else [])
+    for f in toc_files() if f.startswith("book/executed/")]
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES)
+def test_notebook_page_shows_a_paper_vs_ours_table(page, pages):
+    tables = pages[f"{page}.html"].tables
+    assert _has_comparison(pages[f"{page}.html"]), (
+        f"{page}.html has no table with a 'paper' column beside an 'ours' (or 'this study') "
+        f"column; its table headers: {[t[:6] for t in tables]}")
+
+
+def test_comparison_rule_tells_tables_apart():
+    yes = Page("<table><tr><th></th><th>paper</th><th>ours</th><th>difference</th></tr></table>")
+    setting = Page("<table><tr><th></th><th>paper</th><th>this study (<code>cpu</code>)</th>"
+                   "</tr></table>")
+    no = Page("<table><tr><th>paper</th><th>model</th></tr></table><p>ours</p>")
+    assert _has_comparison(yes) and _has_comparison(setting) and not _has_comparison(no)
+
+
+# ----------------------------------------------------------------------------- a real browser
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+INSTALL = ("no Chromium found (looked for $LAYERIF_CHROMIUM, then " + ", ".join(BROWSERS) +
+           " on PATH): install it with `apt-get install chromium` (Debian; "
+           "`apt-get install chromium-browser` on Ubuntu) to run the browser check")
+
+
+def find_browser() -> str | None:
+    """The Chromium to use: ``$LAYERIF_CHROMIUM``, else the first of :data:`BROWSERS` on PATH."""
+    env = os.environ.get("LAYERIF_CHROMIUM")
+    if env:
+        return env
+    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (stdlib only)."""
+
+    def __init__(self, exe: str, width: int = 1280, height: int = 1000):
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+
+        def wire():  # the protocol pipe is fds 3 (commands in) and 4 (replies out)
+            os.dup2(to_child, 3)  # dup2's copies are inheritable; Python's other fds are not
+            os.dup2(from_child, 4)
+
+        self._profile = tempfile.TemporaryDirectory(prefix="layerif-chromium-")
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
+             "--no-first-run", "--disable-extensions", f"--user-data-dir={self._profile.name}",
+             "about:blank"],
+            preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(to_child)
+        os.close(from_child)
+        self._buffer, self._next_id, self.events = b"", 0, []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        attached = self.call("Target.attachToTarget", targetId=target, flatten=True)
+        self.session = attached["sessionId"]
+        for method in ("Page.enable", "Runtime.enable", "Log.enable"):
+            self.call(method, session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width,
+                  height=height, deviceScaleFactor=1, mobile=False)
+
+    def _read(self, timeout: float) -> dict | None:
+        end = time.monotonic() + timeout
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._in], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                return None
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, session: bool = False, timeout: float = 30, **params) -> dict:
+        """Send one command and return its result (events met meanwhile are kept)."""
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read(timeout)
+            if reply is None:
+                raise TimeoutError(f"no reply to {method} in {timeout} s")
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def open(self, url: str, settle: float = 1.0, timeout: float = 30) -> list[dict]:
+        """Load ``url``; return the events from the navigation until ``settle`` s after load."""
+        self.events = []
+        self.call("Page.navigate", session=True, url=url)
+        end, loaded = time.monotonic() + timeout, None
+        while time.monotonic() < end:
+            if loaded is None and any(e.get("method") == "Page.loadEventFired"
+                                      for e in self.events):
+                loaded = time.monotonic()
+            if loaded is not None and time.monotonic() > loaded + settle:
+                return self.events
+            event = self._read(0.2)
+            if event is not None:
+                self.events.append(event)
+        raise TimeoutError(f"{url} did not finish loading in {timeout} s")
+
+    def screenshot(self) -> bytes:
+        shot = self.call("Page.captureScreenshot", session=True, format="png")
+        return base64.b64decode(shot["data"])
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._in)
+        os.close(self._out)
+        self._profile.cleanup()
+
+
+def unreachable(events: list[dict]) -> list[str]:
+    """Remote (http/https) resources that failed to load for want of a network (the reader's
+    connection decides them, not the book: MathJax comes from a CDN)."""
+    return [e["params"]["entry"]["url"] for e in events if e.get("method") == "Log.entryAdded"
+            and e["params"]["entry"].get("url", "").startswith(("http://", "https://"))
+            and "net::ERR_" in e["params"]["entry"]["text"]
+            and not any(code in e["params"]["entry"]["text"] for code in ("_BLOCKED", "_FILE_"))]
+
+
+def console_errors(events: list[dict]) -> list[str]:
+    """Console errors, uncaught exceptions and failed loads among DevTools events, less
+    :func:`unreachable` remote resources."""
+    found, remote = [], set(unreachable(events))
+    for e in events:
+        method, p = e.get("method"), e.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = p["exceptionDetails"]
+            found.append(details.get("exception", {}).get("description", details.get("text", "")))
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            found.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p["args"]))
+        elif (method == "Log.entryAdded" and p["entry"]["level"] == "error"
+              and p["entry"].get("url") not in remote):
+            found.append(f"{p['entry']['text']} ({p['entry'].get('url', '')})")
+    return found
+
+
+def blank_fraction(png: bytes) -> float:
+    """The fraction of a screenshot's pixels that have its most common colour."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    counts = image.getcolors(maxcolors=image.width * image.height)
+    return max(c for c, _ in counts) / (image.width * image.height)
+
+
+def test_the_browser_helpers_tell_errors_and_blank_pages(tmp_path):
+    def console(kind, text):
+        return {"method": "Runtime.consoleAPICalled",
+                "params": {"type": kind, "args": [{"value": text}]}}
+
+    events = [console("log", "hi"), console("error", "boom"),
+              {"method": "Log.entryAdded", "params": {"entry": {"level": "error", "text": "Failed",
+                                                                  "url": "x.js"}}},
+              {"method": "Runtime.exceptionThrown", "params": {"exceptionDetails": {
+                  "text": "Uncaught", "exception": {"description": "ReferenceError: f"}}}},
+              {"method": "Log.entryAdded", "params": {"entry": {
+                  "level": "error", "url": "https://cdn.org/m.js",
+                  "text": "Failed to load resource: net::ERR_NAME_NOT_RESOLVED"}}},
+              {"method": "Log.entryAdded", "params": {"entry": {
+                  "level": "error", "url": "file:///b/_static/x.css",
+                  "text": "Failed to load resource: net::ERR_FILE_NOT_FOUND"}}}]
+    assert console_errors(events) == ["boom", "Failed (x.js)", "ReferenceError: f",
+                                      "Failed to load resource: net::ERR_FILE_NOT_FOUND "
+                                      "(file:///b/_static/x.css)"]
+    assert unreachable(events) == ["https://cdn.org/m.js"]
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (100, 100), "white")
+    buf = io.BytesIO()
+    image.save(buf, format="png")
+    assert blank_fraction(buf.getvalue()) == 1.0
+    ImageDraw.Draw(image).rectangle((10, 10, 60, 40), fill="black")
+    buf = io.BytesIO()
+    image.save(buf, format="png")
+    assert blank_fraction(buf.getvalue()) == pytest.approx(1 - 51 * 31 / 10000)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = find_browser()
+    if exe is None:
+        pytest.skip(INSTALL)
+    chromium = Chromium(exe)
+    yield chromium
+    chromium.close()
+
+
+def test_pages_load_in_a_browser_without_errors_and_not_blank(html_dir, browser, tmp_path):
+    problems, offline = [], set()
+    for rel in ["index.html"] + _toc_pages():
+        events = browser.open((html_dir / rel).as_uri())
+        problems += [f"{rel}: console: {text}" for text in console_errors(events)]
+        offline.update(unreachable(events))
+        png = browser.screenshot()
+        (tmp_path / rel.replace("/", "_")).with_suffix(".png").write_bytes(png)
+        if blank_fraction(png) > 0.98:
+            problems.append(f"{rel}: blank screenshot ({blank_fraction(png):.1%} one colour)")
+    assert not problems, f"screenshots in {tmp_path}:\n" + "\n".join(problems)
+    if offline:
+        warnings.warn(f"not checked, no network here: {sorted(offline)}")
