@@ -132,6 +132,37 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
     ev.add_argument("--overwrite", action="store_true", help="replace results of another identity")
 
+    mo = sub.add_parser(
+        "moe", help="fine-tune a LoRA-MoE with an expert allocation on a task, evaluate, save",
+        description="Attach a LoRA-MoE to MODEL with experts per block from --method (LayerIF "
+        "+ve / Top 25% / All from the task's saved scores, `layerif scores TASK` first; "
+        "AlphaLoRA or MoLA <pattern> from the model alone; 'LoRA (same parameters)'; 'Base "
+        "model') or from --allocation CSV (`layerif allocate experts --out`), fine-tune it on "
+        "TASK's training examples with the profile's TrainConfig preset (adapter: rank 8, "
+        "alpha 16, top-2; smoke: rank 4), evaluate on held-out examples and save under "
+        "results/<profile>/moe/. A saved run of the same identity is loaded, not retrained.",
+        epilog="example: layerif moe smollm2-135m csqa --method 'MoLA 5555' --profile smoke")
+    mo.add_argument("model", help="embedded name, local checkpoint directory or hub id")
+    mo.add_argument("task", help="task label, e.g. csqa, sst2, openbookqa:instruct")
+    how = mo.add_mutually_exclusive_group(required=True)
+    how.add_argument("--method", help="allocation method: 'LayerIF +ve', 'LayerIF Top 25%%', "
+                     "'LayerIF All', AlphaLoRA, 'MoLA 2468' (or 5555, 8642, 1234, 46810, 3578), "
+                     "'LoRA (same parameters)', 'Base model'")
+    how.add_argument("--allocation", help="CSV of experts per block (an 'experts' column)")
+    mo.add_argument("--per-block", type=float, default=5.0, help="average experts per block "
+                    "for --method (2.5, 5 or 7; default 5)")
+    mo.add_argument("--seed", type=int, default=0, help="adapter initialisation, data order "
+                    "and dropout seed")
+    mo.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    mo.add_argument("--n-train", type=_limit, help="training examples (default: smoke 4, "
+                    "cpu 32, paper all)")
+    mo.add_argument("--n-eval", type=_limit, help="held-out examples (default: smoke 6, cpu "
+                    "64, paper all)")
+    mo.add_argument("--results", help="results folder holding scores/ and receiving moe/ "
+                    "(default: results/<profile>)")
+    mo.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
+    mo.add_argument("--overwrite", action="store_true", help="replace a run of another identity")
+
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
 
@@ -229,6 +260,18 @@ def _scores(args) -> None:
         print(runs.to_string())
 
 
+def _moe(args) -> None:
+    from .experiments.moe import single_run
+
+    n_train, n_eval = (100_000 if n == "all" else n for n in (args.n_train, args.n_eval))
+    run, folder = single_run(args.model, args.task, args.method, args.allocation, args.profile,
+                             args.per_block, args.seed, n_train, n_eval, args.results,
+                             device=args.device, overwrite=args.overwrite)
+    print(run.examples[["label", "prediction", "correct", "margin"]].to_string())
+    print(f"accuracy {run.accuracy:.4f} on {len(run.examples)} examples; trainable parameters "
+          f"{run.info['trainable_params']}; {run.info['status']}: {folder}")
+
+
 def _allocate(args) -> None:
     from . import allocate
     from .models import describe, load_model
@@ -271,6 +314,8 @@ def _dispatch(args) -> int:
         _prune(args)
     elif args.command == "evaluate":
         _evaluate(args)
+    elif args.command == "moe":
+        _moe(args)
     elif args.command == "run":
         _run(args)
     elif args.command == "book":

@@ -253,3 +253,35 @@ def test_gpu_smoke_script_is_valid_and_covers_the_cuda_test_in_both_dtypes():
         done = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                               env={**os.environ, "PYTHON": sys.executable})
         assert done.returncode != 0 and "no CUDA device" in done.stderr
+
+
+# ------------------------------------------------------------------------------- layerif moe
+def test_moe_trains_an_allocation_csv_evaluates_and_reloads(tiny_dir, tmp_path, capsys):
+    from layerif import store
+
+    csv = tmp_path / "experts.csv"
+    csv.write_text(pd.DataFrame({"score": [-1.0, -2.0, -3.0, -4.0], "experts": [1, 2, 3, 2]},
+                                index=pd.Index(range(4), name="layer")).to_csv())
+    argv = ["moe", str(tiny_dir), "sst2", "--allocation", str(csv), "--profile", "smoke",
+            "--device", "cpu", "--results", str(tmp_path / "res"), "--n-train", "4", "--n-eval", "3"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "computed" in printed and "on 3 examples" in printed
+    folder = next((tmp_path / "res" / "moe").rglob("manifest.json")).parent
+    manifest = store.load_manifest(folder)
+    assert manifest["config"]["experts"] == [1, 2, 3, 2]
+    assert manifest["config"]["per_block"] == 2.0 and len(manifest["extra"]["history"]) == 1
+    assert cli.main(argv) == 0
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_moe_argument_errors(tiny_dir, tmp_path, capsys):
+    base = ["moe", str(tiny_dir), "sst2", "--profile", "smoke", "--device", "cpu",
+            "--results", str(tmp_path)]
+    _fails(base + ["--method", "AlphaLoRA", "--allocation", "x.csv"], capsys, "--allocation",
+           "--method")
+    _fails(base + ["--method", "AlphaLoRA", "--n-train", "0"], capsys, "--n-train", "'all'")
+    _fails(base + ["--method", "AlphaLoRA", "--profile", "big"], capsys, "--profile", "cpu")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("layer,a,b\n0,1,2\n")
+    _fails(base + ["--allocation", str(bad)], capsys, "allocation=", "'experts' column")

@@ -39,7 +39,8 @@ from .allocation import block_alpha, expert_allocations
 from .cache import slug
 from .scoring import aggregated_scores, label_examples
 
-__all__ = ["BASE", "KIND", "LORA", "MoERun", "MoESetting", "MoEStudy", "grid"]
+__all__ = ["BASE", "CLI_SIZES", "KIND", "LORA", "MoERun", "MoESetting", "MoEStudy", "grid",
+           "read_experts", "single_run"]
 
 KIND = "moe_run"
 BASE = "Base model"
@@ -252,6 +253,54 @@ def grid(tasks, methods, seeds=(0,), spread: Mapping | None = None,
         out += [MoESetting(m, t, float(pb), s) for s in seeds for t in (budget_tasks or tasks)
                 for m in names]
     return list(dict.fromkeys(out))
+
+
+#: ``layerif moe`` sizes per profile when not given: (training examples, evaluation examples).
+CLI_SIZES = {"smoke": (4, 6), "cpu": (32, 64), "paper": (100_000, 100_000)}
+
+
+def read_experts(path: str | Path) -> pd.Series:
+    """Experts per block from a CSV (``layerif allocate experts --out``: first column the
+    block index, an ``experts`` column or a single column)."""
+    frame = pd.read_csv(path, index_col=0)
+    column = "experts" if "experts" in frame.columns else frame.columns[-1]
+    check(len(frame.columns) == 1 or "experts" in frame.columns, "allocation", str(path),
+          "a CSV with an 'experts' column or a single column")
+    return frame[column].astype(int).rename("experts").rename_axis("layer")
+
+
+def single_run(model_name: str, task: str, method: str | None = None, allocation=None,
+               profile: str = "cpu", per_block: float = 5.0, seed: int = 0,
+               n_train: int | None = None, n_eval: int | None = None, results=None,
+               device: str = "auto", overwrite: bool = False) -> tuple[MoERun, Path]:
+    """One fine-tune and evaluation, as ``layerif moe`` runs it: the profile's adapter
+    (``MoEConfig`` smoke, else paper) and recipe (``TrainConfig`` preset), an allocation
+    ``method`` computed from the task's saved scores (LayerIF) or the model (AlphaLoRA, MoLA),
+    or ``allocation`` (a CSV of experts per block, or a Series); saved in the profile's store.
+
+    Returns ``(run, folder)``.
+    """
+    check((method is None) != (allocation is None), "method/allocation", (method, allocation),
+          "exactly one of an allocation method and an allocation CSV")
+    from .. import study  # the results folder of a profile
+
+    moe_cfg = MoEConfig.preset("smoke" if profile == "smoke" else "paper")
+    defaults = CLI_SIZES[profile]
+    table = None
+    if allocation is not None:
+        experts = allocation if isinstance(allocation, pd.Series) else read_experts(allocation)
+        method = f"allocation {Path(str(allocation)).stem}" if not isinstance(allocation, pd.Series) \
+            else "allocation"
+        per_block = float(experts.sum()) / len(experts)
+        table = experts.to_frame().T.set_axis(
+            pd.MultiIndex.from_tuples([(method, MODEL_ONLY, per_block)],
+                                      names=["method", "task", "per_block"]))
+        table["total"] = int(experts.sum())
+    moe_study = MoEStudy(results or study.results_dir(profile), model_name, [task], moe_cfg,
+                         TrainConfig.preset(profile), n_train or defaults[0], n_eval or defaults[1],
+                         allocations=table, device=device)
+    setting = MoESetting(method, task, float(per_block), seed)
+    return moe_study.run(setting, overwrite), moe_study.folder(setting)
 
 
 def _mola(pattern: str, n_blocks: int) -> pd.Series:

@@ -14,13 +14,17 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import paper, stats
 from .moe import BASE, LORA, MoERun, MoESetting
+from .verdict import decide
 
-__all__ = ["AVERAGE", "PAPER_COLUMNS", "accuracy_table", "budget_table", "loss_curves", "paired_by_task",
+__all__ = ["AVERAGE", "FAMILIES", "PAPER_COLUMNS", "accuracy_table", "budget_table", "loss_curves", "paired_by_task", "paper_comparison",
            "runs_frame", "seed_spread", "usage_table", "verdicts", "versus"]
 
 AVERAGE = "Average"
+#: The paper's Table 7 rows (baseline families) as our method names.
+FAMILIES = {"AlphaLora": ("AlphaLoRA",),
+            "Mola": ("MoLA 2468", "MoLA 5555", "MoLA 8642", "MoLA 1234", "MoLA 46810", "MoLA 3578")}
 
 
 def runs_frame(runs: Mapping[MoESetting, MoERun]) -> pd.DataFrame:
@@ -188,19 +192,30 @@ PAPER_COLUMNS = {"AlphaLoRA": "AlphaLora", "MoLA 2468": "MoLA(2468)", "MoLA 5555
                  "LayerIF All": "LayerIF (All)"}
 
 
+def paper_comparison(table: pd.DataFrame, table_id: str, task_rows: Mapping[str, str],
+                     note: str) -> pd.DataFrame:
+    """:func:`layerif.paper.compare` of an :func:`accuracy_table` (fractions) with the paper's
+    Table 1 or 4 (percent): the methods the paper printed, the tasks run here, no average
+    (ours averages fewer tasks than the paper's); cells we did not run are dropped."""
+    printed = paper.table(table_id).columns
+    columns = {c: PAPER_COLUMNS[c] for c in table.columns
+               if c in PAPER_COLUMNS and PAPER_COLUMNS[c] in printed}
+    ours = table.drop(index=AVERAGE, errors="ignore")[list(columns)]
+    rows = {k: v for k, v in task_rows.items() if k in ours.index}
+    out = paper.compare(ours, table_id, rows=rows, columns=columns, note=note, scale=100)
+    return out.dropna(subset=["ours"])
+
+
 def verdicts(table7: pd.DataFrame, paired: pd.DataFrame, spread: pd.DataFrame, ours: str,
              level: float = 0.05) -> list[str]:
     """One sentence per baseline family of ``table7``: the difference, both tests, the seed
-    spread, and whether the paper's claim (``ours`` better) held, failed or is undecided."""
+    spread, and the verdict of :func:`layerif.experiments.verdict.decide` (held only when the
+    paired t-test and the paired bootstrap both say so and the difference exceeds the mean
+    seed-to-seed range)."""
     lines, mean_range = [], float(spread["range"].mean()) if len(spread) else np.nan
     for name, row in table7.drop(index=ours, errors="ignore").iterrows():
         diff = row[f"{ours} - baseline"]
-        sig = row["bootstrap p"] < level and (np.isnan(row["t-test p (per setting)"])
-                                              or row["t-test p (per setting)"] < level)
-        within = not np.isnan(mean_range) and abs(diff) <= mean_range
-        verdict = ("held" if sig and diff > 0 and not within else
-                   "not held (the baseline is better)" if sig and diff < 0 and not within else
-                   "inconclusive at this scale")
+        verdict = decide(diff, [row["t-test p (per setting)"], row["bootstrap p"]], level, mean_range)
         lines.append(f"{ours} vs {name}: {100 * diff:+.1f} points over {int(row['settings'])} "
                      f"settings ({int(row['examples'])} paired examples); paired t p = "
                      f"{row['t-test p (per setting)']:.3f}, bootstrap 95% CI "
