@@ -189,3 +189,15 @@ def test_budget_table_and_curves():
     assert fig2.loc[5.0, "LayerIF"] == pytest.approx(at("LayerIF +ve", 5.0))
     curves = tables.loss_curves(runs, "t1")
     assert list(curves.columns) == ["LayerIF +ve", "AlphaLoRA", "MoLA 5555"] and len(curves) == 2
+
+
+def test_paper_comparison_keeps_printed_methods_and_run_tasks():
+    table = pd.DataFrame({"LayerIF +ve": [0.8, 0.6], "MoLA 3578": [0.7, 0.5], BASE: [0.5, 0.4]},
+                         index=["csqa", "sst2"])
+    table.loc[tables.AVERAGE] = table.mean()
+    out = tables.paper_comparison(table, "table1", {"sst2": "Cola", "csqa": "Common Q"}, "n")
+    assert set(out.index.get_level_values(1)) == {"LayerIF (+ve)"}  # MoLA(3,5,7,8) is Table 4's
+    assert out.loc[("Cola", "LayerIF (+ve)"), "ours"] == pytest.approx(60.0)
+    out4 = tables.paper_comparison(table, "table4", {"sst2": "Cola", "csqa": "Common Q"}, "n")
+    assert out4.loc[("Common Q", "MoLA(3,5,7,8)"), "ours"] == pytest.approx(70.0)
+    assert "Average" not in out4.index.get_level_values(0)
