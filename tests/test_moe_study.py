@@ -201,3 +201,13 @@ def test_paper_comparison_keeps_printed_methods_and_run_tasks():
     out4 = tables.paper_comparison(table, "table4", {"sst2": "Cola", "csqa": "Common Q"}, "n")
     assert out4.loc[("Common Q", "MoLA(3,5,7,8)"), "ours"] == pytest.approx(70.0)
     assert "Average" not in out4.index.get_level_values(0)
+
+
+def test_method_folders_are_plain_names():
+    from layerif.experiments.moe import method_folder
+
+    names = ["LayerIF +ve", "LayerIF Top 25%", "LayerIF All", BASE, LORA, "MoLA 2468", "AlphaLoRA"]
+    folders = [method_folder(n) for n in names]
+    assert len(set(folders)) == len(names)
+    assert all(" " not in f and "%" not in f and "(" not in f for f in folders)
+    assert folders[1] == "LayerIF-Top-25" and folders[4] == "LoRA-same-parameters"

@@ -20,6 +20,7 @@ has only its routers more) -- does the mixture help at all at this scale?
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from .cache import slug
 from .scoring import aggregated_scores, label_examples
 
 __all__ = ["BASE", "CLI_SIZES", "KIND", "LORA", "MoERun", "MoESetting", "MoEStudy", "grid",
-           "read_experts", "single_run"]
+           "method_folder", "read_experts", "single_run"]
 
 KIND = "moe_run"
 BASE = "Base model"
@@ -170,7 +171,7 @@ class MoEStudy:
 
     def folder(self, setting: MoESetting) -> Path:
         return (self.results / "moe" / slug(self.model_name) / slug(setting.task)
-                / f"{setting.per_block:g}" / slug(setting.method) / f"seed-{setting.seed}")
+                / f"{setting.per_block:g}" / method_folder(setting.method) / f"seed-{setting.seed}")
 
     def run(self, setting: MoESetting, overwrite: bool = False) -> MoERun:
         """Train and evaluate one setting, or load it when saved with the same identity."""
@@ -307,6 +308,12 @@ def _mola(pattern: str, n_blocks: int) -> pd.Series:
     """A MoLA pattern the budgets do not pair (``"3578"``: the paper's Gemma row, 5.75 per block)."""
     counts = [int(c) for c in pattern] if pattern.isdigit() and len(pattern) == 4 else pattern
     return baselines.mola(counts, n_blocks).rename_axis("layer")
+
+
+def method_folder(method: str) -> str:
+    """A method name as a folder name without spaces or ``%`` ("LayerIF Top 25%" ->
+    "LayerIF-Top-25")."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", method).strip("-")
 
 
 def _from_saved(frame: pd.DataFrame, extra: dict) -> MoERun:

@@ -213,6 +213,8 @@ def verdicts(table7: pd.DataFrame, paired: pd.DataFrame, spread: pd.DataFrame, o
     paired t-test and the paired bootstrap both say so and the difference exceeds the mean
     seed-to-seed range)."""
     lines, mean_range = [], float(spread["range"].mean()) if len(spread) else np.nan
+    noise = (f"seed-to-seed range {100 * mean_range:.1f} points" if np.isfinite(mean_range)
+             else "seed-to-seed range not measured for this model")
     for name, row in table7.drop(index=ours, errors="ignore").iterrows():
         diff = row[f"{ours} - baseline"]
         verdict = decide(diff, [row["t-test p (per setting)"], row["bootstrap p"]], level, mean_range)
@@ -220,7 +222,7 @@ def verdicts(table7: pd.DataFrame, paired: pd.DataFrame, spread: pd.DataFrame, o
                      f"settings ({int(row['examples'])} paired examples); paired t p = "
                      f"{row['t-test p (per setting)']:.3f}, bootstrap 95% CI "
                      f"[{100 * row['bootstrap CI low']:+.1f}, {100 * row['bootstrap CI high']:+.1f}]"
-                     f" points; seed-to-seed range {100 * mean_range:.1f} points -> {verdict}.")
+                     f" points; {noise} -> {verdict}.")
     if len(paired):
         n_sig = int((paired["McNemar p"] < level).sum())
         lines.append(f"Per task and baseline (one seed, McNemar): {n_sig} of {len(paired)} "
