@@ -9,6 +9,8 @@ import pytest
 from layerif import notebook_record as rec
 from layerif import study
 from layerif.experiments import claims, reproduction, saved
+from layerif.experiments import verdict as rules
+from layerif.experiments import validation_verdicts as vv
 
 from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, decide
 
@@ -36,26 +38,26 @@ def test_decide_rejects_a_bad_level():
 
 
 def test_sign_verdict_is_the_one_sided_sign_test():
-    verdict, p = claims.sign_verdict([1, 2, 3, 4, 5, 6, 7])
+    verdict, p = rules.sign_verdict([1, 2, 3, 4, 5, 6, 7])
     assert verdict == HELD and p == pytest.approx(0.5 ** 7)
-    verdict, p = claims.sign_verdict([-1, -2, -3, -4, -5, -6, -7])
+    verdict, p = rules.sign_verdict([-1, -2, -3, -4, -5, -6, -7])
     assert verdict == NOT_HELD and p == pytest.approx(0.5 ** 7)
-    verdict, p = claims.sign_verdict([1, -1, 2, -2, 3])
+    verdict, p = rules.sign_verdict([1, -1, 2, -2, 3])
     assert verdict == INCONCLUSIVE and 0.05 < p <= 1
     # zeros count for neither direction: 3 up of 6 is not a majority
-    assert claims.sign_verdict([1, 1, 1, 0, 0, 0])[0] == INCONCLUSIVE
+    assert rules.sign_verdict([1, 1, 1, 0, 0, 0])[0] == INCONCLUSIVE
     with pytest.raises(ValueError, match="changes"):
-        claims.sign_verdict([1.0])
+        rules.sign_verdict([1.0])
 
 
 def test_profile_and_agreement_verdicts_use_their_thresholds():
-    assert claims.profile_verdict(0.1, 0.45) == HELD
-    assert claims.profile_verdict(0.85, 0.95) == NOT_HELD
-    assert claims.profile_verdict(0.3, 0.7) == INCONCLUSIVE
+    assert rules.profile_verdict(0.1, 0.45) == HELD
+    assert rules.profile_verdict(0.85, 0.95) == NOT_HELD
+    assert rules.profile_verdict(0.3, 0.7) == INCONCLUSIVE
     t = pd.DataFrame({"ci_low": [-0.5, -0.2], "ci_high": [0.3, 0.4]})
-    assert claims.agreement_verdict(t) == HELD
-    assert claims.agreement_verdict(t.assign(ci_high=[0.3, 0.9])) == INCONCLUSIVE
-    assert claims.agreement_verdict(t.assign(ci_low=[-0.5, 0.6], ci_high=[0.3, 0.9])) == NOT_HELD
+    assert rules.agreement_verdict(t) == HELD
+    assert rules.agreement_verdict(t.assign(ci_high=[0.3, 0.9])) == INCONCLUSIVE
+    assert rules.agreement_verdict(t.assign(ci_low=[-0.5, 0.6], ci_high=[0.3, 0.9])) == NOT_HELD
 
 
 def test_profile_interval_separates_shared_from_distinct_profiles():
@@ -63,13 +65,18 @@ def test_profile_interval_separates_shared_from_distinct_profiles():
     base = rng.normal(size=30)
     shared = pd.DataFrame([base, base * 2 + 0.01 * rng.normal(size=30), base + 0.01 * rng.normal(size=30)])
     lo, hi = claims.profile_interval(shared, n_boot=200)
-    assert lo > 0.9 and claims.profile_verdict(lo, hi) == NOT_HELD
+    assert lo > 0.9 and rules.profile_verdict(lo, hi) == NOT_HELD
     distinct = pd.DataFrame(rng.normal(size=(3, 30)))
     lo, hi = claims.profile_interval(distinct, n_boot=200)
-    assert lo < 0 < hi < 0.5 and claims.profile_verdict(lo, hi) == HELD
+    assert lo < 0 < hi < 0.5 and rules.profile_verdict(lo, hi) == HELD
 
 
 # ------------------------------------------------------------------ missing results
+
+VALIDATION_PARAMS = {"model_name": "smollm2-135m", "gain_tasks": ["mrpc", "openbookqa:instruct"],
+                     "loo": {"task": "sst2", "n_train": 4, "n_val": 2, "blocks": [-1], "seeds": [0, 1]},
+                     "stability_models": ["smollm2-135m"], "stability_tasks": ["mrpc"]}
+
 
 def _light_params():
     """Parameters that name only claims readable without a model (01, 06)."""
@@ -80,7 +87,8 @@ def _light_params():
                                                                     "method": "wanda"}},
             "06_ablation_hessian_free": {"models": ["smollm2-135m"], "tasks": ["mrpc"], "n_boot": 10},
             "07_ablation_smoothing": {"models": [], "methods": [], "sparsity": 0.7, "epsilons": [0.1]},
-            "08_ablation_granularity": {"scores": {}, "methods": [], "sparsity": 0.7}}
+            "08_ablation_granularity": {"scores": {}, "methods": [], "sparsity": 0.7},
+            "09_influence_validation": VALIDATION_PARAMS}
 
 
 def test_missing_results_raise_one_error_naming_every_notebook(tmp_path):
@@ -88,12 +96,15 @@ def test_missing_results_raise_one_error_naming_every_notebook(tmp_path):
         claims.claims_table(tmp_path, "smoke", params=_light_params())
     message = str(err.value)
     assert isinstance(err.value, FileNotFoundError) and "\n" not in message
-    assert err.value.notebooks == ["01_layer_scores", "06_ablation_hessian_free"]
+    assert err.value.notebooks == ["01_layer_scores", "06_ablation_hessian_free",
+                                   "09_influence_validation"]
     assert "smollm2-135m mrpc datainf scores" in message and "agreement table" in message
-    assert "`layerif run 01_layer_scores 06_ablation_hessian_free --profile smoke`" in message
+    assert ("`layerif run 01_layer_scores 06_ablation_hessian_free 09_influence_validation "
+            "--profile smoke`") in message
 
 
-def test_no_claims_needed_gives_an_empty_table(tmp_path):
+def test_no_claims_needed_gives_an_empty_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "CLAIMS", [c for c in claims.CLAIMS if c[0] != claims.VALIDATION])
     params = _light_params()
     params["01_layer_scores"]["sizes"] = {}
     params["06_ablation_hessian_free"]["models"] = []
@@ -106,10 +117,50 @@ def test_score_labels_follow_notebook_01():
         ["mrpc", "openbookqa:instruct", "pruning_pool"]
 
 
-def test_pending_rows_name_their_notebook():
-    pending = claims.pending_table()
-    assert list(pending["notebook"]) == list(claims.PENDING)
-    assert (pending["verdict"] == "missing").all()
+# ------------------------------------------------------------------ notebook 09
+
+def _verdict(part, verdict, model="", low=0.1, high=0.9) -> dict:
+    return {"part": part, "claim": f"{part} claim", "model": model, "subject": "block -1",
+            "statistic": "Spearman", "value": 0.5, "low": low, "high": high,
+            "interval": "bootstrap CI", "criterion": "held: CI above 0", "verdict": verdict,
+            "sentence": "Verdict: ..."}
+
+
+def test_validation_rows_from_verdict_rows():
+    verdicts = pd.DataFrame([_verdict("retraining", HELD), _verdict("gain", NOT_HELD, low=-1, high=-0.1),
+                             _verdict("stability", INCONCLUSIVE, "gemma3-270m", np.nan, np.nan)],
+                            columns=vv.COLUMNS)
+    rows = pd.DataFrame(claims.validation_rows(verdicts, "smollm2-135m"), columns=claims.COLUMNS)
+    assert list(rows["verdict"]) == [HELD, NOT_HELD, INCONCLUSIVE]
+    assert list(rows["model"]) == ["smollm2-135m", "smollm2-135m", "gemma3-270m"]
+    assert (rows["notebook"] == "09_influence_validation").all() and rows["p-value"].isna().all()
+    assert list(rows["interval"]) == ["[+0.10, +0.90] (bootstrap CI)", "[-1.00, -0.10] (bootstrap CI)",
+                                      "undefined (bootstrap CI)"]
+    assert rows.loc[0, "ours"] == "+0.50 (block -1)" and rows.loc[0, "claim"] == "retraining claim"
+    assert rows.loc[0, "test"] == "Spearman; held: CI above 0"
+    assert rows.loc[1, "where"] == claims.VALIDATION_WHERE["gain"][0]
+    for bad in (_verdict("pruning", HELD), _verdict("gain", "holds")):
+        with pytest.raises(ValueError, match="verdicts="):
+            claims.validation_rows(pd.DataFrame([bad]), "m")
+
+
+def test_validation_claim_checks_the_store_before_reading(tmp_path):
+    params = VALIDATION_PARAMS
+    with pytest.raises(saved.MissingResult) as err:
+        claims.validation_claim(tmp_path, params, "smoke")
+    assert err.value.notebooks == ["09_influence_validation"]
+    assert "smollm2-135m influence grid" in str(err.value)
+    assert "leave-one-out block -1 seed 1" in str(err.value)
+    assert "`layerif run 09_influence_validation --profile smoke`" in str(err.value)
+    # notebook 09's own results present, notebook 01's scores absent: named, nothing computed
+    folder = tmp_path / "validation" / "smollm2-135m"
+    subs = ["grid", "loo/block-1-seed0", "loo/block-1-seed1", "gains/mrpc", "gains/openbookqa-instruct"]
+    for sub in subs:
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "manifest.json").write_text("{}")
+    with pytest.raises(saved.MissingResult) as err:
+        claims.validation_claim(tmp_path, params, "smoke")
+    assert err.value.notebooks == ["01_layer_scores"] and "mrpc datainf scores" in str(err.value)
 
 
 # ------------------------------------------------------------------ reproduction table

@@ -10,6 +10,8 @@ from scipy import stats as sps
 
 from layerif import allocate, influence, stats
 from layerif.experiments import approximation, retraining, validation
+from layerif.experiments import validation_verdicts as vv
+from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD
 from layerif.gradients import attached_lora, example_losses
 
 TEXTS = ["the cat sat on the mat", "a dog barked twice", "birds sing at dawn here",
@@ -71,6 +73,7 @@ def test_subsets_sweep_loo_and_gain_tables():
     s = pd.Series([-5.0, -1.0, -3.0, -2.0, -4.0])
     agree = validation.subset_stability({"a": s, "b": s * 2, "c": s.iloc[::-1].reset_index(drop=True)})
     assert agree["min_pairwise_spearman"] == pytest.approx(0.8)  # ranks 15342 vs 24351: 1 - 6*4/120
+    assert agree["max_pairwise_spearman"] == pytest.approx(1)   # a and b: the same ranking
     sweep = validation.sweep_table({8: s.iloc[::-1].reset_index(drop=True), 16: s})
     assert sweep.loc[16, "experts_moved"] == 0 and sweep.loc[8, "spearman"] == pytest.approx(0.8)
     rng = np.random.default_rng(4)
@@ -183,3 +186,118 @@ def test_exact_matches_a_float64_inverse():
     h = np.linalg.solve(g.T @ g / 10 + lam * np.eye(6), v.sum(0))
     got = influence.exact([torch.from_numpy(g)], [torch.from_numpy(v)], 0.1)[0].numpy()
     np.testing.assert_allclose(got, -(g @ h), rtol=1e-10)
+
+
+# ------------------------------------------------------------------ verdicts (hand-made tables)
+
+def _agreement(di: float, hf: float) -> pd.DataFrame:
+    """approximation_table's shape: (damping, method) rows; DataInf's scores move with damping."""
+    rows = {(d, m): {"scores_positive": v} for d, shift in ((0.01, -0.1), (0.1, 0.0), (1.0, 0.05))
+            for m, v in (("datainf", di + shift), ("hessian_free", hf), ("exact_block", 1.0))}
+    return pd.DataFrame(rows).T.rename_axis(["damping", "method"])
+
+
+@pytest.mark.parametrize("di, hf, verdict, closer", [
+    (0.93, 0.5, HELD, "DataInf"), (0.89, 0.5, NOT_HELD, "DataInf"),
+    (0.04, 0.58, NOT_HELD, "Hessian-free"), (np.nan, 0.58, INCONCLUSIVE, "DataInf")])
+def test_approximation_verdict_uses_0_9_at_the_default_damping(di, hf, verdict, closer):
+    row = vv.approximation_verdict(_agreement(di, hf), 0.1, "m").iloc[0]
+    assert list(row.index) == vv.COLUMNS and row["verdict"] == verdict and row["model"] == "m"
+    assert row["value"] == pytest.approx(di, nan_ok=True)
+    assert f"{closer}'s block scores are closer" in row["sentence"]
+    assert ("does NOT hold" in row["sentence"]) == (verdict == NOT_HELD)
+    if np.isfinite(di):
+        assert (row["low"], row["high"]) == pytest.approx((di - 0.1, di + 0.05))
+    with pytest.raises(ValueError, match="damping="):
+        vv.approximation_verdict(_agreement(di, hf), 0.3)
+
+
+def _loo(cis: dict) -> pd.DataFrame:
+    """loo_summary's shape: (block, predictor) rows, one CI of DataInf per block."""
+    rows = {}
+    for block, (lo, hi) in cis.items():
+        for name, rho in (("datainf", (lo + hi) / 2), ("exact", 0.9)):
+            rows[(block, name)] = {"spearman": rho, "ci_low": lo if name == "datainf" else 0.5,
+                                   "ci_high": hi if name == "datainf" else 1.0, "n": 12,
+                                   "seed_spearman": 0.5, "noise_to_signal": 1.0}
+    return pd.DataFrame(rows).T.rename_axis(["block", "predictor"])
+
+
+def test_loo_verdicts_follow_the_interval_per_block():
+    table = vv.loo_verdicts(_loo({-1: (0.1, 0.99), 3: (-0.9, -0.2), 5: (-0.3, 0.8),
+                                  7: (np.nan, np.nan)}))
+    assert list(table["subject"]) == ["block -1", "block 3", "block 5", "block 7"]
+    assert list(table["verdict"]) == [HELD, NOT_HELD, INCONCLUSIVE, INCONCLUSIVE]
+    assert "DataInf predicts leave-one-out retraining of block -1 here (CI excludes 0)" in table["sentence"][0]
+    assert "OPPOSITE" in table["sentence"][1] and "CI includes 0" in table["sentence"][2]
+    assert table["sentence"][0].count("Best predictor: exact") == 1  # 0.9 > DataInf's 0.545
+    assert table.loc[1, "low"] == -0.9 and table.loc[1, "high"] == -0.2
+    with pytest.raises(ValueError, match="predictor="):
+        vv.loo_verdicts(_loo({-1: (0.1, 0.9)}), "hessian_free")
+
+
+def _gains(lo: float, hi: float) -> pd.DataFrame:
+    rows = {(m, a): {"spearman": (lo + hi) / 2 if m == "datainf" else 0.9, "n_blocks": 7,
+                     "ci_low": lo if m == "datainf" else 0.4, "ci_high": hi if m == "datainf" else 1.0}
+            for m in ("datainf", "hessian_free") for a in ("positive", "top", "all")}
+    return pd.DataFrame(rows).T
+
+
+def test_gain_verdicts_one_row_per_task_and_method():
+    table = vv.gain_verdicts({"sst2": _gains(-1.0, -0.13), "mrpc": _gains(-1.0, 0.83),
+                              "csqa": _gains(0.2, 0.9)})
+    assert list(table["subject"]) == ["sst2, datainf", "sst2, hessian_free", "mrpc, datainf",
+                                      "mrpc, hessian_free", "csqa, datainf", "csqa, hessian_free"]
+    assert list(table["verdict"]) == [NOT_HELD, HELD, INCONCLUSIVE, HELD, HELD, HELD]
+    assert "ranks blocks OPPOSITE to the gain (CI below 0)" in table["sentence"][0]
+    assert "no evidence" in table["sentence"][2] and "as the paper reads it" in table["sentence"][4]
+    only = vv.gain_verdicts({"sst2": _gains(-1.0, -0.13)}, ("datainf",))
+    assert len(only) == 1 and only["high"][0] == -0.13
+    with pytest.raises(ValueError, match="methods="):
+        vv.gain_verdicts({"sst2": _gains(-1.0, -0.13)}, ("exact",))
+
+
+def _stability(ranks) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tasks = [f"t{i}" for i in range(len(ranks))]
+    blocks = pd.DataFrame({"experts_changed": 0.5},
+                          index=pd.MultiIndex.from_product([tasks, range(3)], names=["task", "layer"]))
+    summary = pd.DataFrame({"rank_stability": ranks, "experts_moved": 0.1}, index=tasks)
+    return blocks, summary
+
+
+@pytest.mark.parametrize("ranks, subsets, verdicts", [
+    ([0.81, 0.92], (0.8, 0.95), [HELD, HELD]),
+    ([0.71, 0.87], (0.26, 0.77), [INCONCLUSIVE, INCONCLUSIVE]),
+    ([0.1, 0.45], (0.1, 0.49), [NOT_HELD, NOT_HELD]),
+    ([0.79, 0.99], (0.49, 0.5), [INCONCLUSIVE, INCONCLUSIVE])])
+def test_stability_verdicts_need_every_case_past_the_threshold(ranks, subsets, verdicts):
+    sub = {"mean_pairwise_spearman": np.mean(subsets), "min_pairwise_spearman": subsets[0],
+           "max_pairwise_spearman": subsets[1], "mean_experts_moved": 0.2, "n_subsets": 4}
+    table = vv.stability_verdicts({"a": _stability(ranks)}, sub, "m")
+    assert list(table["model"]) == ["a", "m"] and list(table["verdict"]) == verdicts
+    assert table.loc[0, "value"] == pytest.approx(np.mean(ranks))
+    assert (table.loc[1, "low"], table.loc[1, "high"]) == subsets
+    assert "changes in 50% of replicates" in table.loc[0, "sentence"]
+
+
+@pytest.mark.parametrize("rhos, verdict, enough", [
+    ([0.80, 0.91, 0.97], HELD, "from n = 16 on"),
+    ([0.95, 0.85, 0.92], HELD, "from n = 32 on"),    # 16 falls below: settled only from 32
+    ([0.96, 0.91, 0.93], HELD, "from n = 8 on"),
+    ([0.2, 0.3, 0.4], NOT_HELD, "no smaller n reaches it"),
+    ([0.6, 0.95, 0.7], INCONCLUSIVE, "no smaller n reaches it")])
+def test_sweep_verdict_reads_the_largest_smaller_n(rhos, verdict, enough):
+    sweep = pd.DataFrame({"spearman": [*rhos, 1.0], "reference_n": 64},
+                         index=pd.Index([8, 16, 32, 64], name="n_train"))
+    row = vv.sweep_verdict(sweep).iloc[0]
+    assert row["verdict"] == verdict and row["value"] == rhos[-1] and enough in row["sentence"]
+    assert (row["low"], row["high"]) == (min(rhos), max(rhos))
+
+
+def test_sweep_verdict_on_a_real_sweep_table():
+    s = pd.Series([-5.0, -1.0, -3.0, -2.0, -4.0])
+    sweep = validation.sweep_table({8: s.iloc[::-1].reset_index(drop=True), 16: s})
+    row = vv.sweep_verdict(sweep).iloc[0]
+    assert row["value"] == pytest.approx(0.8) and row["verdict"] == INCONCLUSIVE
+    with pytest.raises(ValueError, match="sweep="):
+        vv.sweep_verdict(sweep.loc[[16]])

@@ -15,8 +15,8 @@ its p-value and interval, and a verdict among :data:`VERDICTS`, decided by a sta
 * a claim about a correlation uses its bootstrap interval against stated thresholds.
 
 :func:`claims_table` assembles every claim for a profile and raises :class:`.MissingResult`
-listing everything absent. The "beyond the paper" findings of notebook 09 are listed in
-:data:`PENDING` until their verdicts are package functions.
+listing everything absent. Notebook 09's "beyond the paper" findings come as rows too: its
+own verdicts (:mod:`.validation_verdicts`) on its saved results (:func:`validation_claim`).
 """
 from __future__ import annotations
 
@@ -25,68 +25,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import paper, stats, study
+from .. import paper, stats, store, study
 from .._config import check
 from ..evaluate.suite import Evaluation
-from . import moe_tables, pruning, pruning_tables, saved
+from . import approximation, moe_tables, pruning, pruning_tables, retraining, saved, validation
+from . import validation_verdicts as vv
+from .cache import slug
 from .scoring import POOL, profile_similarity
-from .verdict import HELD, INCONCLUSIVE, NOT_HELD, VERDICTS, decide
+from .verdict import (DISTINCT, HELD, INCONCLUSIVE, NOT_HELD, SHARED, VERDICTS, agreement_verdict,
+                      decide, profile_verdict, sign_verdict)
 
-__all__ = ["CLAIMS", "COLUMNS", "HELD", "INCONCLUSIVE", "MOE_FAMILIES", "NOT_HELD", "PENDING",
-           "VERDICTS", "agreement_verdict", "claims_table", "decide", "granularity_claim",
-           "hessian_free_claim", "moe_claim", "pending_table", "perplexity_claim", "profile_claim",
-           "profile_interval", "profile_verdict", "pruning_claim", "sign_verdict", "smoothing_claim",
-           "table8_claim", "task_specific_claim"]
+__all__ = ["CLAIMS", "COLUMNS", "MOE_FAMILIES", "VALIDATION_WHERE", "VERDICTS", "claims_table",
+           "granularity_claim", "hessian_free_claim", "moe_claim", "perplexity_claim",
+           "profile_claim", "profile_interval", "pruning_claim", "smoothing_claim", "table8_claim",
+           "task_specific_claim", "validation_claim", "validation_rows"]
 
 COLUMNS = ["claim", "model", "where", "paper", "ours", "test", "p-value", "interval", "verdict",
            "notebook"]
 MOE_FAMILIES = moe_tables.FAMILIES  # notebook 03's baseline families (Table 7's rows)
-#: Notebooks whose findings have no package verdict yet (shown as missing rows).
-PENDING = {"09_influence_validation": "beyond the paper: DataInf vs exact influence, retraining "
-           "ground truth, stability -- its verdicts are still printed by the notebook itself"}
-SHARED, DISTINCT = 0.8, 0.5   # notebook 01's reading of the mean pairwise Spearman
-
-
-# ------------------------------------------------------------------ verdict rules (pure)
-
-def sign_verdict(changes, level: float = 0.05) -> tuple[str, float]:
-    """Do the cells move in the claimed direction (> 0)? One-sided sign tests both ways.
-
-    Returns ``(verdict, p)``: held when the share of positive cells is above 1/2 at ``level``
-    (p of that test), not held when the share of negative ones is, else inconclusive (the
-    smaller of the two p-values). Cells equal to 0 count for neither direction.
-    """
-    x = np.asarray(changes, dtype=float)
-    check(x.size >= 2 and np.isfinite(x).all(), "changes", changes, "two or more finite numbers")
-    up = stats.above_rate(x > 0, 0.5).pvalue
-    down = stats.above_rate(x < 0, 0.5).pvalue
-    if up < level:
-        return HELD, up
-    if down < level:
-        return NOT_HELD, down
-    return INCONCLUSIVE, min(up, down)
-
-
-def profile_verdict(ci_low: float, ci_high: float) -> str:
-    """Fig. 1's "distinct profiles per task" from the interval of the mean pairwise Spearman:
-    held when it lies below 0.5 (notebook 01's "distinct"), not held when above 0.8
-    ("largely shared"), else inconclusive."""
-    if ci_high < DISTINCT:
-        return HELD
-    if ci_low > SHARED:
-        return NOT_HELD
-    return INCONCLUSIVE
-
-
-def agreement_verdict(table: pd.DataFrame, threshold: float = 0.5) -> str:
-    """Table 3's "little to no agreement" from notebook 06's per-task intervals: held when
-    every task's 95% interval of the allocations' Spearman lies below ``threshold``, not held
-    when any lies above it, else inconclusive."""
-    if (table["ci_low"] > threshold).any():
-        return NOT_HELD
-    if (table["ci_high"] < threshold).all():
-        return HELD
-    return INCONCLUSIVE
+VALIDATION = "09_influence_validation"
+#: Notebook 09's parts (:mod:`.validation_verdicts`): where each stands against the paper.
+VALIDATION_WHERE = {
+    "approximation": ("beyond the paper (its method assumes it)", "not in paper"),
+    "retraining": ("beyond the paper (it never retrains)", "not in paper"),
+    "gain": ("beyond the paper (its reading: larger |S_l| = less well trained block)",
+             "read, not measured"),
+    "stability": ("beyond the paper (its stated limitation: the examples drawn)", "not in paper"),
+    "n_sweep": ("beyond the paper (it scores 300 training examples)", "not in paper")}
 
 
 def _row(claim, model, where, paper_value, ours, test, p, interval, verdict, notebook) -> dict:
@@ -325,13 +290,62 @@ def granularity_claim(results, params: dict, profile: str | None = None, level: 
     return rows
 
 
+# ------------------------------------------------------------------ notebook 09
+
+def validation_rows(verdicts: pd.DataFrame, model: str) -> list[dict]:
+    """Claim rows of notebook 09's verdict rows (:data:`.validation_verdicts.COLUMNS`); a row
+    without a model is ``model``'s."""
+    rows = []
+    for _, v in verdicts.iterrows():
+        check(v["part"] in VALIDATION_WHERE and v["verdict"] in VERDICTS, "verdicts", v["part"],
+              f"parts of {list(VALIDATION_WHERE)} with verdicts among {VERDICTS}")
+        where, paper_value = VALIDATION_WHERE[v["part"]]
+        rows.append(_row(v["claim"], v["model"] or model, where, paper_value,
+                         f"{v['value']:+.2f} ({v['subject']})", f"{v['statistic']}; {v['criterion']}",
+                         np.nan, f"{_ci(v['low'], v['high'])} ({v['interval']})", v["verdict"],
+                         VALIDATION))
+    return rows
+
+
+def validation_claim(results, params: dict, profile: str | None = None,
+                     level: float = 0.05) -> list[dict]:
+    """Beyond the paper (notebook 09): its verdicts on DataInf vs the exact inverse, leave-one-out
+    retraining, |S_l| vs the gain of training a block (DataInf), stability and the n sweep, from
+    its saved results with its parameters (its intervals are 95%: ``level`` is unused)."""
+    saved.validation(results, params, profile)
+    model, n_boot, alloc = params["model_name"], params["n_boot"], params["alloc"]
+    approx = approximation.ApproxConfig(**params["approx"])
+    try:
+        grid = approximation.study_grid(results, model, approx, progress=False)
+        loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]),
+                                   progress=False)
+        gains = {t: retraining.study_gains(results, model, t, retraining.GainConfig(**params["gain"]),
+                                           progress=False) for t in params["gain_tasks"]}
+    except store.ProvenanceError as err:
+        raise saved.MissingResult(VALIDATION, [f"{model} results of these parameters ({err})"],
+                                  profile) from None
+    stability = {m: approximation.score_stability(results, m, params["stability_tasks"], n_boot, **alloc)
+                 for m in params["stability_models"]}
+    subsets = validation.subset_stability(approximation.subset_scores(grid), **alloc)
+    verdicts = pd.concat([
+        vv.approximation_verdict(approximation.approximation_table(grid, **alloc), approx.damping, model),
+        vv.loo_verdicts(retraining.loo_summary(loo, n_boot=n_boot), "datainf", model),
+        vv.gain_verdicts({t: retraining.gains_summary(results, model, t, g, n_boot)
+                          for t, g in gains.items()}, ("datainf",), model=model),
+        vv.stability_verdicts(stability, subsets, model),
+        vv.sweep_verdict(validation.sweep_table(approximation.sweep_scores(grid), **alloc), model)],
+        ignore_index=True)
+    return validation_rows(verdicts, model)
+
+
 # ------------------------------------------------------------------ the table
 
 CLAIMS = [("01_layer_scores", "profile_claim"), ("03_lora_moe", "moe_claim"),
           ("05_pruning", "pruning_claim"), ("05_pruning", "table8_claim"),
           ("05_pruning", "perplexity_claim"), ("05_pruning", "task_specific_claim"),
           ("06_ablation_hessian_free", "hessian_free_claim"),
-          ("07_ablation_smoothing", "smoothing_claim"), ("08_ablation_granularity", "granularity_claim")]
+          ("07_ablation_smoothing", "smoothing_claim"), ("08_ablation_granularity", "granularity_claim"),
+          (VALIDATION, "validation_claim")]
 
 
 def claims_table(results: str | Path | None = None, profile: str = "cpu",
@@ -360,8 +374,3 @@ def claims_table(results: str | Path | None = None, profile: str = "cpu",
     if missing:
         raise saved.MissingResult(list(missing), [w for ws in missing.values() for w in ws], profile)
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def pending_table() -> pd.DataFrame:
-    """The notebooks of :data:`PENDING`: findings not yet decided by a package function."""
-    return pd.DataFrame([{"notebook": k, "what": v, "verdict": "missing"} for k, v in PENDING.items()])

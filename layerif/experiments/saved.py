@@ -18,13 +18,14 @@ from ..evaluate import EvalConfig
 from ..moe import MoEConfig
 from ..prune import PruneConfig
 from ..train import TrainConfig
-from . import pruning
+from . import pruning, retraining
 from .agreement import study_agreement
 from .cache import slug
 from .moe import MoEStudy, grid as moe_grid
 from .scoring import POOL, load_scores, scores_dir
 
-__all__ = ["MissingResult", "agreement", "moe_runs", "pruning_evals", "score_labels", "scores"]
+__all__ = ["MissingResult", "agreement", "moe_runs", "pruning_evals", "score_labels", "scores",
+           "validation"]
 
 
 class MissingResult(FileNotFoundError):
@@ -128,3 +129,21 @@ def moe_runs(results: str | Path, model: str, params: dict, profile: str | None 
     if absent:
         raise MissingResult("03_lora_moe", absent, profile)
     return study.run_all(settings)
+
+
+def validation(results, params: dict, profile: str | None) -> None:
+    """Raise :class:`.MissingResult` unless every result notebook 09 reads is saved (its
+    ``study_*`` functions would compute an absent one)."""
+    model, loo = params["model_name"], retraining.LooConfig(**params["loo"])
+    folder = Path(results) / "validation" / slug(model)
+    parts = {"grid": f"{model} influence grid",
+             **{f"loo/block{b}-seed{s}": f"{model} leave-one-out block {b} seed {s}"
+                for b in loo.blocks for s in loo.seeds},
+             **{f"gains/{slug(t)}": f"{model} {t} block gains" for t in params["gain_tasks"]}}
+    absent = [what for sub, what in parts.items() if not (folder / sub / store.MANIFEST).exists()]
+    if absent:
+        raise MissingResult("09_influence_validation", absent, profile)
+    for method in ("datainf", "hessian_free"):
+        scores(results, model, params["gain_tasks"], method, profile)
+    for m in params["stability_models"]:
+        scores(results, m, params["stability_tasks"], profile=profile)

@@ -149,7 +149,7 @@ def subset_stability(scores: dict, **alloc) -> dict:
         scores: ``subset name -> block score Series`` (same blocks).
 
     Returns:
-        ``mean/min_pairwise_spearman`` of the scores, ``mean_experts_moved`` between the
+        ``mean/min/max_pairwise_spearman`` of the scores, ``mean_experts_moved`` between the
         subsets' expert allocations, ``mean_sparsity_max_diff``, ``n_subsets``.
     """
     check(len(scores) >= 2, "scores", f"{len(scores)} subsets", "at least 2 subsets")
@@ -161,6 +161,7 @@ def subset_stability(scores: dict, **alloc) -> dict:
         diff.append(float(np.abs(allocs[a][1] - allocs[b][1]).max()))
     return {"mean_pairwise_spearman": float(np.nanmean(rho)),
             "min_pairwise_spearman": float(np.nanmin(rho)),
+            "max_pairwise_spearman": float(np.nanmax(rho)),
             "mean_experts_moved": float(np.mean(moved)),
             "mean_sparsity_max_diff": float(np.mean(diff)), "n_subsets": len(scores)}
 
