@@ -211,3 +211,17 @@ def test_method_folders_are_plain_names():
     assert len(set(folders)) == len(names)
     assert all(" " not in f and "%" not in f and "(" not in f for f in folders)
     assert folders[1] == "LayerIF-Top-25" and folders[4] == "LoRA-same-parameters"
+
+
+def test_chance_check_uses_the_higher_of_chance_and_majority():
+    from scipy import stats as sps
+
+    ex = pd.DataFrame({"label": [0] * 8 + [1] * 2, "n_choices": [2] * 10,
+                       "correct": [True] * 9 + [False], "margin": 0.0},
+                      index=pd.Index([f"e{i}" for i in range(10)], name="id"))
+    runs = {MoESetting(BASE, "t", 5.0, 0): MoERun(ex, pd.Series(dtype=float), pd.DataFrame(),
+                                                 {"train_seconds": 0, "eval_seconds": 0})}
+    out = tables.chance_check(runs).loc[("t", BASE, 5.0)]
+    assert out["bar"] == pytest.approx(0.8) and out["chance"] == pytest.approx(0.5)
+    assert out["p (acc > bar)"] == pytest.approx(sps.binomtest(9, 10, 0.8, alternative="greater").pvalue)
+    assert not out["above bar"]

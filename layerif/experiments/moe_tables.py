@@ -18,7 +18,7 @@ from .. import paper, stats
 from .moe import BASE, LORA, MoERun, MoESetting
 from .verdict import decide
 
-__all__ = ["AVERAGE", "FAMILIES", "PAPER_COLUMNS", "accuracy_table", "budget_table", "loss_curves", "paired_by_task", "paper_comparison",
+__all__ = ["AVERAGE", "FAMILIES", "PAPER_COLUMNS", "accuracy_table", "chance_check", "budget_table", "loss_curves", "paired_by_task", "paper_comparison",
            "runs_frame", "seed_spread", "usage_table", "verdicts", "versus"]
 
 AVERAGE = "Average"
@@ -54,6 +54,31 @@ def accuracy_table(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0) ->
     table.loc[AVERAGE] = table.mean(axis=0, skipna=False)
     table.columns.name = None
     return table
+
+
+def chance_check(runs: Mapping[MoESetting, MoERun], level: float = 0.05) -> pd.DataFrame:
+    """Per (task, method): is the accuracy above what answering without the skill scores?
+
+    The bar is the higher of chance (mean of 1 / number of choices) and always giving the most
+    frequent gold answer; the test is the one-sided exact binomial test of the accuracy against
+    it (:func:`layerif.stats.above_rate`), seed 0. A task where every method sits at the bar
+    cannot rank the methods.
+    """
+    rows = {}
+    for s, r in runs.items():
+        if s.seed != 0:
+            continue
+        ex = r.examples
+        chance = float((1.0 / ex["n_choices"]).mean())
+        majority = float(ex["label"].value_counts(normalize=True).iloc[0])
+        bar = max(chance, majority)
+        test = stats.above_rate(ex["correct"].to_numpy(dtype=bool), min(bar, 0.999))
+        rows[(s.task, s.method, s.per_block)] = {
+            "acc": test.estimate, "bar": bar, "chance": chance, "majority answer": majority,
+            "p (acc > bar)": test.pvalue, "above bar": test.pvalue < level, "n": test.n}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.names = ["task", "method", "per_block"]
+    return out.sort_index()
 
 
 def seed_spread(runs: Mapping[MoESetting, MoERun]) -> pd.DataFrame:
