@@ -187,6 +187,10 @@ def test_budget_table_and_curves():
                                 for t in ("t1", "t2")])
     assert fig2.loc[2.5, "Mola"] == pytest.approx(at("MoLA 1234", 2.5))
     assert fig2.loc[5.0, "LayerIF"] == pytest.approx(at("LayerIF +ve", 5.0))
+    # a task run at one budget only is left out, so that every row averages the same tasks
+    extra = {**runs, MoESetting("LayerIF +ve", "t3", 5.0, 0): _run([False] * 30)}
+    pd.testing.assert_frame_equal(tables.budget_table(extra, {"LayerIF": ("LayerIF +ve",)}),
+                                  fig2[["LayerIF"]])
     curves = tables.loss_curves(runs, "t1")
     assert list(curves.columns) == ["LayerIF +ve", "AlphaLoRA", "MoLA 5555"] and len(curves) == 2
 

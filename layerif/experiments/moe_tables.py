@@ -169,9 +169,14 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
 
 
 def budget_table(runs: Mapping[MoESetting, MoERun], families: Mapping[str, tuple[str, ...]]) -> pd.DataFrame:
-    """Fig. 2: average accuracy over tasks (seed mean) per budget (rows) and family
-    (columns; a family's methods averaged where several run at a budget)."""
-    acc = runs_frame(runs)["accuracy"].groupby(["task", "method", "per_block"]).mean()
+    """Fig. 2: average accuracy (seed mean) per budget (rows) and family (columns; a family's
+    methods averaged where several run at a budget), over the tasks run at every budget only,
+    so that the rows average the same tasks."""
+    acc = runs_frame({s: r for s, r in runs.items() if s.method != BASE})["accuracy"]
+    acc = acc.groupby(["task", "method", "per_block"]).mean()
+    by_budget = acc.reset_index().groupby("per_block")["task"].agg(set)
+    common = set.intersection(*by_budget) if len(by_budget) else set()
+    acc = acc[acc.index.get_level_values("task").isin(common)]
     out = {}
     for name, methods in families.items():
         part = acc[acc.index.get_level_values("method").isin(methods)]
@@ -179,7 +184,8 @@ def budget_table(runs: Mapping[MoESetting, MoERun], families: Mapping[str, tuple
             out[name] = part.groupby(["per_block", "task"]).mean().groupby("per_block").mean()
     table = pd.DataFrame(out)
     table.index.name = "experts per block"
-    return table[table.index > 0]
+    table.attrs["tasks"] = sorted(common)
+    return table
 
 
 def loss_curves(runs: Mapping[MoESetting, MoERun], task: str, per_block: float = 5.0,
