@@ -96,6 +96,7 @@ def test_study_runs_resume_and_detach(save_tiny, tmp_path):
     # the rank-matched LoRA: rank 5 x 2 in every block, the experts' parameters without routers
     lora = runs[settings[2]]
     assert study.adapter_config(settings[2]).rank == 2 * 5 and lora.load.empty
+    assert study.adapter_config(settings[2]).alpha == 4.0  # the experts' alpha
     routers = sum(p.numel() for n, p in _attached(study, settings[0]) if "router" in n)
     assert lora.info["trainable_params"] == lif.info["trainable_params"] - routers
     assert all(torch.equal(p, base[n]) for n, p in study.model.named_parameters())  # detached

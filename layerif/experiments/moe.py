@@ -15,8 +15,10 @@ Every method gets the same recipe, the same training examples in the same order 
 training seed), the same adapter initialisation seed and the same evaluation examples.
 Two rows are not allocations: :data:`BASE`, the model without fine-tuning (is the training
 doing anything?), and :data:`LORA`, one LoRA per projection whose rank gives it the experts'
-trainable parameters (rank ``T * r / L``, alpha scaled to keep ``alpha / rank``; the MoE
-has only its routers more) -- does the mixture help at all at this scale?
+trainable parameters (rank ``T * r / L``, the experts' alpha; the MoE has only its routers
+more) -- does the mixture help at all at this scale? With alpha scaled to keep ``alpha / rank``
+(a 5x larger update scale at 5 experts per block) it trained to 56% on SST-2, against 78% with
+the experts' alpha (SmolLM2, the cpu sizes): the comparison is sensitive to that choice.
 """
 from __future__ import annotations
 
@@ -155,7 +157,7 @@ class MoEStudy:
             return cfg
         total = round(setting.per_block * self.n_blocks())
         rank = max(1, round(total * cfg.rank / self.n_blocks()))
-        return cfg.replace(rank=rank, alpha=cfg.alpha * rank / cfg.rank, top_k=1)
+        return cfg.replace(rank=rank, top_k=1)
 
     def identity(self, setting: MoESetting) -> dict:
         experts = self.experts(setting)
