@@ -106,8 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: the profile's EvalConfig preset: smoke 4, cpu 60, paper all)")
     pr.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven); "
                     "--tasks with no names: perplexity only")
-    pr.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
-    pr.add_argument("--overwrite", action="store_true", help="replace results of another identity")
+    _device_and_overwrite(pr)
 
     ev = sub.add_parser(
         "evaluate", help="zero-shot accuracy and perplexity of a model, saved under results/",
@@ -129,8 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                     "lm-eval runs stock lm-evaluation-harness)")
     ev.add_argument("--out", help="result folder (default: results/<profile>/evaluated/<model>/"
                     "<hash of the evaluation config>)")
-    ev.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
-    ev.add_argument("--overwrite", action="store_true", help="replace results of another identity")
+    _device_and_overwrite(ev)
 
     mo = sub.add_parser(
         "moe", help="fine-tune a LoRA-MoE with an expert allocation on a task, evaluate, save",
@@ -160,8 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                     "64, paper all)")
     mo.add_argument("--results", help="results folder holding scores/ and receiving moe/ "
                     "(default: results/<profile>)")
-    mo.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
-    mo.add_argument("--overwrite", action="store_true", help="replace a run of another identity")
+    _device_and_overwrite(mo, "replace a run of another identity")
 
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
@@ -169,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("sync-notebooks", help="write notebooks/*.ipynb from the MyST sources (nbval)")
     sub.add_parser("tasks", help="print the task registry's split sizes")
     return p
+
+
+def _device_and_overwrite(parser, overwrite_help: str = "replace results of another identity") -> None:
+    """The --device and --overwrite options of the commands that compute and save a result."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda ...")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
 def _limit(text: str) -> int | str:
