@@ -20,6 +20,7 @@ Guarantees:
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import importlib.metadata
 import json
@@ -38,7 +39,8 @@ from ._config import ConfigBase, jsonable
 
 __all__ = ["IDENTITY_KEYS", "MANIFEST", "TABLE_CSV", "TABLE_SCHEMA", "ProvenanceError", "ResultMismatch",
            "differences", "environment", "git_state", "identity", "load_frame", "load_if_matching",
-           "load_manifest", "save", "save_frame", "saved_identity"]
+           "load_manifest", "save", "save_frame", "saved_identity", "MissingResult", "cached",
+           "is_read_only", "read_only", "slug", "PROFILES", "results_dir", "study_root"]
 
 MANIFEST = "manifest.json"
 TABLE_CSV = "table.csv"
@@ -482,3 +484,110 @@ def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame
                          f"table (no {TABLE_SCHEMA})")
     schema = json.loads((directory / TABLE_SCHEMA).read_text())
     return _from_flat(_read_flat(directory / TABLE_CSV, schema["dtypes"]), schema)
+
+
+# -- where results live ------------------------------------------------------------------
+PROFILES = ("smoke", "cpu", "paper")
+
+
+def study_root() -> Path:
+    """The study's root folder (``$LAYERIF_ROOT``, else the checkout holding this package,
+    else the working directory)."""
+    env = os.environ.get("LAYERIF_ROOT")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "notebooks").is_dir() else Path.cwd()
+
+
+def results_dir(profile: str, root: str | Path | None = None) -> Path:
+    """Where results of parameter profile ``profile`` live: ``<root>/results/<profile>``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is invalid: expected one of {PROFILES}")
+    return Path(root or study_root()) / "results" / profile
+
+
+# -- the one load-or-compute ---------------------------------------------------------------
+def slug(name: Any) -> str:
+    """A model, task or setting name as one path component (``org/model`` -> ``org--model``).
+
+    The one rule for every result folder the study names."""
+    return str(name).strip("/").replace("/", "--").replace(":", "-").replace(" ", "_").replace("%", "pct")
+
+
+class MissingResult(FileNotFoundError):
+    """A result asked for under :func:`read_only` is not saved, or saved under another identity.
+
+    Its message names the notebook that produces the result and the command to run."""
+
+    def __init__(self, notebook, what: list[str], command: str | None = None):
+        self.notebooks = [notebook] if isinstance(notebook, str) else list(notebook)
+        self.notebook, self.what = self.notebooks[0], list(what)
+        shown = "; ".join(self.what[:4]) + (f" (+{len(self.what) - 4} more)" if len(self.what) > 4 else "")
+        names = " ".join(self.notebooks)
+        run = command or f"layerif run {names}"
+        super().__init__(f"{'notebooks' if len(self.notebooks) > 1 else 'notebook'} {names} "
+                         f"saved no {shown}: run `{run}`")
+
+
+_READ_ONLY = contextvars.ContextVar("layerif_store_read_only", default=None)
+
+
+class read_only:
+    """Within ``with store.read_only(notebook, command):`` :func:`cached` never computes.
+
+    A result that is absent, or saved under another identity, raises :class:`MissingResult`
+    naming ``notebook`` (the one whose run saves it) and ``command`` (how to run it).
+    Notebook 10 re-reads every notebook's results this way."""
+
+    def __init__(self, notebook: str, command: str | None = None):
+        self.notebook, self.command = notebook, command
+        self._token = None
+
+    def __enter__(self) -> "read_only":
+        self._token = _READ_ONLY.set((self.notebook, self.command))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _READ_ONLY.reset(self._token)
+
+
+def is_read_only() -> bool:
+    """Whether the caller is inside :class:`read_only`."""
+    return _READ_ONLY.get() is not None
+
+
+def _frame_save(directory, value, ident, extra, overwrite):
+    return save_frame(directory, value, ident, extra=extra, overwrite=overwrite)
+
+
+def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
+           overwrite: bool = False, extra: dict | None = None,
+           load: Callable[[Path], Any] | None = None,
+           save_as: Callable[[Path, Any, dict, dict | None, bool], Any] | None = None) -> Any:
+    """The result saved in ``directory`` under identity ``ident``; computed and saved if absent.
+
+    The one load-or-compute of the package. ``load(directory)`` reads a result whose identity
+    matched (default: :func:`load_frame`); ``save_as(directory, value, ident, extra, overwrite)``
+    saves a computed one (default: :func:`save_frame`). A folder holding a result of another
+    identity raises :class:`ResultMismatch` unless ``overwrite`` (which recomputes). Under
+    :class:`read_only` nothing is computed: absent or foreign results raise
+    :class:`MissingResult`.
+    """
+    directory = Path(directory)
+    mode = _READ_ONLY.get()
+    if mode is not None:
+        try:
+            found = load_if_matching(directory, ident)
+        except ResultMismatch as err:
+            raise MissingResult(mode[0], [f"{directory} (saved under another identity: "
+                                          f"{'; '.join(err.differences[:2])})"],
+                                mode[1]) from None
+        if found is None:
+            raise MissingResult(mode[0], [str(directory)], mode[1])
+        return (load or load_frame)(directory)
+    if not overwrite and load_if_matching(directory, ident) is not None:
+        return (load or load_frame)(directory)
+    value = compute()
+    (save_as or _frame_save)(directory, value, ident, extra, overwrite)
+    return value

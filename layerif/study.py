@@ -61,6 +61,7 @@ import pandas as pd
 import yaml
 
 from . import notebook_record as rec
+from . import store
 from ._config import check
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ __all__ = [
     "sync_notebooks",
 ]
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = store.PROFILES
 BOOK_PROFILE = "cpu"
 # jupyter-book's flags for the book: every Sphinx warning (and every missing reference) is an
 # error, reported all together at the end; --all re-reads every page so none is skipped.
@@ -95,13 +96,7 @@ RENDER_FLAGS = ("-W", "-n", "--keep-going", "--all")
 
 def repo_root() -> Path:
     """The study's root folder (``$LAYERIF_ROOT``, else the checkout holding this package)."""
-    env = os.environ.get("LAYERIF_ROOT")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
-    return Path.cwd()
+    return store.study_root()
 
 
 def _check_profile(profile: str) -> None:
@@ -111,7 +106,7 @@ def _check_profile(profile: str) -> None:
 def results_dir(profile: str, root: str | Path | None = None) -> Path:
     """Where notebooks of ``profile`` write results that later notebooks read back."""
     _check_profile(profile)
-    return Path(root or repo_root()) / "results" / profile
+    return store.results_dir(profile, root)
 
 
 def executed_dir(profile: str, root: str | Path | None = None) -> Path:
@@ -309,6 +304,17 @@ def parameter_names(name: str, root: str | Path | None = None) -> list[str]:
                     [node.target] if isinstance(node, ast.AnnAssign) else [])
                 names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
     return names
+
+
+def cell_params(name: str, namespace: dict, root: str | Path | None = None) -> dict:
+    """Notebook ``name``'s parameters as its cells see them: ``{name: namespace[name]}`` for
+    every name its ``parameters`` cell assigns (papermill's injected values included).
+
+    A notebook passes ``globals()``; the result is what its experiment's ``run`` takes."""
+    names = parameter_names(name, root)
+    absent = [n for n in names if n not in namespace]
+    check(not absent, "namespace", sorted(namespace)[:8], f"a namespace defining {absent}")
+    return {n: namespace[n] for n in names}
 
 
 def params_dir(profile: str, params: dict, root: str | Path | None = None) -> Path:

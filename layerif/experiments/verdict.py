@@ -9,18 +9,64 @@ difference is no larger than the seed-to-seed spread measured in the same study.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
 import numpy as np
 import pandas as pd
 
 from .. import stats
 from .._config import check
 
-__all__ = ["DISTINCT", "HELD", "INCONCLUSIVE", "NOT_HELD", "SHARED", "VERDICTS",
+__all__ = ["COLUMNS", "Verdict", "verdict_table", "DISTINCT", "HELD", "INCONCLUSIVE", "NOT_HELD", "SHARED", "VERDICTS",
            "agreement_verdict", "decide", "profile_verdict", "sign_verdict"]
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive at this scale"
 VERDICTS = (HELD, NOT_HELD, INCONCLUSIVE)
 SHARED, DISTINCT = 0.8, 0.5   # notebook 01's reading of the mean pairwise Spearman
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim decided on one model: the one row type of every notebook's verdicts and of
+    notebook 10's claims table.
+
+    ``ours`` is the measured effect as a sentence fragment (with its unit and size), ``statistic``
+    the same effect as a number (NaN when the claim has none), ``interval`` its confidence
+    interval as printed, ``p`` the deciding test's p-value (NaN when the test is an interval
+    rule), ``verdict`` one of :data:`VERDICTS`."""
+
+    claim: str
+    model: str
+    where: str
+    paper: str
+    ours: str
+    test: str
+    p: float
+    interval: str
+    verdict: str
+    notebook: str
+    statistic: float = float("nan")
+
+    def __post_init__(self):
+        check(self.verdict in VERDICTS, "verdict", self.verdict, f"one of {VERDICTS}")
+
+    def sentence(self) -> str:
+        """The row as one sentence: claim, model, verdict, the evidence."""
+        p = "" if not np.isfinite(self.p) else f", p = {self.p:.3g}"
+        return (f"{self.claim} ({self.model}, {self.where}): {self.verdict} -- ours {self.ours}"
+                f"{p}, interval {self.interval}; paper {self.paper}.")
+
+
+#: Column names of :func:`verdict_table` (the claims table of notebook 10), in order.
+COLUMNS = ["claim", "model", "where", "paper", "ours", "test", "p-value", "interval", "verdict",
+           "notebook"]
+
+
+def verdict_table(rows) -> pd.DataFrame:
+    """Verdict rows as the claims table (:data:`COLUMNS`, ``p`` shown as ``p-value``)."""
+    records = [asdict(r) for r in rows]
+    frame = pd.DataFrame(records, columns=[f.name for f in fields(Verdict)])
+    return frame.rename(columns={"p": "p-value"})[COLUMNS]
 
 
 def decide(difference: float, pvalues, level: float = 0.05, noise: float = np.nan) -> str:
