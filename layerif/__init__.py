@@ -15,13 +15,17 @@ Subpackages: ``data``, ``allocate``, ``baselines``, ``prune``, ``moe``, ``train`
 ``evaluate``, ``store`` (saved results), ``stats``, ``plots``, ``paper`` (the
 paper's numbers), ``experiments`` and ``study`` (the notebooks' loops and runner).
 """
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import allocate, baselines, data, evaluate, moe, paper, plots, prune, stats, store, train  # noqa: E402
-from .models import describe, linear_modules, load_model, transformer_blocks  # noqa: E402
-from .evaluate import EvalConfig  # noqa: E402
-from .prune import PruneConfig  # noqa: E402
-from .scores import LayerScores, ScoreConfig, layer_scores  # noqa: E402
+import importlib
+
+from ._version import __version__
+
+# Subpackages and names are imported on first use (PEP 562), so ``import layerif.<light
+# module>`` (the notebook runner's record, the store's paths) does not load torch.
+_NAMES = {"describe": "models", "linear_modules": "models", "load_model": "models",
+          "transformer_blocks": "models", "EvalConfig": "evaluate", "PruneConfig": "prune",
+          "LayerScores": "scores", "ScoreConfig": "scores", "layer_scores": "scores"}
 
 __all__ = [
     "EvalConfig",
@@ -46,3 +50,21 @@ __all__ = [
     "train",
     "transformer_blocks",
 ]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,8 +15,9 @@ the facts of the execution: ``run_id`` (the UTC start time to the microsecond, u
 execution), ``started``, ``wall_s``, ``layerif_version``, ``commit`` and ``dirty`` (the git
 state of the study root, or ``None`` outside git) and ``host``.
 
-Everything here is pure apart from :func:`git_state` and :func:`host_summary`, which read
-the machine, and :func:`write_atomic`, which writes one file.
+Everything here is pure apart from :func:`make_record` (the git state, through
+:func:`layerif.gitstate.git_state`) and :func:`host_summary`, which read the machine, and
+:func:`write_atomic`, which writes one file.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +32,8 @@ from typing import Any
 
 import nbformat
 
-from . import __version__
+from ._version import __version__
+from .gitstate import OUTPUT_PATHS, git_state
 
 __all__ = [
     "INPUT_KEYS",
@@ -40,7 +41,6 @@ __all__ = [
     "PROVENANCE_TAG",
     "changed_inputs",
     "digest",
-    "git_state",
     "host_summary",
     "make_inputs",
     "make_record",
@@ -54,9 +54,6 @@ __all__ = [
 
 INPUT_KEYS = ("source_sha256", "profile", "params", "needs")
 PROVENANCE_TAG = "layerif-provenance"
-# Changes under these paths (relative to the study root) are the study's own outputs and do
-# not make the tree "dirty": otherwise every notebook after the first of a build would be.
-OUTPUT_PATHS = ("book/executed", "results")
 
 
 def normalise(value: Any) -> Any:
@@ -126,25 +123,6 @@ def upstream_ref(record: dict | None) -> dict | None:
     return {"digest": record["digest"], "run_id": record["run_id"]}
 
 
-def git_state(root: str | Path) -> tuple[str | None, bool | None]:
-    """``(HEAD commit, dirty)`` of the git checkout holding ``root``; ``(None, None)`` outside git.
-
-    ``dirty`` is True when tracked or untracked files under ``root`` differ from HEAD,
-    ignoring the study's outputs (``book/executed``, ``results``).
-    """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], check=True, text=True,
-                              capture_output=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        excluded = [f":(exclude){p}" for p in OUTPUT_PATHS]
-        dirty = bool(git("status", "--porcelain", "--", ".", *excluded))
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-    return commit, dirty
-
-
 def host_summary() -> dict:
     """CPU count, usable CPUs, torch threads and CUDA device (when torch is already imported)."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -164,10 +142,10 @@ def make_record(inputs: dict, started: dt.datetime, wall_s: float, root: str | P
         inputs: from :func:`make_inputs`.
         started: the execution's start (timezone-aware, UTC).
         wall_s: its wall time in seconds.
-        root: the study root (for :func:`git_state`).
+        root: the study root (for :func:`layerif.gitstate.git_state`).
         source: the source's path relative to ``root``, for the reader.
     """
-    commit, dirty = git_state(root)
+    git = git_state(root) or {"commit": None, "dirty": None}
     return {
         **inputs,
         "digest": digest(inputs),
@@ -176,8 +154,8 @@ def make_record(inputs: dict, started: dt.datetime, wall_s: float, root: str | P
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round(float(wall_s), 3),
         "layerif_version": __version__,
-        "commit": commit,
-        "dirty": dirty,
+        "commit": git["commit"],
+        "dirty": git["dirty"],
         "host": host_summary(),
     }
 

@@ -3,8 +3,9 @@
 A result folder holds the files of one result and a ``manifest.json`` that records its
 *identity* -- what decides its values: the kind of result, the config without its run-time
 fields (:meth:`layerif._config.ConfigBase.identity`), the model id, the data slice (task,
-example ids) and the package version -- plus ``extra`` metadata, the creation time and the
-environment (library versions, git commit), which are not part of the identity.
+example ids) and the package version -- plus ``extra`` metadata, the creation time, the
+environment (library versions, git state), each file's size and sha256 and, for a local
+checkpoint, the model's folder as a label; none of these is part of the identity.
 
 Guarantees:
 
@@ -14,6 +15,15 @@ Guarantees:
   the manifest last, then swapped in by renames. A run killed at any moment leaves the old
   result or none, never half of one. Leftover hidden folders are ignored by readers and
   cleaned (or, for a result moved aside just before a kill, put back) by the next save.
+* Concurrent saves never lose a result: the identity check and the swap are one step under
+  a lock (:func:`layerif.atomic.lock`), so of processes saving different identities into one
+  folder exactly one wins and the others get :class:`ResultMismatch`.
+* A local checkpoint is identified by its weights (:mod:`layerif.fingerprint`), not its path.
+* Nothing damaged is read: a manifest that is not a JSON object, a file whose size or hash
+  differs from the manifest's record, or a table that does not parse raises
+  :class:`CorruptResult` naming the file and the re-run that replaces it.
+* A table with NaN or +-inf is never saved unless its columns are declared to hold them
+  (:func:`save_frame`'s ``allow_nonfinite``).
 * :func:`load_if_matching` and :func:`load_frame` with an identity return ``None`` when
   nothing is saved and raise when something else is: nothing stale or foreign is read
   silently.
@@ -27,24 +37,26 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterator
 
-import numpy as np
 import pandas as pd
 
+from . import _version, atomic, fingerprint, frames
 from ._config import ConfigBase, jsonable
+from .frames import TABLE_CSV, TABLE_SCHEMA
+from .gitstate import git_state, package_checkout
+from .jsondiff import differences
+from .paths import PROFILES, results_dir, slug, study_root
 
-__all__ = ["IDENTITY_KEYS", "MANIFEST", "TABLE_CSV", "TABLE_SCHEMA", "ProvenanceError", "ResultMismatch",
-           "differences", "environment", "git_state", "identity", "load_frame", "load_if_matching",
-           "load_manifest", "save", "save_frame", "saved_identity", "MissingResult", "cached",
-           "is_read_only", "read_only", "slug", "PROFILES", "results_dir", "study_root"]
+__all__ = ["IDENTITY_KEYS", "MANIFEST", "TABLE_CSV", "TABLE_SCHEMA", "CorruptResult",
+           "ProvenanceError", "ResultMismatch", "differences", "environment", "identity",
+           "load_frame", "load_if_matching", "load_manifest", "reading", "save", "save_frame",
+           "saved_identity", "MissingResult", "cached", "is_read_only", "read_only", "slug",
+           "PROFILES", "results_dir", "study_root"]
 
 MANIFEST = "manifest.json"
-TABLE_CSV = "table.csv"
-TABLE_SCHEMA = "table.schema.json"
 IDENTITY_KEYS = ("kind", "config", "model_id", "data", "layerif_version")
 PACKAGES = ("torch", "transformers", "peft", "lm_eval")
 
@@ -54,12 +66,6 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(jsonable(value)))
 
 
-def _version() -> str:
-    import layerif
-
-    return layerif.__version__
-
-
 def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
     """The identity of a result: what must agree for a saved result to be reused.
 
@@ -67,7 +73,9 @@ def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
         kind: what the result is (``"layer_scores"``, ``"moe_adapter"``, ...).
         config: a :class:`~layerif._config.ConfigBase` (its :meth:`identity`, run-time fields
             left out) or a plain dict of the settings that decide the result.
-        model_id: the model the result was computed on (None when none).
+        model_id: the model the result was computed on (None when none): an embedded name
+            or hub id is kept as is, a local checkpoint folder becomes its weights'
+            fingerprint (:func:`layerif.fingerprint.model_key`).
         data: the data slice: task and example ids (as lists), or inputs' fingerprints.
 
     Returns:
@@ -82,54 +90,44 @@ def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"data={data!r} is invalid: expected a dict")
     cfg = config.identity() if isinstance(config, ConfigBase) else config
-    return _normal({"kind": kind, "config": cfg, "model_id": model_id, "data": data,
-                    "layerif_version": _version()})
+    return _normal({"kind": kind, "config": cfg, "model_id": fingerprint.model_key(model_id),
+                    "data": data, "layerif_version": _version.__version__})
 
 
 class ProvenanceError(FileExistsError):
-    """A result folder cannot take the result being saved (also importable from
-    :mod:`layerif.provenance`, its former home)."""
+    """A result folder cannot take the result being saved."""
 
 
-# -- differences -------------------------------------------------------------------------
-_ABSENT = object()
+class CorruptResult(ValueError):
+    """A file of a saved result is damaged (truncated, not the format, not what its manifest
+    records).
 
-
-def _short(value: Any, width: int = 60) -> str:
-    text = "<absent>" if value is _ABSENT else repr(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _list_difference(path: str, saved: list, given: list) -> str:
-    """Lengths and the first differing element (``<absent>`` past the shorter list's end)."""
-    n = max(len(saved), len(given))
-    pad = lambda xs: list(xs) + [_ABSENT] * (n - len(xs))  # noqa: E731
-    first = next(i for i, (a, b) in enumerate(zip(pad(saved), pad(given))) if a != b)
-    return (f"{path}: {len(saved)} items (saved) vs {len(given)} (given), first difference at "
-            f"[{first}]: {_short(pad(saved)[first], 30)} (saved) vs "
-            f"{_short(pad(given)[first], 30)} (given)")
-
-
-def differences(saved: Any, given: Any, path: str = "") -> list[str]:
-    """One line per differing leaf of two JSON-like values, as dotted paths.
-
-    Dicts are compared key by key; lists longer than 4 items, or of unequal length, are
-    summarised (lengths and first differing element); other values are shown side by side:
-    ``data.task: 'mrpc' (saved) vs 'rte' (given)``.
+    Attributes:
+        path: the damaged file.
     """
-    if isinstance(saved, dict) and isinstance(given, dict):
-        out = []
-        for key in sorted(set(saved) | set(given), key=str):
-            sub = f"{path}.{key}" if path else str(key)
-            out += differences(saved.get(key, _ABSENT), given.get(key, _ABSENT), sub)
-        return out
-    if json.dumps(saved, sort_keys=True, default=repr) == json.dumps(given, sort_keys=True,
-                                                                    default=repr):
-        return []
-    if (isinstance(saved, list) and isinstance(given, list)
-            and (len(saved) != len(given) or len(saved) > 4)):
-        return [_list_difference(path, saved, given)]
-    return [f"{path}: {_short(saved)} (saved) vs {_short(given)} (given)"]
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"{self.path} is corrupt ({reason}): re-run with --overwrite "
+                         "(overwrite=True) to compute the result again and replace it")
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Turn any failure to parse the saved file ``path`` into :class:`CorruptResult` naming it
+    (a permission error stays what it is). For readers of a result's own files."""
+    try:
+        yield
+    except (CorruptResult, PermissionError):
+        raise
+    except json.JSONDecodeError as err:
+        raise CorruptResult(path, f"not valid JSON: {err}") from None
+    except FileNotFoundError:
+        raise CorruptResult(path, "missing from its result folder") from None
+    except Exception as err:  # noqa: BLE001 - any parse error of a damaged file
+        text = (str(err).strip().splitlines() or [""])[0]
+        raise CorruptResult(path, f"{type(err).__name__}: {text}" if text else
+                            type(err).__name__) from None
 
 
 class ResultMismatch(ProvenanceError):
@@ -157,54 +155,78 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def git_state(package_dir: str | Path | None = None) -> dict | None:
-    """``{"commit", "dirty"}`` of the git checkout holding the package, or None.
-
-    None when the package does not live in a git work tree of its own (an installed copy
-    inside some other repository counts as none). ``dirty`` is True when tracked files differ
-    from the commit (untracked files, such as results being written, do not count).
-    """
-    here = Path(package_dir or Path(__file__).resolve().parent)
-    top = _git(["rev-parse", "--show-toplevel"], here)
-    mine = Path(top) / here.name / "__init__.py" if top else None
-    if mine is None or not mine.is_file() or not mine.resolve().samefile(here / "__init__.py"):
-        return None  # not a checkout, or an installed copy inside some other repository
-    commit = _git(["rev-parse", "HEAD"], here)
-    status = _git(["status", "--porcelain", "--untracked-files=no"], here)
-    if commit is None or status is None:
-        return None
-    return {"commit": commit, "dirty": bool(status)}
-
-
 def environment() -> dict:
     """Where a result was made: Python and library versions (None when not installed) and the
-    project's git state (:func:`git_state`)."""
+    git state (:func:`layerif.gitstate.git_state`) of the checkout holding the package (None
+    for an installed copy)."""
+    checkout = package_checkout()
     return {"python": platform.python_version(),
             **{name: _package_version(name) for name in PACKAGES},
-            "git": git_state()}
+            "git": None if checkout is None else git_state(checkout)}
 
 
 # -- reading -----------------------------------------------------------------------------
+def _read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    try:
+        text = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{directory} holds no {MANIFEST}: no result is saved there") from None
+    with reading(path):
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str):
+            raise ValueError(f"a JSON {type(manifest).__name__} without a 'kind', expected a "
+                             "manifest object")
+        files = manifest.get("files", {})
+        if not (isinstance(files, dict) and all(isinstance(v, dict) for v in files.values())):
+            raise ValueError("its 'files' record is not an object of objects")
+    return manifest
+
+
+def _file_record(path: Path) -> dict:
+    """Size and sha256 of a file just written, flushed to disk first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"bytes": path.stat().st_size, "sha256": fingerprint.file_sha256(path)}
+
+
+def _verify(directory: Path, manifest: dict) -> None:
+    """Raise :class:`CorruptResult` for the first file that is not what the manifest records
+    (manifests written before the record existed have none: nothing to check)."""
+    for name, want in sorted(manifest.get("files", {}).items()):
+        path = directory / name
+        if not path.is_file():
+            raise CorruptResult(path, "missing from its result folder")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise CorruptResult(path, f"{size} bytes where its manifest records "
+                                      f"{want.get('bytes')}: truncated or rewritten")
+        if fingerprint.file_sha256(path) != want.get("sha256"):
+            raise CorruptResult(path, "its content differs from the sha256 its manifest records")
+
+
 def load_manifest(directory: str | Path, kind: str | None = None) -> dict:
-    """The manifest of the result in ``directory``, checking its kind when given.
+    """The manifest of the result in ``directory``, its files checked against it, and its
+    kind checked when given.
 
     Raises:
         FileNotFoundError: the folder holds no result.
+        CorruptResult: the manifest or a file it records is damaged.
         ValueError: it holds a result of another kind.
     """
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} holds no {MANIFEST}: no result is saved there")
-    manifest = json.loads(path.read_text())
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    try:
+        _verify(directory, manifest)
+    except CorruptResult:
+        again = _read_manifest(directory)  # replaced meanwhile by a concurrent save?
+        if again == manifest:
+            raise
+        manifest = again
+        _verify(directory, manifest)
     if kind is not None and manifest.get("kind") != kind:
         raise ValueError(f"kind={kind!r} is invalid: {directory} holds a "
                          f"{manifest.get('kind')!r} result")
@@ -241,38 +263,8 @@ def load_if_matching(directory: str | Path, ident: dict) -> dict | None:
 
 
 # -- writing -----------------------------------------------------------------------------
-def _aside(target: Path, tag: str) -> Path:
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _leftovers(target: Path, tag: str) -> list[Path]:
-    """Hidden folders a save of ``target`` left with ``tag`` (tmp / old), by dead processes."""
-    found = []
-    for p in target.parent.glob(f".{target.name}.{tag}-*"):
-        pid = p.name.rsplit("-", 2)[-2]
-        if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
-            found.append(p)
-    return found
-
-
-def _recover(target: Path) -> None:
-    """Put back a complete result moved aside by a save killed between its two renames, and
-    remove every other leftover of earlier, dead saves."""
-    old = [p for p in _leftovers(target, "old") if (p / MANIFEST).is_file()]
-    if not target.exists() and old:
-        max(old, key=lambda p: p.stat().st_mtime).rename(target)
-    for p in _leftovers(target, "old") + _leftovers(target, "tmp"):
-        shutil.rmtree(p, ignore_errors=True)
+def _complete(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
 
 
 def _guard(target: Path, ident: dict, overwrite: bool) -> None:
@@ -288,9 +280,24 @@ def _guard(target: Path, ident: dict, overwrite: bool) -> None:
                               "result. Pass overwrite=True to replace them (or use another folder).")
 
 
+def _manifest(tmp: Path, ident: dict, extra: dict | None) -> dict:
+    manifest = {**ident, "extra": _normal(extra or {}), "environment": environment(),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "files": {p.relative_to(tmp).as_posix(): _file_record(p)
+                          for p in sorted(tmp.rglob("*")) if p.is_file()}}
+    label = fingerprint.label(ident["model_id"])
+    if label is not None:
+        manifest["model_label"] = label
+    return manifest
+
+
 def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
          extra: dict | None = None, overwrite: bool = False) -> Path:
     """Save a result atomically into ``directory`` under identity ``ident``.
+
+    The identity is checked before ``write`` runs and again, under the folder's lock, just
+    before the new result is swapped in: a result another process saved meanwhile is never
+    replaced by one of another identity.
 
     Args:
         directory: the result folder (created with its parents).
@@ -307,6 +314,7 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         ResultMismatch: ``directory`` holds a result of another identity and not
             ``overwrite``; nothing is written then.
         ProvenanceError: it holds files that are not a result and not ``overwrite``.
+        CorruptResult: it holds a damaged result and not ``overwrite``.
     """
     target = Path(directory)
     if not (isinstance(ident, dict) and set(ident) == set(IDENTITY_KEYS)):
@@ -314,18 +322,20 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
                          f"with keys {IDENTITY_KEYS}")
     ident = _normal(ident)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    _guard(target, ident, overwrite)
-    tmp = _aside(target, "tmp")
+    with atomic.lock(target):  # fail before the work when the folder cannot take it
+        atomic.recover(target, _complete)
+        _guard(target, ident, overwrite)
+    tmp = atomic.aside(target, "tmp")
     tmp.mkdir()
     try:
         write(tmp)
         if (tmp / MANIFEST).exists():
             raise ValueError(f"write={write!r} wrote {MANIFEST}: the store writes it")
-        manifest = {**ident, "extra": _normal(extra or {}), "environment": environment(),
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        _write_json(tmp / MANIFEST, manifest)
-        _swap(tmp, target)
+        _write_json(tmp / MANIFEST, _manifest(tmp, ident, extra))
+        with atomic.lock(target):
+            atomic.recover(target, _complete, keep=tmp)
+            _guard(target, ident, overwrite)
+            atomic.swap(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -339,130 +349,31 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def _swap(tmp: Path, target: Path) -> None:
-    """Move the complete ``tmp`` to ``target``, the old result aside first, removed after."""
-    old = None
-    if target.exists():
-        old = _aside(target, "old")
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # -- result tables -----------------------------------------------------------------------
-_TEXT = ("str", "string", "object")
-# pandas >= 3 parses floats exactly by default (and deprecates the option).
-_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-
-
-def _dtype_name(series: pd.Series, name: Any) -> str:
-    """The stored dtype of one column or index level: a numpy numeric / bool dtype, a string
-    dtype (``str`` / ``string``), or ``object`` when every present value is a str."""
-    dtype = series.dtype
-    if isinstance(dtype, pd.StringDtype):
-        return str(dtype)
-    if dtype.kind in "biuf" and isinstance(dtype, np.dtype):
-        return str(dtype)
-    if dtype == object and all(isinstance(v, str) for v in series.dropna()):
-        return "object"
-    raise ValueError(f"frame column {name!r} has dtype {dtype}" + (
-        " with non-str values" if dtype == object else "") +
-        ": save_frame stores float, int, bool and str columns only")
-
-
-def _schema(frame: pd.DataFrame, series_name: Any, is_series: bool) -> tuple[dict, pd.DataFrame]:
-    """The JSON schema of ``frame`` and the flat table written to CSV (index levels first).
-
-    Missing values of str columns are listed by row in ``missing`` (the CSV cell is empty,
-    like an empty string's); float NaN is an empty cell of a float column.
-    """
-    index = frame.index
-    levels = [index.get_level_values(i).to_series(index=range(len(frame)))
-              for i in range(index.nlevels)]
-    cols = [frame.iloc[:, j].reset_index(drop=True) for j in range(frame.shape[1])]
-    dtypes = ([_dtype_name(x, n) for x, n in zip(levels, index.names)]
-              + [_dtype_name(x, c) for x, c in zip(cols, frame.columns)])
-    flat = pd.concat(levels + cols, axis=1, ignore_index=True)
-    flat.columns = [str(n) for n in index.names] + [
-        "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
-    missing = {str(i): np.flatnonzero(flat.iloc[:, i].isna().to_numpy()).tolist()
-               for i, d in enumerate(dtypes) if d in _TEXT and flat.iloc[:, i].isna().any()}
-    schema = {
-        "type": "series" if is_series else "frame",
-        "series_name": jsonable(series_name),
-        "index_names": jsonable(list(index.names)),
-        "range_index": ([index.start, index.stop, index.step]
-                        if isinstance(index, pd.RangeIndex) else None),
-        "columns": jsonable([list(c) if isinstance(c, tuple) else c for c in frame.columns]),
-        "column_names": jsonable(list(frame.columns.names)),
-        "dtypes": dtypes,
-        "missing": missing,
-    }
-    return schema, flat
-
-
 def save_frame(directory: str | Path, frame: pd.DataFrame | pd.Series, ident: dict,
-               extra: dict | None = None, overwrite: bool = False) -> Path:
-    """Save a result table through :func:`save`: ``table.csv`` and ``table.schema.json``.
+               extra: dict | None = None, overwrite: bool = False, *,
+               allow_nonfinite: bool | Collection = ()) -> Path:
+    """Save a result table through :func:`save`: ``table.csv`` and ``table.schema.json``
+    (:mod:`layerif.frames`: bit-identical floats, dtypes, index, labels, a Series' name).
 
-    The CSV has one header row (index names, then column labels) and holds floats in their
-    shortest exact form, so :func:`load_frame` gives back bit-identical floats, the dtypes
-    (float, int, bool, str, missing values included), the index (names, MultiIndex,
-    RangeIndex), column labels and names, and a Series' name.
+    Args:
+        allow_nonfinite: the columns (or index levels) whose NaN / +-inf is a value of the
+            result -- a missing or undefined entry, such as the stderr of a perplexity, a
+            p-value of a constant sample, the log-likelihood of a choice a task does not
+            have -- or True for every column. Anywhere else a non-finite value is a failed
+            computation and is refused.
 
     Raises:
-        ValueError: a column of another dtype (category, datetime, mixed objects, ...);
-            nothing is written then.
+        ValueError: a non-finite value outside ``allow_nonfinite``, or a column of another
+            dtype (category, datetime, mixed objects, ...); nothing is written then.
         ResultMismatch: as :func:`save`.
     """
-    if not isinstance(frame, (pd.Series, pd.DataFrame)):
-        raise ValueError(f"frame={type(frame).__name__} is invalid: expected a DataFrame or Series")
-    is_series = isinstance(frame, pd.Series)
-    table = frame.to_frame(name=0) if is_series else frame
-    schema, flat = _schema(table, frame.name if is_series else None, is_series)
-
-    def write(tmp: Path) -> None:
-        flat.to_csv(tmp / TABLE_CSV, index=False, na_rep="")
-        _write_json(tmp / TABLE_SCHEMA, schema)
-
-    return save(directory, ident, write, extra=extra, overwrite=overwrite)
-
-
-def _read_flat(path: Path, dtypes: list[str]) -> pd.DataFrame:
-    """The CSV columns by position, each parsed exactly (strings verbatim, floats round-trip)."""
-    parse = {i: (str if d in _TEXT else "float64" if d.startswith("float") else d)
-             for i, d in enumerate(dtypes)}
-    return pd.read_csv(path, header=None, skiprows=1, names=range(len(dtypes)), dtype=parse,
-                       keep_default_na=False, **_EXACT_FLOATS,
-                       na_values={i: [""] for i, d in enumerate(dtypes) if d.startswith("float")})
-
-
-def _labels(values: list, names: list) -> pd.Index:
-    if len(names) > 1:
-        return pd.MultiIndex.from_tuples([tuple(v) for v in values], names=names)
-    return pd.Index(values, name=names[0], dtype=None if values else object)
-
-
-def _from_flat(flat: pd.DataFrame, schema: dict) -> pd.DataFrame | pd.Series:
-    n_idx = len(schema["index_names"])
-    for i, d in enumerate(schema["dtypes"]):
-        flat[i] = flat[i].astype(d)
-        rows = schema["missing"].get(str(i))
-        if rows:
-            flat.iloc[rows, i] = None
-    if schema["range_index"] is not None:
-        index = pd.RangeIndex(*schema["range_index"], name=schema["index_names"][0])
-    elif n_idx > 1:
-        index = pd.MultiIndex.from_arrays([flat[i] for i in range(n_idx)],
-                                          names=schema["index_names"])
-    else:
-        index = pd.Index(flat[0], name=schema["index_names"][0])
-    body = flat.iloc[:, n_idx:].set_axis(index, axis=0)
-    if schema["type"] == "series":
-        return body.iloc[:, 0].rename(schema["series_name"])
-    body.columns = _labels(schema["columns"], schema["column_names"])
-    return body
+    problem = frames.nonfinite(frame, allow_nonfinite)
+    if problem is not None:
+        raise ValueError(f"frame {problem}: a non-finite result is never saved (to {directory}); "
+                         "pass allow_nonfinite=[columns] where NaN/inf means a missing value")
+    return save(directory, ident, lambda tmp: frames.write(tmp, frame), extra=extra,
+                overwrite=overwrite)
 
 
 def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame | pd.Series | None:
@@ -473,48 +384,23 @@ def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame
     there (FileNotFoundError when none).
 
     Raises:
+        CorruptResult: the manifest, the schema or the CSV is damaged (named in the message).
         ValueError: the folder holds a result that is not a table.
     """
     directory = Path(directory)
     manifest = load_manifest(directory) if ident is None else load_if_matching(directory, ident)
     if manifest is None:
         return None
-    if not (directory / TABLE_SCHEMA).is_file():
+    if not (directory / TABLE_SCHEMA).is_file() and TABLE_SCHEMA not in manifest.get("files", {}):
         raise ValueError(f"{directory} holds a {manifest.get('kind')!r} result that is not a "
                          f"table (no {TABLE_SCHEMA})")
-    schema = json.loads((directory / TABLE_SCHEMA).read_text())
-    return _from_flat(_read_flat(directory / TABLE_CSV, schema["dtypes"]), schema)
-
-
-# -- where results live ------------------------------------------------------------------
-PROFILES = ("smoke", "cpu", "paper")
-
-
-def study_root() -> Path:
-    """The study's root folder (``$LAYERIF_ROOT``, else the checkout holding this package,
-    else the working directory)."""
-    env = os.environ.get("LAYERIF_ROOT")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "notebooks").is_dir() else Path.cwd()
-
-
-def results_dir(profile: str, root: str | Path | None = None) -> Path:
-    """Where results of parameter profile ``profile`` live: ``<root>/results/<profile>``."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} is invalid: expected one of {PROFILES}")
-    return Path(root or study_root()) / "results" / profile
+    with reading(directory / TABLE_SCHEMA):
+        schema = frames.read_schema(directory)
+    with reading(directory / TABLE_CSV):
+        return frames.read(directory, schema)
 
 
 # -- the one load-or-compute ---------------------------------------------------------------
-def slug(name: Any) -> str:
-    """A model, task or setting name as one path component (``org/model`` -> ``org--model``).
-
-    The one rule for every result folder the study names."""
-    return str(name).strip("/").replace("/", "--").replace(":", "-").replace(" ", "_").replace("%", "pct")
-
-
 class MissingResult(FileNotFoundError):
     """A result asked for under :func:`read_only` is not saved, or saved under another identity.
 
@@ -557,22 +443,19 @@ def is_read_only() -> bool:
     return _READ_ONLY.get() is not None
 
 
-def _frame_save(directory, value, ident, extra, overwrite):
-    return save_frame(directory, value, ident, extra=extra, overwrite=overwrite)
-
-
 def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
            overwrite: bool = False, extra: dict | None = None,
            load: Callable[[Path], Any] | None = None,
-           save_as: Callable[[Path, Any, dict, dict | None, bool], Any] | None = None) -> Any:
+           save_as: Callable[[Path, Any, dict, dict | None, bool], Any] | None = None,
+           allow_nonfinite: bool | Collection = ()) -> Any:
     """The result saved in ``directory`` under identity ``ident``; computed and saved if absent.
 
     The one load-or-compute of the package. ``load(directory)`` reads a result whose identity
     matched (default: :func:`load_frame`); ``save_as(directory, value, ident, extra, overwrite)``
-    saves a computed one (default: :func:`save_frame`). A folder holding a result of another
-    identity raises :class:`ResultMismatch` unless ``overwrite`` (which recomputes). Under
-    :class:`read_only` nothing is computed: absent or foreign results raise
-    :class:`MissingResult`.
+    saves a computed one (default: :func:`save_frame`, with ``allow_nonfinite``). A folder
+    holding a result of another identity raises :class:`ResultMismatch` unless ``overwrite``
+    (which recomputes). Under :class:`read_only` nothing is computed: absent or foreign
+    results raise :class:`MissingResult`.
     """
     directory = Path(directory)
     mode = _READ_ONLY.get()
@@ -589,5 +472,9 @@ def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
     if not overwrite and load_if_matching(directory, ident) is not None:
         return (load or load_frame)(directory)
     value = compute()
-    (save_as or _frame_save)(directory, value, ident, extra, overwrite)
+    if save_as is not None:
+        save_as(directory, value, ident, extra, overwrite)
+    else:
+        save_frame(directory, value, ident, extra=extra, overwrite=overwrite,
+                   allow_nonfinite=allow_nonfinite)
     return value

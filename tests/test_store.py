@@ -17,9 +17,8 @@ import pytest
 import torch
 
 import layerif
-from layerif import data, moe, store
+from layerif import _version, data, gitstate, moe, store
 from layerif.moe import MoEConfig
-from layerif.provenance import ProvenanceError as OldProvenanceError
 from layerif.scores import LayerScores, ScoreConfig, layer_scores
 from layerif.testing import tiny_model
 
@@ -88,7 +87,7 @@ def test_foreign_task_refused_with_both_values_then_overwritten(scored, tmp_path
     message = str(err.value)
     assert "data.task: 'mrpc' (saved) vs 'rte' (given)" in message
     assert "overwrite=True" in message.rstrip().splitlines()[-1]  # ends with how to proceed
-    assert isinstance(err.value, OldProvenanceError)  # the old name still works
+    assert isinstance(err.value, store.ProvenanceError)  # the base of every refusal
     assert LayerScores.load(tmp_path).task == "mrpc"  # nothing was written
     rte.save(tmp_path, overwrite=True)
     back = LayerScores.load(tmp_path)
@@ -132,7 +131,7 @@ def test_same_identity_replaces_other_identities_refuse(scored, tmp_path, monkey
                         ({"model_id": "other-model"}, "model_id")]:
         with pytest.raises(store.ResultMismatch, match=key):
             LayerScores(**{**vars(s), **change}).save(tmp_path)
-    monkeypatch.setattr(layerif, "__version__", "99.0")
+    monkeypatch.setattr(_version, "__version__", "99.0")
     with pytest.raises(store.ResultMismatch, match=r"layerif_version: '0\.1\.0' \(saved\) vs '99\.0'"):
         s.save(tmp_path)
     with pytest.raises(store.ResultMismatch, match="layerif_version"):
@@ -296,8 +295,10 @@ def test_manifest_environment(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip()
     assert env["git"]["commit"] == head and len(head) == 40
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout
+    # untracked files count, the study's outputs (results/, book/executed/) do not
+    status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results",
+                             ":(exclude)book/executed"], cwd=root, capture_output=True,
+                            text=True, check=True).stdout
     assert env["git"]["dirty"] is bool(status.strip())
 
 
@@ -309,7 +310,7 @@ def test_installed_copy_inside_another_repository_has_no_git_state(tmp_path):
     package = tmp_path / "site-packages" / "layerif"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    assert store.git_state(package) is None
+    assert gitstate.package_checkout(package) is None
 
 
 # --- result tables -----------------------------------------------------------------------
@@ -332,7 +333,7 @@ def awkward_frame() -> pd.DataFrame:
 
 def test_frame_round_trip_is_exact(tmp_path):
     frame = awkward_frame()
-    store.save_frame(tmp_path / "f", frame, ident())
+    store.save_frame(tmp_path / "f", frame, ident(), allow_nonfinite=["x", "y"])
     back = store.load_frame(tmp_path / "f", ident())
     pd.testing.assert_frame_equal(back, frame, check_exact=True)
     for col in ("x", "y", 3):
@@ -354,7 +355,7 @@ def test_frame_round_trip_is_exact(tmp_path):
     assert isinstance(back_u.index, pd.RangeIndex) and back_u.name is None
     pd.testing.assert_series_equal(back_u, unnamed, check_exact=True)
     empty = frame.iloc[:0]
-    store.save_frame(tmp_path / "e", empty, ident())
+    store.save_frame(tmp_path / "e", empty, ident(), allow_nonfinite=True)
     pd.testing.assert_frame_equal(store.load_frame(tmp_path / "e"), empty, check_exact=True)
 
 
@@ -363,11 +364,11 @@ def test_frame_guards(tmp_path):
     assert store.load_frame(tmp_path / "f", ident()) is None
     with pytest.raises(FileNotFoundError):
         store.load_frame(tmp_path / "f")
-    store.save_frame(tmp_path / "f", frame, ident())
+    store.save_frame(tmp_path / "f", frame, ident(), allow_nonfinite=True)
     with pytest.raises(store.ResultMismatch, match="data.task: 'mrpc' \\(saved\\) vs 'rte'"):
         store.load_frame(tmp_path / "f", ident("rte"))
     with pytest.raises(store.ResultMismatch, match="config.alpha"):
-        store.save_frame(tmp_path / "f", frame, ident(alpha=2.0))
+        store.save_frame(tmp_path / "f", frame, ident(alpha=2.0), allow_nonfinite=True)
     mixed = pd.DataFrame({"v": [1.0, "a"]})
     with pytest.raises(ValueError, match="column 'v'"):
         store.save_frame(tmp_path / "m", mixed, ident())

@@ -25,6 +25,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from ..paths import cache_dir
+
 __all__ = [
     "DataUnavailableError",
     "hub_enabled",
@@ -83,8 +85,6 @@ def read_oe_docs(rel_path: str) -> list[dict[str, Any]]:
     stat = path.stat()
     if stat.st_size < CACHE_MIN_BYTES:
         return _parse_oe_docs(path, rel_path)
-    from ..models import cache_dir
-
     cached = cache_dir() / "data" / f"{rel_path.replace('/', '__')}.{stat.st_size}.{stat.st_mtime_ns}.v1.json"
     if cached.exists():
         return json.loads(cached.read_text(encoding="utf-8"))

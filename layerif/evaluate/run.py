@@ -1,25 +1,54 @@
-"""Evaluate a (dense) model end to end and keep the result in the store: ``layerif evaluate``.
+"""Evaluate a model end to end and keep the result in the store: ``layerif evaluate``.
 
-:func:`evaluate_and_save` loads a model, measures perplexity on held-out BoolQ passages and
-zero-shot accuracy (:func:`layerif.evaluate.evaluate_suite`, laid out as one long table by
-:func:`layerif.prune.evaluate_pruned`) and saves the table under its identity, loading it
-instead when the folder already holds the same identity.
+:func:`evaluation_table` lays out :func:`layerif.evaluate.evaluate_suite` (perplexity on
+held-out BoolQ passages, zero-shot accuracy) as one long table; ``layerif prune`` evaluates
+a pruned model with it too. :func:`evaluate_and_save` loads a model, evaluates it and saves
+the table under its identity (:func:`layerif.store.cached`: loaded instead when the folder
+already holds the same identity).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
-from .suite import EvalConfig
+from .. import store
+from .suite import EvalConfig, evaluate_suite
 
-__all__ = ["KIND", "SavedEvaluation", "default_out", "evaluate_and_save", "evaluation_identity"]
+__all__ = ["KIND", "NONFINITE_OK", "SavedEvaluation", "default_out", "evaluate_and_save",
+           "evaluation_identity", "evaluation_table"]
 
 KIND = "model_evaluation"
+#: The one column of :func:`evaluation_table` whose NaN is a value: the perplexity row has
+#: no standard error.
+NONFINITE_OK = ("stderr",)
+
+
+def evaluation_table(model: nn.Module, tokenizer, evaluation: EvalConfig,
+                     progress: bool = True) -> pd.DataFrame:
+    """:func:`layerif.evaluate.evaluate_suite` (perplexity on held-out BoolQ passages, and
+    zero-shot accuracy when ``evaluation.tasks`` is not empty) as one long table.
+
+    Returns:
+        A DataFrame indexed by ``(task, metric)`` with columns ``value``, ``stderr`` and
+        ``n``: the row ``("boolq_passages", "perplexity")`` (``n`` = predicted tokens, no
+        stderr), then ``acc``, ``acc_norm`` and ``margin`` per task (``n`` = examples scored).
+    """
+    result = evaluate_suite(model, tokenizer, evaluation, progress=progress)
+    rows = [("boolq_passages", "perplexity", result.perplexity, math.nan,
+             evaluation.ppl_samples * (evaluation.ppl_len - 1))]
+    if len(result.examples):
+        for task, r in result.summary().iterrows():
+            for metric in ("acc", "acc_norm", "margin"):
+                rows.append((str(task), metric, float(r[metric]), float(r[f"{metric}_stderr"]),
+                             int(r["n"])))
+    frame = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n"])
+    return frame.set_index(["task", "metric"])
 
 
 @dataclass
@@ -33,9 +62,7 @@ class SavedEvaluation:
 
 def evaluation_identity(model_name: str, evaluation: EvalConfig) -> dict:
     """The store identity of a model's evaluation: the config's identity (run-time fields
-    left out), the model and the perplexity text."""
-    from .. import store
-
+    left out), the model (a local checkpoint by its weights) and the perplexity text."""
     data = {"perplexity": "boolq passages (layerif.data.perplexity_tokens, seed 0)"}
     return store.identity(KIND, {"evaluation": evaluation.identity()}, model_name, data)
 
@@ -44,12 +71,9 @@ def default_out(profile: str, model_name: str, evaluation: EvalConfig,
                 root: str | Path | None = None) -> Path:
     """``results/<profile>/evaluated/<model>/<first 10 hex digits of the config's sha256>``:
     one folder per evaluation config, so evaluating with other tasks or sizes never meets
-    a folder of another identity."""
-    from ..study import results_dir
-
+    a folder of another identity (the model's name through :func:`layerif.store.slug`)."""
     key = hashlib.sha256(json.dumps(evaluation.identity(), sort_keys=True, default=str).encode())
-    model = re.sub(r"[^A-Za-z0-9_.=-]+", "-", model_name).strip("-.") or "model"
-    return results_dir(profile, root) / "evaluated" / model / key.hexdigest()[:10]
+    return store.results_dir(profile, root) / "evaluated" / store.slug(model_name) / key.hexdigest()[:10]
 
 
 def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
@@ -66,20 +90,23 @@ def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
         progress: progress bars.
 
     Raises:
-        ValueError: ``evaluation`` is not an EvalConfig.
+        ValueError: ``evaluation`` is not an EvalConfig, or the evaluation is not finite
+            (a NaN perplexity or accuracy is never saved).
         layerif.store.ResultMismatch: ``out`` holds another identity and not ``overwrite``.
+        layerif.store.CorruptResult: ``out`` holds a damaged result and not ``overwrite``.
     """
-    from .. import store
     from ..models import load_model
-    from ..prune import evaluate_pruned
 
     if not isinstance(evaluation, EvalConfig):
         raise ValueError(f"evaluation={evaluation!r} is invalid: expected an EvalConfig")
     out = Path(out)
-    ident = evaluation_identity(model_name, evaluation)
-    if not overwrite and store.load_if_matching(out, ident) is not None:
-        return SavedEvaluation(store.load_frame(out), out, "loaded")
-    model, tokenizer = load_model(model_name, device=device)
-    table = evaluate_pruned(model, tokenizer, evaluation, progress=progress)
-    store.save_frame(out, table, ident, overwrite=overwrite)
-    return SavedEvaluation(table, out, "computed")
+    computed = []
+
+    def compute() -> pd.DataFrame:
+        model, tokenizer = load_model(model_name, device=device)
+        computed.append(True)
+        return evaluation_table(model, tokenizer, evaluation, progress=progress)
+
+    table = store.cached(out, evaluation_identity(model_name, evaluation), compute,
+                         overwrite=overwrite, allow_nonfinite=NONFINITE_OK)
+    return SavedEvaluation(table, out, "computed" if computed else "loaded")

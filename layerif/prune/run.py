@@ -4,24 +4,24 @@
   :func:`~layerif.prune.prune_model`;
 * :func:`read_allocation` reads per-block ratios from a CSV (``layerif allocate sparsity
   --out`` writes one: index ``layer``, columns ``score`` and ``sparsity``);
-* :func:`evaluate_pruned` is :func:`layerif.evaluate.evaluate_suite` (perplexity on held-out
-  BoolQ passages, zero-shot accuracy) as one long table;
+* :func:`evaluate_pruned` is :func:`layerif.evaluate.run.evaluation_table` (perplexity on
+  held-out BoolQ passages, zero-shot accuracy as one long table), named for this use;
 * :func:`prune_and_evaluate` loads a model, prunes it, evaluates it and saves the sparsity
-  report and the evaluation in the results store (loading them instead when a saved result
-  has the same identity, refusing a folder that holds another one).
+  report and the evaluation in the results store (:func:`layerif.store.cached`: loaded
+  instead when a saved result has the same identity, a folder holding another refused).
 """
 from __future__ import annotations
 
-import math
 import numbers
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from torch import nn
 
-from ..evaluate.suite import EvalConfig, evaluate_suite
+from .. import store
+from ..evaluate.run import NONFINITE_OK, evaluation_table
+from ..evaluate.suite import EvalConfig
 from .config import PruneConfig
 from .sequential import prune_model
 
@@ -121,35 +121,16 @@ def _check_blocks(ratios, n_blocks: int, model_name: str) -> None:
             f"{n_blocks} blocks: expected one ratio for each of blocks 0..{n_blocks - 1}")
 
 
-def evaluate_pruned(model: nn.Module, tokenizer, evaluation: EvalConfig,
-                    progress: bool = True) -> pd.DataFrame:
-    """:func:`layerif.evaluate.evaluate_suite` (perplexity on held-out BoolQ passages, and
-    zero-shot accuracy when ``evaluation.tasks`` is not empty) as one long table.
-
-    Returns:
-        A DataFrame indexed by ``(task, metric)`` with columns ``value``, ``stderr`` and
-        ``n``: the row ``("boolq_passages", "perplexity")`` (``n`` = predicted tokens), then
-        ``acc``, ``acc_norm`` and ``margin`` per task (``n`` = examples scored).
-    """
-    result = evaluate_suite(model, tokenizer, evaluation, progress=progress)
-    rows = [("boolq_passages", "perplexity", result.perplexity, math.nan,
-             evaluation.ppl_samples * (evaluation.ppl_len - 1))]
-    if len(result.examples):
-        for task, r in result.summary().iterrows():
-            for metric in ("acc", "acc_norm", "margin"):
-                rows.append((str(task), metric, float(r[metric]), float(r[f"{metric}_stderr"]),
-                             int(r["n"])))
-    frame = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n"])
-    return frame.set_index(["task", "metric"])
+#: A pruned model's evaluation table (``layerif.evaluate.run`` holds it: evaluation sits
+#: below pruning, so the dependency points one way).
+evaluate_pruned = evaluation_table
 
 
 def pruned_identity(config: PruneConfig, allocation, model_name: str,
                     evaluation: EvalConfig) -> dict:
     """The store identity of a pruned model's evaluation: the config's identity, the
     allocation (every per-block ratio, or the global sparsity), the evaluation config, the
-    model and the perplexity text."""
-    from .. import store
-
+    model (a local checkpoint by its weights) and the perplexity text."""
     if isinstance(allocation, pd.Series):
         alloc = {"per_block": [round(float(r), 12) for r in allocation]}
     else:
@@ -172,12 +153,9 @@ class PrunedEvaluation:
 def default_out(profile: str, model_name: str, method: str, label: str,
                 root: str | Path | None = None) -> Path:
     """``results/<profile>/pruned/<model>/<method>/<label>`` (label: e.g. the allocation
-    CSV's stem, or ``uniform-s0.5``), each part reduced to a safe folder name."""
-    from ..study import results_dir
-
-    parts = [re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(p)).strip("-.") or "x"
-             for p in (model_name, method, label)]
-    return results_dir(profile, root).joinpath("pruned", *parts)
+    CSV's stem, or ``uniform-s0.5``), each part a folder name by :func:`layerif.store.slug`."""
+    parts = [store.slug(p) for p in (model_name, method, label)]
+    return store.results_dir(profile, root).joinpath("pruned", *parts)
 
 
 def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: PruneConfig,
@@ -187,10 +165,11 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
 
     ``out/sparsity`` holds the :func:`~layerif.prune.sparsity_report` (global sparsity in
     its manifest's ``extra``) and ``out/evaluation`` the :func:`evaluate_pruned` table, both
-    under :func:`pruned_identity`. When both folders already hold this identity they are
-    loaded and nothing is computed; a folder holding another identity is refused
-    (:class:`layerif.store.ResultMismatch`) unless ``overwrite``. Arguments are checked
-    before the model loads (the block index of ``allocation`` right after).
+    under :func:`pruned_identity`. A folder holding this identity is loaded; when either is
+    missing the model is pruned and evaluated once and the missing table saved; a folder
+    holding another identity is refused (:class:`layerif.store.ResultMismatch`) unless
+    ``overwrite``, before anything is computed. Arguments are checked before the model
+    loads (the block index of ``allocation`` right after).
 
     Args:
         model_name: an embedded model name, a local checkpoint directory or a hub id.
@@ -202,7 +181,6 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
         overwrite: replace results of another identity.
         progress: progress bars.
     """
-    from .. import store
     from ..models import load_model, transformer_blocks
 
     if not isinstance(config, PruneConfig):
@@ -213,16 +191,24 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
     allocation = _check_allocation(allocation)
     out = Path(out)
     ident = pruned_identity(config, allocation, model_name, evaluation)
-    if not overwrite:
-        found = [store.load_if_matching(out / name, ident) for name in ("sparsity", "evaluation")]
-        if all(m is not None for m in found):
-            return PrunedEvaluation(store.load_frame(out / "sparsity"),
-                                    store.load_frame(out / "evaluation"), out, "loaded")
-    model, tokenizer = load_model(model_name, device=device)
-    _check_blocks(allocation, len(transformer_blocks(model)), model_name)
-    report = prune(model, tokenizer, allocation, config, progress=progress)
-    table = evaluate_pruned(model, tokenizer, evaluation, progress=progress)
-    extra = {"global_sparsity": report.attrs["global_sparsity"], "runtime": config.runtime()}
-    store.save_frame(out / "sparsity", report, ident, extra=extra, overwrite=overwrite)
-    store.save_frame(out / "evaluation", table, ident, extra=extra, overwrite=overwrite)
-    return PrunedEvaluation(report, table, out, "computed")
+    done: dict = {}
+
+    def computed() -> dict:  # prune and evaluate once, for whichever table is missing
+        if not done:
+            model, tokenizer = load_model(model_name, device=device)
+            _check_blocks(allocation, len(transformer_blocks(model)), model_name)
+            report = prune(model, tokenizer, allocation, config, progress=progress)
+            done.update(report=report, extra={"global_sparsity": report.attrs["global_sparsity"],
+                                              "runtime": config.runtime()},
+                        evaluation=evaluation_table(model, tokenizer, evaluation, progress=progress))
+        return done
+
+    def save_as(allow):
+        return lambda folder, value, ident_, _extra, over: store.save_frame(
+            folder, value, ident_, extra=done["extra"], overwrite=over, allow_nonfinite=allow)
+
+    report = store.cached(out / "sparsity", ident, lambda: computed()["report"],
+                          overwrite=overwrite, save_as=save_as(()))
+    table = store.cached(out / "evaluation", ident, lambda: computed()["evaluation"],
+                         overwrite=overwrite, save_as=save_as(NONFINITE_OK))
+    return PrunedEvaluation(report, table, out, "computed" if done else "loaded")
