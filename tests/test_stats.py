@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
@@ -125,7 +126,7 @@ def test_bootstrap_is_deterministic_per_seed(samples):
 
 
 def test_iter_blocks_concatenate_to_bootstrap_indices(monkeypatch):
-    monkeypatch.setattr(stats, "_BLOCK_ELEMENTS", 40)  # 40 // 7 = 5 rows per block
+    monkeypatch.setattr(stats.resample, "_BLOCK_ELEMENTS", 40)  # 40 // 7 = 5 rows per block
     blocks = list(stats.iter_bootstrap_indices(7, 23, seed=2))
     assert [blk.shape for blk in blocks] == [(5, 7)] * 4 + [(3, 7)]
     full = stats.bootstrap_indices(7, 23, seed=2)
@@ -195,7 +196,8 @@ def test_bad_input_names_the_parameter(call, name):
 def test_result_dict_and_str(samples):
     res = stats.paired_t(*samples)
     d = res.as_dict()
-    assert set(d) == {"name", "statistic", "pvalue", "estimate", "ci_low", "ci_high", "n", "level", "note"}
+    assert set(d) == {"name", "statistic", "pvalue", "estimate", "ci_low", "ci_high", "n", "level", "note",
+                      "mde", "n_needed", "effect"}
     assert "paired_t" in str(res) and "95% CI" in str(res)
 
 
@@ -211,3 +213,80 @@ def test_above_rate_is_the_one_sided_binomial_tail_by_hand():
     assert stats.above_rate([1, 0, 1, 0, 1, 0, 1, 0], 0.25).pvalue == pytest.approx(tail)
     with pytest.raises(ValueError, match="rate=1.5"):
         stats.above_rate([1, 0], 1.5)
+
+
+# ----------------------------------------------------------------------------- power and sensitive measures
+
+@pytest.mark.filterwarnings("ignore:Precision loss")  # scipy, on the constant differences
+def test_paired_t_carries_its_power(samples):
+    from layerif import power
+
+    a, b = samples
+    res = stats.paired_t(a, b, effect=0.3)
+    sd = np.std(a - b, ddof=1)
+    assert res.mde == pytest.approx(power.t_mde(sd, 25), rel=1e-12)
+    # 80% power at the MDE, by scipy's noncentral t (independently of layerif.power)
+    crit, nc = sps.t.ppf(0.975, 24), res.mde * math.sqrt(25) / sd
+    assert sps.nct.sf(crit, 24, nc) + sps.nct.cdf(-crit, 24, nc) == pytest.approx(0.8, abs=1e-8)
+    assert res.effect == 0.3 and res.n_needed == power.t_n_needed(0.3, sd)
+    assert "MDE=" in str(res) and "n for effect 0.3" in str(res)
+    plain = stats.paired_t(a, b)
+    assert math.isnan(plain.n_needed) and plain.mde == res.mde
+    same = stats.paired_t([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], effect=0.5)   # constant difference
+    assert math.isnan(same.mde) and math.isnan(same.n_needed) and same.effect == 0.5
+
+
+def test_mcnemar_carries_the_exact_tests_power():
+    from layerif import power
+
+    a = [1] * 40 + [1] * 12 + [0] * 4 + [0] * 14   # n10 = 12, n01 = 4, n = 70
+    b = [1] * 40 + [0] * 12 + [1] * 4 + [0] * 14
+    res = stats.mcnemar(a, b, effect=0.1)
+    assert res.mde == pytest.approx(power.mcnemar_mde(70, 16 / 70), rel=1e-12)
+    assert res.n_needed == power.mcnemar_n_needed(0.1, 16 / 70)
+    assert power.mcnemar_power(70, (16 / 70 + res.mde) / 2, (16 / 70 - res.mde) / 2) == pytest.approx(0.8, abs=1e-8)
+    none = stats.mcnemar([1, 0, 1], [1, 0, 1], effect=0.1)
+    assert math.isnan(none.mde) and math.isnan(none.n_needed)
+
+
+def test_paired_margin_aligns_examples_and_matches_scipy():
+    rng = np.random.default_rng(3)
+    index = pd.MultiIndex.from_product([["boolq", "piqa"], [str(i) for i in range(15)]], names=["task", "id"])
+    a = pd.DataFrame({"margin": rng.normal(0.2, 1.0, 30), "correct": rng.random(30) < 0.5}, index=index)
+    b = pd.DataFrame({"margin": a["margin"] - 0.15 + rng.normal(0, 0.4, 30)}, index=index)
+    shuffled = b.sample(frac=1.0, random_state=1)   # same examples, other order
+    res = stats.paired_margin(a, shuffled, effect=0.1)
+    ref = sps.ttest_rel(a["margin"], b["margin"])
+    assert res.name == "paired_margin" and res.n == 30
+    assert res.estimate == pytest.approx(float((a["margin"] - b["margin"]).mean()), rel=1e-12)
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-12)
+    assert res.pvalue == pytest.approx(ref.pvalue, rel=1e-12)
+    lo, hi = t_interval(a["margin"] - b["margin"])
+    assert (res.ci_low, res.ci_high) == (pytest.approx(lo, rel=1e-10), pytest.approx(hi, rel=1e-10))
+    assert math.isfinite(res.mde) and res.n_needed >= 2
+    with pytest.raises(ValueError, match="^b="):
+        stats.paired_margin(a, b.iloc[:-1])
+    with pytest.raises(ValueError, match="^b="):
+        stats.paired_margin(a, b.rename(columns={"margin": "m"}))
+
+
+def test_paired_nll_is_paired_t_on_per_token_means():
+    rng = np.random.default_rng(4)
+    tokens = np.array([255] * 12)
+    nll_b = rng.normal(3.0, 0.2, 12) * tokens
+    nll_a = nll_b + rng.normal(0.04, 0.05, 12) * tokens
+    wa = pd.DataFrame({"nll_sum": nll_a, "n_tokens": tokens}).rename_axis("window")
+    wb = pd.DataFrame({"nll_sum": nll_b, "n_tokens": tokens}).rename_axis("window")
+    res = stats.paired_nll(wa, wb, effect=0.02)
+    ref = sps.ttest_rel(nll_a / 255, nll_b / 255)
+    assert res.name == "paired_nll" and res.n == 12 and "tokens=3060" in res.note
+    assert res.estimate == pytest.approx(np.mean((nll_a - nll_b) / 255), rel=1e-12)
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-12)
+    assert res.pvalue == pytest.approx(ref.pvalue, rel=1e-12)
+    assert res.ci_low == pytest.approx(ref.confidence_interval().low, rel=1e-10)
+    with pytest.raises(ValueError, match="^b_windows="):
+        stats.paired_nll(wa, wb.assign(n_tokens=254))
+    with pytest.raises(ValueError, match="^a_windows="):
+        stats.paired_nll(nll_a, wb)
+    with pytest.raises(ValueError, match="^effect="):
+        stats.paired_nll(wa, wb, effect=float("inf"))
