@@ -8,6 +8,7 @@ identity, :meth:`ConfigBase.identity`); subclasses validate in ``__post_init__``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import PurePath
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["ConfigBase", "check", "field", "jsonable"]
+__all__ = ["ConfigBase", "NonFiniteError", "check", "check_finite", "field", "jsonable"]
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
@@ -40,6 +41,36 @@ def check(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ValueError(f"{name}={value!r} is invalid: expected {expected}")
 
 
+class NonFiniteError(ValueError):
+    """A tensor that must be finite (weights, activations, statistics) holds NaN or inf."""
+
+
+def check_finite(tensor: torch.Tensor, where: str, what: str = "weights") -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` unless every entry of ``tensor`` is finite.
+
+    The one finiteness check of pruning and evaluation: ``where`` names the module (e.g.
+    ``model.layers.3.self_attn.q_proj``) or the argument, ``what`` the quantity (``weights``,
+    ``calibration statistics (act_sq_norm)``, ``log-likelihoods``).
+    """
+    if (not tensor.is_floating_point() or tensor.device.type == "meta"  # offloaded: no values
+            or bool(torch.isfinite(tensor).all())):
+        return
+    n_nan = int(torch.isnan(tensor).sum())
+    n_inf = int(torch.isinf(tensor).sum())
+    raise NonFiniteError(f"{where}: {what} hold {n_nan} NaN and {n_inf} inf of {tensor.numel()} "
+                         "values (a corrupt model or input); nothing computed from them is kept")
+
+
+def _bool_where_not_declared(config) -> None:
+    """Reject ``True``/``False`` in a field whose annotation does not admit a bool (Python's
+    bool is an int, so ``n_train=True`` would otherwise pass as 1)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if isinstance(value, bool) and "bool" not in declared and "Any" not in declared:
+            check(False, f.name, value, f"{declared} (a bool is not a number)")
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with JSON-ready leaves: dtypes and devices as strings, tuples as lists, dict
     keys as strings, numpy scalars as Python numbers, paths as strings."""
@@ -61,6 +92,24 @@ class ConfigBase:
     ``help``."""
 
     PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
+
+    def __post_init__(self):
+        _bool_where_not_declared(self)
+
+    def __init_subclass__(cls, **kwargs):
+        """Every config's validation first rejects bools in non-bool fields (one rule for all
+        configs, run before the subclass's own ``__post_init__`` checks)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None:
+            return  # the inherited __post_init__ already runs the rule
+
+        @functools.wraps(own)
+        def post_init(self):
+            _bool_where_not_declared(self)
+            own(self)
+
+        cls.__post_init__ = post_init
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the fields (dtypes as strings, tuples as lists)."""

@@ -18,8 +18,10 @@ import pandas as pd
 from scipy.signal import savgol_filter
 
 __all__ = [
+    "CLIP",
     "experts",
     "linear_sparsity",
+    "matrix_sparsity",
     "per_matrix",
     "per_module",
     "smooth_scores",
@@ -28,6 +30,9 @@ __all__ = [
     "uniform_experts",
     "uniform_sparsity",
 ]
+
+#: The default per-block sparsity cap of :func:`sparsity` (the authors clip at 0.99).
+CLIP = 0.99
 
 
 # --------------------------------------------------------------------------- validation
@@ -217,7 +222,7 @@ def smooth_scores(values, window: int = 7, polyorder: int = 3) -> pd.Series:
 
 
 def linear_sparsity(values, target: float, n_params, epsilon: float = 0.1,
-                    clip: float | None = 0.99) -> pd.Series:
+                    clip: float | None = CLIP) -> pd.Series:
     """Map per-layer values linearly to sparsities around ``target`` (AlphaPruning's map).
 
     ``r = (v - min v) / (max v - min v) * 2 eps + (1 - eps)`` (constant ``v`` -> ``r = 1``),
@@ -251,9 +256,12 @@ def linear_sparsity(values, target: float, n_params, epsilon: float = 0.1,
     target = _check_fraction(target, "target", lo_open=True)
     epsilon = _check_fraction(epsilon, "epsilon", lo_open=False)
     if clip is not None and not (isinstance(clip, (int, float, np.floating))
-                                 and target < clip <= 1):
-        raise ValueError(f"clip={clip!r} is invalid: expected a float in (target={target}, 1]"
-                         " or None")
+                                 and not isinstance(clip, bool) and 0 < clip <= 1):
+        raise ValueError(f"clip={clip!r} is invalid: expected a float in (0, 1] or None")
+    if clip is not None and not target < clip:
+        raise ValueError(f"target={target!r} is invalid with clip={clip!r}: every block is "
+                         "capped at clip, so the global target must be below it (lower the "
+                         "target, or raise clip; None: no cap)")
     x = v.to_numpy()
     span = x.max() - x.min()
     r = (x - x.min()) / span * (2 * epsilon) + (1 - epsilon) if span > 0 else np.ones(len(x))
@@ -270,7 +278,7 @@ def linear_sparsity(values, target: float, n_params, epsilon: float = 0.1,
 
 
 def sparsity(scores, target: float, n_params, epsilon: float = 0.1, smooth: bool = True,
-             window: int = 7, polyorder: int = 3, clip: float | None = 0.99) -> pd.Series:
+             window: int = 7, polyorder: int = 3, clip: float | None = CLIP) -> pd.Series:
     """Sparsity per layer from LayerIF scores (paper §3.4, App. E).
 
     ``|S|`` -> min-max to ``[0, 1]`` -> :func:`smooth_scores` (if ``smooth``) ->
@@ -315,6 +323,35 @@ def uniform_sparsity(n_layers, target: float) -> pd.Series:
     index = layer_index(n_layers)
     target = _check_fraction(target, "target", lo_open=True)
     return pd.Series(np.full(len(index), target), index=index, name="sparsity")
+
+
+def matrix_sparsity(scores: pd.DataFrame, target: float, n_params: pd.DataFrame,
+                    epsilon: float = 0.1, smooth: bool = True) -> pd.DataFrame:
+    """Sparsity per linear matrix from per-matrix scores (paper §5, per matrix vs per block).
+
+    :func:`sparsity`'s recipe over matrices: ``|S|`` of every matrix, min-max normalised over
+    all matrices together, smoothed across depth within each column (q with q, down with
+    down), then :func:`linear_sparsity` over all matrices weighted by ``n_params``.
+
+    Args:
+        scores: index = layer, one column per linear module.
+        target, epsilon, smooth: as :func:`sparsity`.
+        n_params: parameters of each matrix, shaped like ``scores``.
+
+    Returns:
+        Sparsities shaped like ``scores``; ``sum(out * n_params) == target * sum(n_params)``.
+    """
+    if list(n_params.columns) != list(scores.columns) or not n_params.index.equals(scores.index):
+        raise ValueError("n_params is invalid: expected the same layers and modules as scores")
+    s = scores.abs()
+    lo, hi = s.to_numpy().min(), s.to_numpy().max()
+    s = (s - lo) / (hi - lo) if hi > lo else s * 0.0
+    if smooth:
+        s = s.apply(smooth_scores)
+    flat = pd.Series(s.to_numpy().ravel())
+    d = pd.Series(n_params.to_numpy(dtype=float).ravel())
+    out = linear_sparsity(flat, target, d, epsilon=epsilon)
+    return pd.DataFrame(out.to_numpy().reshape(s.shape), index=s.index, columns=s.columns)
 
 
 # --------------------------------------------------------------------------- exports

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
+from pathlib import Path
 
 from . import study
+from ._config import check
+from .cli_errors import check_writable, one_line
 from .evaluate.suite import BACKENDS
 from .prune.config import METHODS
 from .prune.magnitude import TIES
@@ -136,9 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         "+ve / Top 25% / All from the task's saved scores, `layerif scores TASK` first; "
         "AlphaLoRA or MoLA <pattern> from the model alone; 'LoRA (same parameters)'; 'Base "
         "model') or from --allocation CSV (`layerif allocate experts --out`), fine-tune it on "
-        "TASK's training examples with the profile's TrainConfig preset (adapter: rank 8, "
-        "alpha 16, top-2; smoke: rank 4), evaluate on held-out examples and save under "
-        "results/<profile>/moe/. A saved run of the same identity is loaded, not retrained.",
+        "TASK's training examples with the profile's recipe and sizes (params/<profile>/"
+        "03_lora_moe.yaml; adapter: rank 8, alpha 16, top-2; smoke: rank 4), evaluate on "
+        "held-out examples and save under results/<profile>/moe/. A saved run of the same identity is loaded, not retrained.",
         epilog="example: layerif moe smollm2-135m csqa --method 'MoLA 5555' --profile smoke")
     mo.add_argument("model", help="embedded name, local checkpoint directory or hub id")
     mo.add_argument("task", help="task label, e.g. csqa, sst2, openbookqa:instruct")
@@ -152,10 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--seed", type=int, default=0, help="adapter initialisation, data order "
                     "and dropout seed")
     mo.add_argument("--profile", default="cpu", choices=study.PROFILES)
-    mo.add_argument("--n-train", type=_limit, help="training examples (default: smoke 4, "
-                    "cpu 32, paper all)")
-    mo.add_argument("--n-eval", type=_limit, help="held-out examples (default: smoke 6, cpu "
-                    "64, paper all)")
+    mo.add_argument("--n-train", type=_limit, help="training examples (default: n_train of "
+                    "params/<profile>/03_lora_moe.yaml)")
+    mo.add_argument("--n-eval", type=_limit, help="held-out examples (default: n_eval of "
+                    "params/<profile>/03_lora_moe.yaml)")
     mo.add_argument("--results", help="results folder holding scores/ and receiving moe/ "
                     "(default: results/<profile>)")
     _device_and_overwrite(mo, "replace a run of another identity")
@@ -199,6 +203,7 @@ def _prune(args) -> None:
         allocation, label = args.sparsity, f"uniform-s{args.sparsity:g}"
     evaluation = _eval_config(args)
     out = args.out or run.default_out(args.profile, args.model, config.method, label)
+    check_writable(out, "--out")
     result = run.prune_and_evaluate(args.model, allocation, config, out, evaluation,
                                     device=args.device, overwrite=args.overwrite)
     print(result.evaluation.to_string())
@@ -226,6 +231,7 @@ def _evaluate(args) -> None:
 
     config = _eval_config(args)
     out = args.out or run.default_out(args.profile, args.model, config)
+    check_writable(out, "--out")
     result = run.evaluate_and_save(args.model, config, out, device=args.device,
                                    overwrite=args.overwrite)
     print(result.evaluation.to_string())
@@ -237,20 +243,30 @@ def _run(args) -> None:
         raise ValueError("--params needs notebook names: the file's keys are one notebook's "
                          f"parameters (notebooks: {', '.join(study.list_notebooks())})")
     for name in args.notebooks or study.list_notebooks():
+        since = datetime.datetime.now(datetime.timezone.utc)
         if args.params is None:
-            print(study.run_notebook(name, args.profile, force=args.force))
+            path = study.run_notebook(name, args.profile, force=args.force)
         else:
-            print(study.run_with_params(name, args.profile, args.params, force=args.force))
+            path = study.run_with_params(name, args.profile, args.params, force=args.force)
+        if study.ran_since(path, since):
+            print(f"ran {name}: {path}")
+        else:
+            print(f"skipped {name} (current: same source, parameters and upstream runs; "
+                  f"--force re-runs it): {path}")
 
 
 def _scores(args) -> None:
     from . import distributed
     from .experiments import scoring
-    from .scores import ScoreConfig
+    from .scores import METHODS, ScoreConfig
 
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
     config = ScoreConfig.preset(args.profile, **sizes)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    ok = bool(methods) and set(methods) <= set(METHODS) and len(set(methods)) == len(methods)
+    check(ok, "--methods", args.methods,
+          f"distinct comma-separated names from {', '.join(METHODS)}")
+    check_writable(study.results_dir(args.profile) / "scores", "the results folder")
     started = distributed.init_from_env()  # under torchrun: one rank per process
     main = distributed.is_main()
     try:
@@ -264,10 +280,15 @@ def _scores(args) -> None:
 
 
 def _moe(args) -> None:
-    from .experiments.moe import single_run
+    from .experiments.moe import NOTEBOOK, single_run
+    from .moe.io import read_experts
 
     n_train, n_eval = (100_000 if n == "all" else n for n in (args.n_train, args.n_eval))
-    run, folder = single_run(args.model, args.task, args.method, args.allocation, args.profile,
+    if args.allocation is not None:
+        read_experts(args.allocation)  # whole numbers >= 1, else the file and row are named
+    check_writable(Path(args.results or study.results_dir(args.profile)) / "moe", "--results")
+    params = study.load_params(NOTEBOOK, args.profile)  # the one source of sizes and recipe
+    run, folder = single_run(args.model, args.task, args.method, args.allocation, params,
                              args.per_block, args.seed, n_train, n_eval, args.results,
                              device=args.device, overwrite=args.overwrite)
     print(run.examples[["label", "prediction", "correct", "margin"]].to_string())
@@ -280,6 +301,10 @@ def _allocate(args) -> None:
     from .models import describe, load_model
     from .scores import LayerScores
 
+    if args.kind == "sparsity":  # before the model loads
+        check(0 < args.target < allocate.CLIP, "--target", args.target,
+              f"a global sparsity in (0, {allocate.CLIP}): every block is capped at "
+              f"{allocate.CLIP} (the authors' clip), so the target must stay below it")
     saved = LayerScores.load(args.scores_dir)
     scores = saved.aggregate(args.aggregation)
     if args.kind == "experts":
@@ -287,9 +312,13 @@ def _allocate(args) -> None:
             raise ValueError("--total is required for experts: the total over all blocks")
         out = allocate.experts(scores, args.total, args.beta).to_frame()
     else:
-        model, _ = load_model(saved.model_id, device="cpu")
+        from . import store
+
+        label = store.load_manifest(args.scores_dir).get("model_label")
+        model, _ = load_model(label or saved.model_id, device="cpu")
         out = allocate.sparsity(scores, args.target, describe(model)["linear_params"],
-                                args.epsilon, smooth=not args.no_smooth).to_frame()
+                                args.epsilon, smooth=not args.no_smooth,
+                                clip=allocate.CLIP).to_frame()
     out.insert(0, "score", scores)
     text = out.to_csv()
     if args.out:
@@ -303,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            from .models import resolve_device
+
+            resolve_device(args.device)  # an unavailable device fails before any work
         return _dispatch(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        parser.exit(2, f"layerif {args.command}: error: {err}\n")
+    except Exception as err:  # noqa: BLE001 -- sorted into expected (one line) and bugs
+        line = one_line(err)
+        if line is None:
+            raise
+        parser.exit(2, f"layerif {args.command}: error: {line}\n")
 
 
 def _dispatch(args) -> int:

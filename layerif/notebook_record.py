@@ -214,6 +214,7 @@ def write_atomic(nb: nbformat.NotebookNode, target: str | Path) -> Path:
     target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)   # mkstemp's 0600 would make the executed notebook private
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             nbformat.write(nb, fh)
         os.replace(tmp, target)

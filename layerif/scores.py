@@ -23,6 +23,7 @@ memory when the per-example gradients fit ``memory_budget_gb``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,14 +33,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import distributed, influence, parallel_scores, store
+from . import distributed, frames, influence, parallel_scores, store
 from ._config import ConfigBase, check, field
 from .gradients import (Batches, GradientEngine, attached_lora, find_units, has_lora,
                         units_table)
 from .models import model_id as _model_id
 from .models import resolve_device, transformer_blocks
 
-__all__ = ["AGGREGATIONS", "LayerScores", "ScoreConfig", "aggregate_values", "layer_scores"]
+__all__ = ["AGGREGATIONS", "METHODS", "LayerScores", "ScoreConfig", "aggregate_values",
+           "layer_scores", "score_identity"]
 
 AGGREGATIONS = ("positive", "top", "all")
 KIND = "layer_scores"
@@ -128,6 +130,17 @@ def _ids(examples) -> list[str]:
     return [str(getattr(e, "id", i)) for i, e in enumerate(examples)]
 
 
+def _examples(examples, name: str) -> list:
+    """``examples`` as a non-empty list (a lone string is refused: it would be scored
+    character by character)."""
+    ok = not isinstance(examples, (str, bytes)) and hasattr(examples, "__iter__")
+    check(ok, name, examples if not ok else None, "a list of examples or strings, not one "
+          "string (wrap it: [text])")
+    out = list(examples)
+    check(len(out) > 0, name, out, "at least one example")
+    return out
+
+
 def _groups(units, unit: str) -> list[list[int]]:
     if unit == "tensor":
         return [[u] for u in range(len(units))]
@@ -137,15 +150,16 @@ def _groups(units, unit: str) -> list[list[int]]:
     return list(by_layer.values())
 
 
-_METHODS = ("datainf", "hessian_free", "exact")
+#: The influence methods of :func:`layer_scores` (and ``ScoreConfig.method``).
+METHODS = ("datainf", "hessian_free", "exact")
 
 
 def _check_methods(methods) -> tuple[str, ...]:
     """``methods`` as a tuple of distinct method names (ValueError otherwise)."""
     ok = (isinstance(methods, (tuple, list)) and len(methods) > 0
-          and all(isinstance(m, str) and m in _METHODS for m in methods)
+          and all(isinstance(m, str) and m in METHODS for m in methods)
           and len(set(methods)) == len(methods))
-    check(ok, "methods", methods, f"a non-empty tuple of distinct names from {_METHODS}")
+    check(ok, "methods", methods, f"a non-empty tuple of distinct names from {METHODS}")
     return tuple(methods)
 
 
@@ -253,8 +267,8 @@ def layer_scores(model, tokenizer, train_examples, val_examples,
     if not isinstance(config, ScoreConfig):
         raise ValueError(f"config={config!r} is invalid: expected a ScoreConfig")
     names = None if methods is None else _check_methods(methods)
-    train = list(train_examples)[:config.n_train]
-    val = list(val_examples)[:config.n_val]
+    train = _examples(train_examples, "train_examples")[:config.n_train]
+    val = _examples(val_examples, "val_examples")[:config.n_val]
     device = resolve_device(config.device)
     if getattr(model, "hf_device_map", None) is None and next(model.parameters()).device != device:
         model.to(device)
@@ -398,7 +412,7 @@ class LayerScores:
     def identity(self) -> dict:
         """This result's identity in :mod:`layerif.store`: kind ``layer_scores``, the config
         without run-time fields, the model id, and ``data = {task, train_ids, val_ids}``."""
-        return _identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids)
+        return score_identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write ``influence.pt`` (float64 values), ``units.csv`` and ``manifest.json``
@@ -415,7 +429,11 @@ class LayerScores:
         blocks = None if self.blocks is None else {int(k): v for k, v in self.blocks.items()}
 
         def write(folder: Path) -> None:
-            torch.save({"values": self.values}, folder / "influence.pt")
+            # Serialised in memory, then written as plain bytes: a full disk raises
+            # OSError(ENOSPC), not torch's "basic_ios::clear: iostream error".
+            buffer = io.BytesIO()
+            torch.save({"values": self.values}, buffer)
+            (folder / "influence.pt").write_bytes(buffer.getvalue())
             self.units.to_csv(folder / "units.csv")
 
         extra = {"info": self.info, "blocks": blocks, "runtime": self.config.runtime()}
@@ -440,29 +458,45 @@ class LayerScores:
         Raises:
             layerif.store.ResultMismatch: scores of another identity are saved there.
         """
-        ident = _identity(config, model_id, task, train_ids, val_ids)
+        ident = score_identity(config, model_id, task, train_ids, val_ids)
         manifest = store.load_if_matching(directory, ident)
         return None if manifest is None else cls._read(directory, manifest)
 
     @classmethod
     def _read(cls, directory: str | Path, manifest: dict) -> "LayerScores":
         directory = Path(directory)
-        values = torch.load(directory / "influence.pt", weights_only=True)["values"]
-        units = pd.read_csv(directory / "units.csv", index_col="unit")
+        with store.reading(directory / "influence.pt"):  # a damaged file: one clear error
+            values = torch.load(directory / "influence.pt", weights_only=True)["values"]
+        with store.reading(directory / "units.csv"):
+            frames.check_whole(directory / "units.csv")
+            units = pd.read_csv(directory / "units.csv", index_col="unit")
+            if len(units) != values.shape[0] or units.isna().any().any():
+                raise ValueError(f"{len(units)} rows (some short) for the {values.shape[0]} "
+                                 "units of influence.pt")
         extra = manifest.get("extra", {})
         blocks = extra.get("blocks")
         if blocks is not None:
             blocks = pd.Series({int(k): v for k, v in blocks.items()},
                                name="path").rename_axis("layer")
         data = manifest["data"]
-        config = ScoreConfig.from_dict({**manifest["config"], **extra.get("runtime", {})})
+        config = ScoreConfig.from_dict({**manifest["config"], **_usable(extra.get("runtime", {}))})
         return cls(values=values, units=units, train_ids=list(data["train_ids"]),
                    val_ids=list(data["val_ids"]), config=config, model_id=manifest["model_id"],
                    task=data.get("task"), blocks=blocks, info=extra.get("info", {}))
 
 
-def _identity(config: ScoreConfig, model_id: str | None, task: str | None, train_ids,
-              val_ids) -> dict:
+def _usable(runtime: dict) -> dict:
+    """Recorded run-time fields, less a device this machine lacks (scores computed on a GPU
+    load on a CPU; the config then says ``device="auto"``)."""
+    try:
+        resolve_device(runtime.get("device", "auto"))
+    except ValueError:
+        return {k: v for k, v in runtime.items() if k != "device"}
+    return runtime
+
+
+def score_identity(config: ScoreConfig, model_id: str | None, task: str | None, train_ids,
+                   val_ids) -> dict:
     """The store identity of layer scores (shared by saving and :meth:`load_if_matching`)."""
     check(isinstance(config, ScoreConfig), "config", config, "a ScoreConfig")
     return store.identity(KIND, config, model_id, {"task": task, "train_ids": list(train_ids),

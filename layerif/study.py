@@ -74,8 +74,11 @@ __all__ = [
     "list_notebooks",
     "load_params",
     "needs_of",
+    "check_param_types",
+    "parameter_defaults",
     "parameter_names",
     "params_dir",
+    "ran_since",
     "read_params_file",
     "render_book",
     "repo_root",
@@ -92,6 +95,8 @@ BOOK_PROFILE = "cpu"
 # jupyter-book's flags for the book: every Sphinx warning (and every missing reference) is an
 # error, reported all together at the end; --all re-reads every page so none is skipped.
 RENDER_FLAGS = ("-W", "-n", "--keep-going", "--all")
+#: File mode of executed notebooks (readable by all, like the sources they come from).
+EXECUTED_MODE = 0o644
 
 
 def repo_root() -> Path:
@@ -226,6 +231,7 @@ def run_notebook(
         return target
     nb = _execute(name, inputs, root, marker, progress)
     rec.write_atomic(nb, target)
+    os.chmod(target, EXECUTED_MODE)  # the temporary file's 0600 would hide it from others
     marker.unlink(missing_ok=True)
     marker.with_suffix(".ipynb").unlink(missing_ok=True)
     return target
@@ -289,21 +295,82 @@ def read_params_file(path: str | Path) -> dict:
     return params
 
 
-def parameter_names(name: str, root: str | Path | None = None) -> list[str]:
-    """The names assigned in notebook ``name``'s cell tagged ``parameters``, in order."""
+def _parameter_assignments(name: str, root: str | Path | None = None) -> list[tuple]:
+    """``(name, value node)`` of every assignment in notebook ``name``'s parameters cell."""
     import ast
 
     import jupytext
 
     nb = jupytext.read(_source(name, Path(root or repo_root())))
-    names: list[str] = []
+    out = []
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
             for node in ast.parse(cell.source).body:
                 targets = node.targets if isinstance(node, ast.Assign) else (
                     [node.target] if isinstance(node, ast.AnnAssign) else [])
-                names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
-    return names
+                out += [(t.id, node.value) for t in targets if isinstance(t, ast.Name)]
+    return out
+
+
+def parameter_names(name: str, root: str | Path | None = None) -> list[str]:
+    """The names assigned in notebook ``name``'s cell tagged ``parameters``, in order."""
+    return list(dict.fromkeys(n for n, _ in _parameter_assignments(name, root)))
+
+
+def parameter_defaults(name: str, root: str | Path | None = None) -> dict:
+    """The literal values the parameters cell assigns (``{name: value}``; a name assigned
+    an expression that is not a literal is left out)."""
+    import ast
+
+    out = {}
+    for key, node in _parameter_assignments(name, root):
+        try:
+            out[key] = ast.literal_eval(node) if node is not None else None
+        except ValueError:
+            out.pop(key, None)
+    return out
+
+
+_TYPE_NAMES = {bool: "a bool", int: "an int", float: "a number", str: "a string",
+               list: "a list", tuple: "a list", dict: "a mapping"}
+
+
+def _type_name(value) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _fits(value, like) -> bool:
+    """``value`` (from YAML) has the type of the parameter cell's ``like``: bools only for
+    bools, ints or floats for numbers, lists for lists or tuples (element by element when
+    ``like``'s elements share one type), mappings for dicts; anything fits None."""
+    if like is None:
+        return True
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, (int, float)):
+        return isinstance(value, int) or (isinstance(value, float) and isinstance(like, float))
+    if isinstance(like, (list, tuple)):
+        if not isinstance(value, list):
+            return False
+        kinds = {type(x) for x in like}
+        return len(kinds) != 1 or all(_fits(x, like[0]) for x in value)
+    if isinstance(like, dict):
+        return isinstance(value, dict)
+    return isinstance(value, type(like))
+
+
+def check_param_types(name: str, profile: str, params: dict, where: str,
+                      root: str | Path | None = None) -> None:
+    """Raise ``ValueError`` naming the first parameter whose value's type differs from its
+    default's in the parameters cell (the profile's value where the cell's is None), e.g.
+    ``models: smollm2-135m`` where a list is expected, before anything runs."""
+    defaults = parameter_defaults(name, root)
+    profile_values = load_params(name, profile, root)
+    for key, value in params.items():
+        like = defaults.get(key)
+        like = profile_values.get(key) if like is None else like
+        check(_fits(value, like), f"{where} {key}", value,
+              f"{_type_name(like)} like the default {like!r} of {name}'s parameters cell")
 
 
 def cell_params(name: str, namespace: dict, root: str | Path | None = None) -> dict:
@@ -339,7 +406,8 @@ def run_with_params(name: str, profile: str, params_file: str | Path,
     (``store.ResultMismatch``) rather than replacing the profile's.
 
     Raises:
-        ValueError: a key that is not one of the notebook's parameters, or ``profile``.
+        ValueError: a key that is not one of the notebook's parameters, a value whose type
+            is not its default's (:func:`check_param_types`), or ``profile``.
     """
     root = Path(root or repo_root())
     params = read_params_file(params_file)
@@ -348,9 +416,20 @@ def run_with_params(name: str, profile: str, params_file: str | Path,
     unknown = [k for k in params if k not in accepted]
     check(not unknown, f"--params {str(params_file)!r} keys", unknown,
           f"parameters of {name}: {', '.join(accepted)} (the profile comes from --profile)")
+    check_param_types(name, profile, params, f"--params {str(params_file)!r}:", root)
     return run_notebook(name, profile, params=params, root=root, force=force, progress=progress,
                         output_dir=params_dir(profile, params, root),
                         upstream_dir=executed_dir(profile, root))
+
+
+def ran_since(executed: str | Path, since: dt.datetime) -> bool:
+    """Whether the executed notebook at ``executed`` was produced by a run that started at
+    or after ``since`` (timezone-aware), i.e. it ran rather than was skipped as current."""
+    record = rec.read_record(executed) or {}
+    if "run_id" not in record:
+        return False
+    started = dt.datetime.strptime(record["run_id"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return started.replace(tzinfo=dt.timezone.utc) >= since
 
 
 def _advice(name: str, profile: str, state: str, changed: list[str], error: str) -> str:

@@ -184,6 +184,8 @@ def test_n_params_are_aligned_by_block_index():
     (dict(target=0.0), "target=0.0"), (dict(target=1.0), "target=1.0"),
     (dict(target=-0.2), "target=-0.2"), (dict(epsilon=1.0), "epsilon=1.0"),
     (dict(epsilon=-0.1), "epsilon=-0.1"), (dict(clip=0.4), "clip=0.4"),
+    (dict(target=0.995), r"target=0.995 is invalid with clip=0.99: .* \(lower the target"),
+    (dict(clip=1.5), r"clip=1.5 is invalid: expected a float in \(0, 1\]"),
     (dict(n_params=[1, 0, 2]), "non-positive"), (dict(scores=[1, np.inf, 2]), "non-finite"),
 ])
 def test_sparsity_rejects_bad_input(kwargs, match):
@@ -239,3 +241,49 @@ def test_per_module_and_per_matrix_follow_describe(tiny):
         al.per_module(al.uniform_sparsity(3, 0.5), table)
     with pytest.raises(ValueError, match="modules=None"):
         al.per_module(n, table["path"])
+
+
+# ----------------------------------------------------------------------------- per matrix
+def _matrix_fixture():
+    rng = np.random.default_rng(0)
+    modules = ["q", "k", "down"]
+    scores = pd.DataFrame(-rng.random((9, 3)), columns=modules).rename_axis("layer")
+    sizes = pd.DataFrame({"q": 4, "k": 1, "down": 12}, index=scores.index)
+    return scores, sizes
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_matrix_sparsity_meets_the_weighted_target(smooth):
+    scores, sizes = _matrix_fixture()
+    out = al.matrix_sparsity(scores, 0.6, sizes, epsilon=0.2, smooth=smooth)
+    assert out.shape == scores.shape and list(out.columns) == list(scores.columns)
+    weighted = (out * sizes).to_numpy().sum() / sizes.to_numpy().sum()
+    assert weighted == pytest.approx(0.6, abs=1e-12)
+    assert out.to_numpy().max() / out.to_numpy().min() <= 1.2 / 0.8 + 1e-12
+
+
+def test_matrix_sparsity_without_smoothing_is_the_linear_map_of_abs_scores():
+    scores, sizes = _matrix_fixture()
+    out = al.matrix_sparsity(scores, 0.5, sizes, epsilon=0.1, smooth=False)
+    a = scores.abs().to_numpy()
+    r = (a - a.min()) / (a.max() - a.min()) * 0.2 + 0.9
+    eta = 0.5 * sizes.to_numpy().sum() / (r * sizes.to_numpy()).sum()
+    np.testing.assert_allclose(out.to_numpy(), eta * r, rtol=1e-12)
+
+
+def test_matrix_sparsity_smooths_each_matrix_type_across_depth():
+    scores, sizes = _matrix_fixture()
+    out = al.matrix_sparsity(scores, 0.5, sizes, epsilon=0.1, smooth=True)
+    a = scores.abs().to_numpy()
+    s = (a - a.min()) / (a.max() - a.min())
+    from scipy.signal import savgol_filter
+    s = savgol_filter(s, 7, 3, axis=0, mode="interp")  # column by column
+    r = (s - s.min()) / (s.max() - s.min()) * 0.2 + 0.9
+    eta = 0.5 * sizes.to_numpy().sum() / (r * sizes.to_numpy()).sum()
+    np.testing.assert_allclose(out.to_numpy(), eta * r, rtol=1e-10)
+
+
+def test_matrix_sparsity_rejects_misaligned_sizes():
+    scores, sizes = _matrix_fixture()
+    with pytest.raises(ValueError, match="n_params"):
+        al.matrix_sparsity(scores, 0.5, sizes[["k", "q", "down"]])

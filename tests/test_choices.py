@@ -182,7 +182,8 @@ def test_summary_columns_by_hand_and_frame_round_trips(tiny, tmp_path):
         assert got["majority"] == pytest.approx(majority)
     assert summary.loc["single", "chance"] == 0.5 and summary.loc["single", "majority"] == 0.6
     ident = store.identity("zero_shot", {"batch_size": 4}, "tiny", {"task": "toy", "ids": list(frame.index)})
-    store.save_frame(tmp_path / "f", frame, ident)
+    # NaN in ll_j: a choice the task does not have (a value, not a failed computation)
+    store.save_frame(tmp_path / "f", frame, ident, allow_nonfinite=_ll_columns(frame))
     pd.testing.assert_frame_equal(store.load_frame(tmp_path / "f"), frame, check_exact=True)
 
 
@@ -195,3 +196,31 @@ def test_bad_arguments_raise_naming_the_parameter(tiny):
             zero_shot(model, tokenizer, named, **kwargs)
     with pytest.raises(ValueError, match="^batch_size="):
         choice_logliks(model, tokenizer, named["t"], batch_size=True)
+
+
+# ------------------------------------------------- non-finite models are refused, not scored
+def test_evaluation_refuses_non_finite_weights_and_log_likelihoods(tiny):
+    from layerif.data import load_task
+    from layerif.evaluate import accuracy, perplexity
+
+    model, tok = tiny
+    examples = load_task("boolq", "test", n=2)
+    tokens = torch.randint(4, 104, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert math.isfinite(perplexity(model, tokens, progress=False))  # the clean model scores
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    weight = r"^model\.layers\.1\.mlp\.up_proj: weights hold 1 NaN and 0 inf of 2048 values"
+    for call in (lambda: perplexity(model, tokens, progress=False),
+                 lambda: choice_logliks(model, tok, examples, progress=False),
+                 lambda: accuracy(model, tok, examples, progress=False)):
+        with pytest.raises(ValueError, match=weight):
+            call()
+    # finite weights whose logits overflow: the log-likelihoods are refused, naming the model
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = 0.0
+        model.lm_head.weight.fill_(3e38)
+    with pytest.raises(ValueError, match=r"tiny-llama-4x32-seed0: perplexity log-likelihoods "
+                                         r"\(its logits\) hold \d+ NaN"):
+        perplexity(model, tokens, progress=False)
+    with pytest.raises(ValueError, match=r"tiny-llama-4x32-seed0: choice log-likelihoods"):
+        choice_logliks(model, tok, examples, progress=False)

@@ -180,7 +180,7 @@ def test_evaluate_prints_saves_and_reloads(tiny_dir, tmp_path, capsys):
     # the default folder depends on the evaluation config, so other sizes never collide
     assert run.default_out("smoke", "smollm2-135m", config) != run.default_out(
         "smoke", "smollm2-135m", config.replace(n_examples=3))
-    assert run.default_out("smoke", "a/b", config).parent.name == "a-b"
+    assert run.default_out("smoke", "a/b", config).parent.name == "a--b"  # store.slug
 
 
 # ----------------------------------------------------------------------------- --help and errors
@@ -284,4 +284,175 @@ def test_moe_argument_errors(tiny_dir, tmp_path, capsys):
     _fails(base + ["--method", "AlphaLoRA", "--profile", "big"], capsys, "--profile", "cpu")
     bad = tmp_path / "bad.csv"
     bad.write_text("layer,a,b\n0,1,2\n")
-    _fails(base + ["--allocation", str(bad)], capsys, "allocation=", "'experts' column")
+    _fails(base + ["--allocation", str(bad)], capsys, "--allocation", "bad.csv", "'experts' column")
+
+
+def test_scores_checks_every_task_before_scoring_any(tmp_path, monkeypatch, capsys):
+    # The pool needs one validation example per pruning task: with --n-val 4 the command
+    # must fail before scoring mrpc (it used to save mrpc, then fail on the pool).
+    monkeypatch.setenv("LAYERIF_ROOT", str(tmp_path))
+    _fails(["scores", "mrpc", "pruning_pool", "--n-val", "4", "--profile", "smoke"], capsys,
+           "layerif scores: error: n_val=4 is invalid", "pruning_pool")
+    assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------- issue 24: expected failures are one line, exit 2
+def _saved_model(path, poison=None, tokenizer=True):
+    """The tiny Llama saved as a checkpoint, optionally with one NaN weight at ``poison``."""
+    import torch
+
+    from layerif.testing import tiny_model
+
+    model, tok = tiny_model()
+    if poison is not None:
+        with torch.no_grad():
+            model.get_submodule(poison).weight.view(-1)[7] = float("nan")
+    model.save_pretrained(path)
+    if tokenizer:
+        tok.save_pretrained(path)
+    return path
+
+
+def test_prune_of_a_model_with_one_nan_weight_exits_2_and_saves_nothing(tmp_path, capsys):
+    # Before: exit 0, perplexity NaN, global sparsity 0.1667, all of it saved as computed.
+    model = _saved_model(tmp_path / "nan-model", poison="model.layers.2.mlp.down_proj")
+    out = tmp_path / "out"
+    for method in ("wanda", "magnitude"):
+        _fails(["prune", str(model), "--sparsity", "0.5", "--method", method, "--profile",
+                "smoke", "--device", "cpu", "--out", str(out), "--tasks"], capsys,
+               "model.layers.2.mlp.down_proj: weights hold 1 NaN and 0 inf")
+        assert not out.exists()
+
+
+def test_moe_allocation_counts_must_be_whole_numbers(tiny_dir, tmp_path, capsys):
+    # Before: 2.5 trained with 2 experts (the run folder said 2.75); NaN gave a pandas error.
+    base = ["moe", str(tiny_dir), "sst2", "--profile", "smoke", "--device", "cpu",
+            "--results", str(tmp_path / "res")]
+    for row, value in ((1, "2.5"), (2, ""), (3, "two"), (0, "0")):
+        counts = ["3", "2", "2", "3"]
+        counts[row] = value
+        csv = tmp_path / f"experts-{row}.csv"
+        csv.write_text("layer,score,experts\n" + "".join(
+            f"{i},-1.0,{c}\n" for i, c in enumerate(counts)))
+        _fails(base + ["--allocation", str(csv)], capsys, f"experts-{row}.csv", f"row {row}",
+               "whole number >= 1")
+    assert not (tmp_path / "res").exists()
+
+
+def test_read_experts_reads_what_allocate_writes(tmp_path):
+    from layerif.moe.io import read_experts
+
+    csv = tmp_path / "e.csv"
+    csv.write_text("layer,score,experts\n1,-2.0,4\n0,-1.0,3.0\n")
+    experts = read_experts(csv)
+    assert experts.to_dict() == {0: 3, 1: 4} and experts.dtype == int
+    assert experts.index.name == "layer" and experts.name == "experts"
+
+
+def test_model_paths_devices_and_tokenizers_fail_in_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    # a nonexistent absolute path is not sent to the hub ("Repo id must be in the form ...")
+    _fails(["describe", str(tmp_path / "no" / "such-model")], capsys, "such-model",
+           "does not exist")
+    _fails(["prune", "/no/such/model", "--sparsity", "0.5", "--device", "cpu",
+            "--out", str(tmp_path / "o"), "--tasks"], capsys, "'/no/such/model' does not exist")
+    # a checkpoint without tokenizer files says so (not "install sentencepiece or tiktoken")
+    bare = _saved_model(tmp_path / "bare", tokenizer=False)
+    _fails(["describe", str(bare)], capsys, "holds no tokenizer files", "save_pretrained")
+    if not torch.cuda.is_available():  # --device cuda fails at once, before the model loads
+        monkeypatch.setattr("layerif.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+        _fails(["prune", str(bare), "--sparsity", "0.5", "--device", "cuda", "--out",
+                str(tmp_path / "o"), "--tasks"], capsys, "device='cuda' is unavailable")
+        _fails(["evaluate", str(bare), "--device", "cuda:1", "--tasks"], capsys, "cuda:1")
+    assert not (tmp_path / "o").exists()
+
+
+def _read_only(monkeypatch, folder):
+    """``folder`` made read-only; as root (who writes anyway) os.access is made to say so,
+    as it does for every other user."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if (
+            str(p) == str(folder) and mode & os.W_OK) else real(p, mode, *a, **k))
+
+
+def test_a_read_only_results_folder_is_refused_before_any_work(tiny_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    # Before: the scores were computed first, then the save failed with chained tracebacks.
+    monkeypatch.setenv("LAYERIF_ROOT", str(tmp_path))
+    _read_only(monkeypatch, tmp_path / "results")
+    monkeypatch.setattr("layerif.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+    try:
+        _fails(["scores", "mrpc", "--profile", "smoke", "--model", str(tiny_dir)], capsys,
+               "is not writable", str(tmp_path / "results"))
+        _fails(["evaluate", str(tiny_dir), "--profile", "smoke", "--device", "cpu", "--tasks",
+                "--out", str(tmp_path / "results" / "e")], capsys, "--out", "not writable")
+        _fails(["prune", str(tiny_dir), "--sparsity", "0.5", "--profile", "smoke", "--device",
+                "cpu", "--tasks"], capsys, "--out", "not writable")
+        _fails(["moe", str(tiny_dir), "sst2", "--method", "AlphaLoRA", "--profile", "smoke",
+                "--device", "cpu"], capsys, "--results", "not writable")
+    finally:
+        (tmp_path / "results").chmod(0o755)
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_scores_methods_must_name_methods(capsys):
+    # Before: `--methods ,` gave a KeyError traceback.
+    for bad in (",", "datainf,nope", "exact,exact"):
+        _fails(["scores", "mrpc", "--profile", "smoke", "--methods", bad], capsys,
+               f"--methods={bad!r}", "datainf, hessian_free, exact")
+
+
+def test_a_full_disk_while_saving_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    # Before: torch.save on a full disk raised "basic_ios::clear: iostream error". Every
+    # file write goes to /dev/full here, which fails with the kernel's ENOSPC.
+    import builtins
+    import pathlib
+
+    monkeypatch.setenv("LAYERIF_ROOT", str(tmp_path))
+    real_open = builtins.open
+
+    def full_disk(self, data):
+        with real_open("/dev/full", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    _fails(["scores", "mrpc", "--profile", "smoke", "--model", str(tiny_dir), "--n-train", "3",
+            "--n-val", "2"], capsys, "no space left on the device", "--results")
+    assert not list((tmp_path / "results").rglob("influence.pt"))
+
+
+def test_an_unexpected_failure_keeps_its_traceback(monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr("layerif.study.status", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["status", "--profile", "smoke"])
+
+
+def test_allocate_sparsity_target_above_the_cap_names_target(scores_dir, capsys):
+    # Before: "clip=0.99 is invalid", an option `layerif allocate` does not have.
+    path, _ = scores_dir
+    line = _fails(["allocate", "sparsity", str(path), "--target", "0.995"], capsys,
+                  "--target=0.995", "(0, 0.99)", "capped at 0.99")
+    assert "clip=" not in line
+
+
+def test_allocate_sparsity_from_scores_of_a_local_checkpoint(save_tiny, tmp_path, monkeypatch, capsys):
+    # A local folder's model id is its weights' fingerprint; the model is loaded by its label.
+    monkeypatch.setenv("LAYERIF_ROOT", str(tmp_path))
+    folder = save_tiny(4)
+    assert cli.main(["scores", "mrpc", "--model", str(folder), "--profile", "smoke",
+                     "--n-train", "6", "--n-val", "3", "--methods", "datainf"]) == 0
+    (scores,) = tmp_path.glob("results/smoke/scores/*/mrpc/datainf")
+    capsys.readouterr()
+    assert cli.main(["allocate", "sparsity", str(scores), "--target", "0.5"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), index_col="layer")
+    assert len(table) == 4 and table["sparsity"].between(0, 1).all()

@@ -137,3 +137,39 @@ def test_tiny_llama_is_seeded_without_touching_the_global_rng():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     c = tiny_llama(n_layers=1, seed=6)
     assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def test_dtype_names_and_unavailable_devices_fail_before_loading(save_tiny):
+    # Before: load_model(dtype="torch.float16") raised AttributeError; an unavailable CUDA
+    # device failed inside the first .to() with "Torch not compiled with CUDA enabled".
+    from layerif.models import resolve_dtype
+
+    path = save_tiny()
+    for name in ("torch.float16", "float16", " bfloat16"):
+        model, _ = load_model(str(path), device="cpu", dtype=name)
+        assert next(model.parameters()).dtype == resolve_dtype(name) == getattr(
+            torch, name.strip().removeprefix("torch."))
+    for bad in ("torch.int8", "half-ish", 16):
+        with pytest.raises(ValueError, match=rf"dtype={bad!r} is invalid"):
+            load_model(str(path), device="cpu", dtype=bad)
+    if not torch.cuda.is_available():
+        for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
+            with pytest.raises(ValueError, match="is unavailable: this torch has no CUDA|no CUDA"
+                                                 " device is visible"):
+                resolve_device(device)
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"has {n} CUDA device"):
+            resolve_device(f"cuda:{n}")
+
+
+def test_local_paths_are_never_sent_to_the_hub(tmp_path):
+    for name in (str(tmp_path / "missing"), "./missing-model", "~/no/such/model", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_model(name, device="cpu")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file: expected a checkpoint folder"):
+        load_model(str(tmp_path / "weights.bin"), device="cpu")
+    (tmp_path / "noconfig").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no config.json"):
+        load_model(str(tmp_path / "noconfig"), device="cpu")

@@ -217,6 +217,40 @@ def test_config_validation_and_presets():
     assert ScoreConfig.from_dict(paper.to_dict()) == paper
 
 
+def test_bools_strings_and_unavailable_devices_are_refused_at_once(tiny):
+    # Before: n_train=True was taken as 1; a str was scored character by character.
+    for kw in ({"n_train": True}, {"n_val": False}, {"batch_size": True}, {"damping": True},
+               {"seed": False}):
+        (name, value), = kw.items()
+        with pytest.raises(ValueError, match=rf"{name}={value!r} is invalid: .*a bool is not"):
+            ScoreConfig(**kw)
+    assert ScoreConfig(include_pads=True).include_pads is True  # a bool field takes bools
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' is unavailable"):
+            ScoreConfig(device="cuda")
+    model, tok = tiny
+    config = ScoreConfig(device="cpu", n_train=2, n_val=1)
+    for train, val, name in (("hello world", VAL, "train_examples"),
+                             (TRAIN, "hello", "val_examples")):
+        with pytest.raises(ValueError, match=rf"{name}='.*' is invalid: .*not one string"):
+            layer_scores(model, tok, train, val, config, progress=False)
+    with pytest.raises(ValueError, match=r"train_examples=\[\] is invalid"):
+        layer_scores(model, tok, [], VAL, config, progress=False)
+
+
+def test_scores_saved_on_a_gpu_load_where_there_is_none(tmp_path):
+    import json
+
+    s = hand_scores()
+    path = s.save(tmp_path / "s")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["extra"]["runtime"]["device"] = "cuda:7"  # as a GPU run records it
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = LayerScores.load(path)
+    assert loaded.config.device == ("cuda:7" if torch.cuda.device_count() > 7 else "auto")
+    assert torch.equal(loaded.values, s.values)
+
+
 def test_first_examples_and_ids_are_used(tiny):
     from types import SimpleNamespace
 

@@ -2,6 +2,7 @@
 notebook, the provenance note, and failures that never look current."""
 import hashlib
 import json
+import re
 import subprocess
 
 import nbformat
@@ -264,7 +265,14 @@ def test_params_file_run_goes_beside_the_profiles_own(root, monkeypatch, capsys)
     assert elsewhere.parent != out.parent
     monkeypatch.setenv("LAYERIF_ROOT", str(root))
     assert cli.main(["run", "toy", "--profile", "cpu", "--params", str(override)]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
+    assert capsys.readouterr().out.strip() == (  # says it skipped (it printed the same before)
+        f"skipped toy (current: same source, parameters and upstream runs; --force re-runs "
+        f"it): {out}")
+    assert cli.main(["run", "toy", "--profile", "cpu", "--params", str(override), "--force"]) == 0
+    assert capsys.readouterr().out.strip() == f"ran toy: {out}"
+    assert out.stat().st_mtime_ns != first
+    for executed in (own, out, elsewhere):  # readable by all, not the temporary file's 0600
+        assert executed.stat().st_mode & 0o777 == 0o644, executed
 
 
 def test_params_file_errors_name_the_key_and_the_accepted_ones(root, tmp_path):
@@ -317,3 +325,58 @@ def test_render_fails_on_a_warning_and_names_it(tmp_path):
     index = study.render_book(tmp_path, tmp_path / "out")
     assert index == tmp_path / "out" / "_build" / "html" / "index.html"
     assert "Method" in (tmp_path / "out" / "_build" / "html" / "method.html").read_text()
+
+
+TYPED = FRONT.format(extra="") + """
+# typed
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "smoke"
+models = ["smollm2-135m"]
+sizes = [0.3, 0.5]
+n_examples = 4
+rate = 0.5
+quick = False
+prune = {"n_samples": 4}
+later = None
+computed = 2 * 3
+```
+
+```{code-cell} ipython3
+raise AssertionError("never runs in these tests")
+```
+"""
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("models: smollm2-135m\n", "models", "a list like the default ['smollm2-135m']"),
+    ("models: [1, 2]\n", "models", "a list like the default ['smollm2-135m']"),
+    ("sizes: [0.2, low]\n", "sizes", "a list like the default [0.3, 0.5]"),
+    ("n_examples: '20'\n", "n_examples", "an int like the default 4"),
+    ("n_examples: 20.5\n", "n_examples", "an int like the default 4"),
+    ("n_examples: true\n", "n_examples", "an int like the default 4"),
+    ("quick: 1\n", "quick", "a bool like the default False"),
+    ("prune: [4, 64]\n", "prune", "a mapping like the default {'n_samples': 4}"),
+    ("later: 3\nmodels: x\n", "models", "a list"),  # None takes anything; models is next
+])
+def test_params_file_values_are_type_checked_before_running(tmp_path, text, key, expected):
+    # Before: `models: smollm2-135m` ran the notebook (90 s on 05) and failed per character.
+    root = _write(tmp_path, {"notebooks/typed.md": TYPED, "params/cpu/typed.yaml": "rate: 0.4\n"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=rf"bad.yaml': {key}=.* is invalid: expected "
+                                         rf"{re.escape(expected)}"):
+        study.run_with_params("typed", "cpu", bad, root=root, progress=False)
+    assert not (root / "results").exists()  # nothing ran
+
+
+def test_params_file_values_of_the_right_type_pass_the_check(tmp_path):
+    root = _write(tmp_path, {"notebooks/typed.md": TYPED})
+    good = {"models": ["a", "b"], "sizes": [1, 0.25], "n_examples": 20, "rate": 1,
+            "quick": True, "prune": {"seq_len": 8}, "later": [1], "computed": "anything"}
+    study.check_param_types("typed", "cpu", good, "--params", root)  # no error
+    assert study.parameter_defaults("typed", root) == {
+        "profile": "smoke", "models": ["smollm2-135m"], "sizes": [0.3, 0.5], "n_examples": 4,
+        "rate": 0.5, "quick": False, "prune": {"n_samples": 4}, "later": None}

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models import eval_mode
+from .._config import check_finite
+from ..models import check_finite_parameters, eval_mode, model_id
 
 __all__ = ["ANSWER_PATTERN", "LETTER_PATTERN", "AccuracyResult", "accuracy", "parse_answer"]
 
@@ -203,9 +204,12 @@ def accuracy(model, tokenizer, examples: Sequence, method: str = "loglik", batch
         if not 0 <= ex.label < len(ex.choices):
             raise ValueError(f"example {getattr(ex, 'id', '?')!r}: label={ex.label!r} is invalid: "
                              f"expected an index into its {len(ex.choices)} choices")
+    check_finite_parameters(model)
     with eval_mode(model):
         if method == "loglik":
             scores = _loglik(model, tokenizer, examples, batch_size, max_length, progress)
+            check_finite(torch.tensor([x for s in scores for x in s], dtype=torch.float64),
+                         model_id(model), "choice log-likelihoods (its logits)")
             preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
             extra = {"scores": scores}
         else:

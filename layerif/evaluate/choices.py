@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..models import eval_mode
+from .._config import check_finite
+from ..models import check_finite_parameters, eval_mode, model_id
 
 __all__ = ["choice_frame", "choice_logliks", "encode_pair", "lm_eval_docs"]
 
@@ -218,7 +219,8 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
         One row per example (index ``id``), see :func:`choice_frame`.
 
     Raises:
-        ValueError: bad ``batch_size``, no examples, a label outside its choices.
+        ValueError: bad ``batch_size``, no examples, a label outside its choices; NaN or inf
+            in the model's parameters or log-likelihoods (:class:`layerif._config.NonFiniteError`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is invalid: expected a positive int")
@@ -231,6 +233,7 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
         encoded.append((pairs[0][0], [cont for _, cont in pairs]))
     order = sorted(distributed.shard(range(len(docs))), key=lambda i: -len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    check_finite_parameters(model)
     device = next(model.parameters()).device
     mine: dict[int, list[float]] = {}
     progress = progress and distributed.is_main()
@@ -243,5 +246,7 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
     for part in distributed.all_gather_objects(mine):
         for i, s in part.items():
             scores[i] = s
+    check_finite(torch.tensor([x for s in scores for x in s], dtype=torch.float64),
+                 model_id(model), "choice log-likelihoods (its logits)")
     return choice_frame([d["id"] for d in docs], [d["label"] for d in docs], scores,
                         [[len(c) for c in d["choices"]] for d in docs])

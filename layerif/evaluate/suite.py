@@ -2,7 +2,9 @@
 
 :class:`EvalConfig` fixes what is evaluated (tasks, examples per task, perplexity windows) so
 that every model of a comparison is scored on the *same* examples; :func:`evaluate_suite`
-returns the per-example results (the unit of every paired test) with the perplexity.
+returns the per-example results (correctness and the gold choice's log-likelihood margin: the
+units of the paired tests on accuracy and margin) with the perplexity and its per-window NLL
+sums (the unit of the paired per-window test).
 """
 from __future__ import annotations
 
@@ -84,16 +86,46 @@ class Evaluation:
     """One model's evaluation.
 
     Attributes:
-        examples: one row per (task, id): label, prediction, correct, margin, ``ll_*``, ...
+        examples: one row per (task, id): label, prediction, correct, margin (the gold
+            choice's log-likelihood minus the best other choice's), ``ll_*``, ...
         perplexity: on the held-out windows.
+        windows: one row per perplexity window (index ``window``): ``nll_sum`` and
+            ``n_tokens`` (:func:`layerif.evaluate.perplexity.window_nll`), the unit of the
+            paired per-window test (:func:`layerif.stats.paired_nll`); ``None`` for an
+            evaluation saved before windows were kept.
     """
 
     examples: pd.DataFrame
     perplexity: float
+    windows: pd.DataFrame | None = None
 
     def summary(self) -> pd.DataFrame:
         """Per task: acc, margin (with standard errors), chance, majority, n."""
         return summarize(self.examples)
+
+    def saved_extra(self) -> dict:
+        """What a result folder keeps beside :attr:`examples` (its manifest's ``extra``, not
+        its identity): the perplexity and, when present, the windows as two lists."""
+        out = {"perplexity": float(self.perplexity)}
+        if self.windows is not None:
+            out["windows"] = {"nll_sum": [float(v) for v in self.windows["nll_sum"]],
+                              "n_tokens": [int(v) for v in self.windows["n_tokens"]]}
+        return out
+
+    @classmethod
+    def from_saved(cls, examples: pd.DataFrame, extra: dict) -> "Evaluation":
+        """The evaluation back from its examples and :meth:`saved_extra` (other keys of
+        ``extra`` are ignored; without ``windows``, as saved before they were kept, the
+        windows are ``None``)."""
+        check(isinstance(extra, dict) and "perplexity" in extra, "extra", extra,
+              "a dict with a 'perplexity' entry (Evaluation.saved_extra)")
+        saved = extra.get("windows")
+        windows = None
+        if saved is not None:
+            windows = pd.DataFrame({"nll_sum": pd.Series(saved["nll_sum"], dtype="float64"),
+                                    "n_tokens": pd.Series(saved["n_tokens"], dtype="int64")})
+            windows.index = pd.RangeIndex(len(windows), name="window")
+        return cls(examples, float(extra["perplexity"]), windows)
 
 
 def summarize(examples: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +156,9 @@ def evaluate_suite(model, tokenizer, config: EvalConfig, examples: dict[str, lis
                    ppl_tokens=None, progress: bool = True) -> Evaluation:
     """Zero-shot per-example results and perplexity of ``model`` under ``config``.
 
+    The per-window NLL sums are an output (:attr:`Evaluation.windows`), not part of what is
+    evaluated: the config, and so a saved result's identity, does not change with them.
+
     Args:
         model, tokenizer: a causal LM (dense or pruned) and its tokenizer.
         config: the evaluation's sizes.
@@ -144,5 +179,6 @@ def evaluate_suite(model, tokenizer, config: EvalConfig, examples: dict[str, lis
     if examples:
         _, per_example = zero_shot(model, tokenizer, examples, batch_size=config.batch_size,
                                    backend=config.backend, per_example=True, progress=progress)
-    ppl = perplexity(model, ppl_tokens, batch_size=config.batch_size, progress=progress)
-    return Evaluation(per_example, ppl)
+    ppl, windows = perplexity(model, ppl_tokens, batch_size=config.batch_size, progress=progress,
+                              per_window=True)
+    return Evaluation(per_example, ppl, windows)

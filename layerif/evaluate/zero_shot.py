@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..models import eval_mode
+from ..models import check_finite_parameters, eval_mode
 from .choices import choice_frame, choice_logliks, lm_eval_docs
 
 __all__ = ["BACKENDS", "PAPER_TASKS", "lm_eval_task", "summarize", "zero_shot"]
@@ -200,6 +200,7 @@ def zero_shot(
         named = {t: load_task(t, split) for t in tasks}
     frames, rows = {}, []
     if backend == "lm-eval":
+        check_finite_parameters(model)  # the layerif backend checks in choice_logliks
         out = _lm_eval(model, tokenizer, named, limit, batch_size, log_samples=per_example)
         for name in named:
             res = out["results"][f"layerif_{name}"]

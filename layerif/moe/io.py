@@ -19,10 +19,53 @@ from .attach import MoEConfig, attach, moe_layers, moe_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADAPTER_FILE", "KIND", "adapter_identity", "load_adapter", "save_adapter"]
+__all__ = ["ADAPTER_FILE", "KIND", "adapter_identity", "load_adapter", "read_experts",
+           "save_adapter"]
 
 ADAPTER_FILE = "adapter.safetensors"
 KIND = "moe_adapter"
+
+
+def read_experts(path: str | Path) -> pd.Series:
+    """Experts per block from a CSV (``layerif allocate experts --out`` writes one: first
+    column the block index ``layer``, then ``score`` and ``experts``; or any table whose first
+    column is the block index and which has an ``experts`` column or a single other column).
+
+    Returns:
+        ``pd.Series[int]`` named ``experts``, indexed by block (``layer``), sorted.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not such a CSV, a non-integer block index, or a count that is not a
+            whole number >= 1 (2.5, NaN, text): the message names the file and the row.
+    """
+    path = Path(path)
+    what = f"--allocation {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} does not exist: expected a CSV of experts per block "
+                                "(as `layerif allocate experts ... --out FILE` writes)")
+    try:
+        frame = pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} is not a readable CSV ({str(err).splitlines()[0]}): "
+                         "expected columns layer,experts") from None
+    if "experts" not in frame.columns and frame.shape[1] != 1:
+        raise ValueError(f"{what} has columns {[frame.index.name] + list(frame.columns)}: "
+                         "expected the block index first, then an 'experts' column (or a "
+                         "single column of counts)")
+    if len(frame) == 0:
+        raise ValueError(f"{what} has no rows: expected one expert count per block")
+    if not pd.api.types.is_integer_dtype(frame.index.dtype):
+        raise ValueError(f"{what} is indexed by {list(frame.index)[:6]}: expected block "
+                         "indices 0..L-1 in the first column")
+    column = frame["experts" if "experts" in frame.columns else frame.columns[0]]
+    values = pd.to_numeric(column, errors="coerce")
+    for layer, raw, value in zip(frame.index, column, values):
+        if not (value >= 1 and float(value).is_integer()):  # NaN, 2.5, 0, text fail
+            raise ValueError(f"{what} row {layer} has experts {raw!r}: expected a whole "
+                             "number >= 1 of experts per block")
+    return pd.Series(values.to_numpy(dtype=int), index=pd.Index(frame.index.astype(int),
+                     name="layer"), name="experts").sort_index()
 
 
 def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -16,6 +16,8 @@ import numbers
 
 import torch
 
+from .._config import check_finite
+
 __all__ = ["TIES", "magnitude", "lowest_k_mask", "threshold_mask", "nm_mask", "check_matrix",
            "check_sparsity", "check_ties"]
 
@@ -64,10 +66,12 @@ def check_sparsity(sparsity: float, nm: tuple[int, int] | None = None, name: str
 
 
 def check_matrix(W: torch.Tensor, nm: tuple[int, int] | None = None, name: str = "W"):
-    """Raise ValueError unless ``W`` is a 2-D floating matrix (whose width N:M divides)."""
+    """Raise ValueError unless ``W`` is a finite 2-D floating matrix (whose width N:M divides;
+    :class:`layerif._config.NonFiniteError` for NaN or inf entries)."""
     if not isinstance(W, torch.Tensor) or W.dim() != 2 or not W.is_floating_point():
         shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
         raise ValueError(f"{name} of shape {shape} is invalid: expected a 2-D float tensor [d_out, d_in]")
+    check_finite(W, name, "weights")
     if nm is not None and W.shape[1] % nm[1]:
         raise ValueError(
             f"nm={tuple(nm)} is invalid for {name} with d_in={W.shape[1]}: d_in must be a multiple of m"

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..models import eval_mode, linear_modules, transformer_blocks
+from .._config import check_finite
+from ..models import check_finite_parameters, eval_mode, linear_modules, transformer_blocks
 from .config import METHODS, PruneConfig
 from .magnitude import magnitude
 from .ratios import matrix_paths, matrix_ratios
@@ -213,6 +214,12 @@ def _collect_stats(block: nn.Module, linears, inputs: _BlockInputs, kind: str) -
     return {name: s * scale for name, s in sums.items()}
 
 
+def _check_stats(path: str, stats: dict[str, torch.Tensor], kind: str) -> None:
+    """Refuse non-finite calibration statistics, naming the module whose inputs they are."""
+    for name, stat in stats.items():
+        check_finite(stat, f"{path}.{name}", f"calibration statistics ({kind} of its inputs)")
+
+
 def walk_blocks(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -244,6 +251,8 @@ def walk_blocks(
 
     Raises:
         ValueError: bad ``stats``, ``calibration`` or ``batch_size``.
+        layerif._config.NonFiniteError: a block's statistics hold NaN or inf (named by the
+            linear module whose inputs they are).
     """
     if stats not in (None, "act_sq_norm", "hessian"):
         raise ValueError(f"stats={stats!r} is invalid: expected None, 'act_sq_norm' or 'hessian'")
@@ -255,6 +264,7 @@ def walk_blocks(
         for layer, (path, block) in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
             linears = linear_modules(block)
             found = _collect_stats(block, linears, inputs, stats) if stats else {}
+            _check_stats(path, found, stats)
             yield layer, path, block, found
             del found
             if layer + 1 < len(blocks):
@@ -332,12 +342,16 @@ def prune_model(
             outside ``[0, 1)``, ratios for missing or unknown blocks, an unknown
             ``per_matrix`` key or a ``per_matrix`` sequence of the wrong length, empty
             ``calibration`` or one of another shape than the config's.
+        layerif._config.NonFiniteError: (a ValueError) a weight, calibration activation or
+            statistic holds NaN or inf; the message names the module. Weights are checked
+            before anything is pruned, statistics block by block.
     """
     config, from_config = _resolve_config(method, {
         "nm": nm, "batch_size": batch_size, "blocksize": blocksize, "percdamp": percdamp,
         "ties": ties})
     method, nm = config.method, config.nm
     targets = matrix_ratios(model, sparsity, per_matrix, nm)
+    check_finite_parameters(model)
     if config.needs_calibration:
         check_calibration(calibration)
         want = (config.n_samples, config.seq_len)
@@ -358,6 +372,7 @@ def prune_model(
             else:
                 new = sparsegpt(W, stats[name], ratio, nm, blocksize=config.blocksize,
                                 percdamp=config.percdamp, ties=config.ties)
+            check_finite(new, f"{path}.{name}", f"weights pruned by {method}")
             _set_weight(module, new)
 
     with torch.no_grad():

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .._config import check_finite
 from .magnitude import check_matrix, check_sparsity, check_ties, lowest_k_mask, nm_mask, threshold_mask
 
 __all__ = ["sparsegpt", "inverse_hessian_factor"]
@@ -38,8 +39,10 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[tor
         bool vector of the inputs with zero diagonal.
 
     Raises:
-        ValueError: ``H`` is not positive definite even after damping.
+        ValueError: ``H`` is not positive definite even after damping, or holds NaN or inf
+            (:class:`layerif._config.NonFiniteError`).
     """
+    check_finite(H, "H", "calibration statistics (Hessian)")  # NaN is not percdamp's fault
     H = H.detach().clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1
@@ -96,7 +99,8 @@ def sparsegpt(
 
     Raises:
         ValueError: bad shapes, ``sparsity``, ``nm``, ``blocksize``, ``percdamp`` or ``ties``, or a
-            Hessian that damping cannot make positive definite.
+            Hessian that damping cannot make positive definite; NaN or inf in ``W`` or ``H``
+            (:class:`layerif._config.NonFiniteError`).
     """
     sparsity = check_sparsity(sparsity, nm)
     check_matrix(W, nm)

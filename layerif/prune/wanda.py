@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._config import check_finite
 from .magnitude import check_matrix, check_sparsity, lowest_k_mask, nm_mask
 
 __all__ = ["wanda", "wanda_scores"]
@@ -26,12 +27,13 @@ def wanda_scores(W: torch.Tensor, act_sq_norm: torch.Tensor) -> torch.Tensor:
         The ``[d_out, d_in]`` Wanda importance scores.
 
     Raises:
-        ValueError: shapes disagree or ``act_sq_norm`` has negative entries.
+        ValueError: shapes disagree, or ``act_sq_norm`` has negative or non-finite entries.
     """
     check_matrix(W)
     if not isinstance(act_sq_norm, torch.Tensor) or act_sq_norm.shape != (W.shape[1],):
         shape = tuple(act_sq_norm.shape) if isinstance(act_sq_norm, torch.Tensor) else act_sq_norm
         raise ValueError(f"act_sq_norm of shape {shape} is invalid: expected ({W.shape[1]},) = d_in of W")
+    check_finite(act_sq_norm, "act_sq_norm", "calibration statistics")
     if bool((act_sq_norm < 0).any()):
         raise ValueError("act_sq_norm is invalid: it holds squared norms, so must be >= 0")
     dtype = torch.promote_types(W.dtype, torch.float32)
