@@ -80,7 +80,12 @@ class TrainConfig(ConfigBase):
     and accumulation included, because they change the order of summation (and, with
     dropout, the random draws), so two splits of one effective batch give different weights
     in the last bits.
+
+    Presets: ``smoke`` (tests) and ``paper`` (the authors'); the book's cpu recipe is the
+    paper's with fields changed in ``params/cpu/03_lora_moe.yaml``.
     """
+
+    PRESETS = ("smoke", "paper")
 
     epochs: int = field(1, help="passes over the training examples")
     lr: float = field(3e-4, help="peak learning rate of AdamW")
@@ -121,12 +126,6 @@ class TrainConfig(ConfigBase):
     def smoke(cls) -> "TrainConfig":
         """Seconds on the tiny model: a few steps at a high learning rate."""
         return cls(epochs=1, lr=1e-3, batch_size=4, max_length=64, progress=False)
-
-    @classmethod
-    def cpu(cls) -> "TrainConfig":
-        """This study's CPU recipe: two epochs over a few dozen short examples at batch 8 (a
-        dozen steps), a higher peak rate than the paper's for the ~100x fewer steps."""
-        return cls(epochs=2, lr=1e-3, batch_size=8, warmup_steps=2, max_length=128)
 
     @classmethod
     def paper(cls) -> "TrainConfig":

@@ -1,5 +1,9 @@
-"""Claims (notebook 10): the verdict rules, the missing-result error, the reproduction table."""
+"""Notebook 10: the verdict rules, the loop over the notebooks' run() and verdicts() (the claims
+table, the missing-result error) and the reproduction table."""
+import csv
 import datetime as dt
+import re
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -7,10 +11,9 @@ import pandas as pd
 import pytest
 
 from layerif import notebook_record as rec
-from layerif import study
-from layerif.experiments import claims, reproduction, saved
+from layerif import store, study
+from layerif.experiments import agreement, influence_validation, notebooks, reproduction, scoring
 from layerif.experiments import verdict as rules
-from layerif.experiments import validation_verdicts as vv
 
 from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, decide
 
@@ -64,103 +67,76 @@ def test_profile_interval_separates_shared_from_distinct_profiles():
     rng = np.random.default_rng(0)
     base = rng.normal(size=30)
     shared = pd.DataFrame([base, base * 2 + 0.01 * rng.normal(size=30), base + 0.01 * rng.normal(size=30)])
-    lo, hi = claims.profile_interval(shared, n_boot=200)
+    lo, hi = scoring.profile_interval(shared, n_boot=200)
     assert lo > 0.9 and rules.profile_verdict(lo, hi) == NOT_HELD
     distinct = pd.DataFrame(rng.normal(size=(3, 30)))
-    lo, hi = claims.profile_interval(distinct, n_boot=200)
+    lo, hi = scoring.profile_interval(distinct, n_boot=200)
     assert lo < 0 < hi < 0.5 and rules.profile_verdict(lo, hi) == HELD
 
 
-# ------------------------------------------------------------------ missing results
+# ------------------------------------------------------------------ notebook 10: the loop
 
-VALIDATION_PARAMS = {"model_name": "smollm2-135m", "gain_tasks": ["mrpc", "openbookqa:instruct"],
-                     "loo": {"task": "sst2", "n_train": 4, "n_val": 2, "blocks": [-1], "seeds": [0, 1]},
-                     "stability_models": ["smollm2-135m"], "stability_tasks": ["mrpc"]}
+DATA = Path(__file__).parent / "data"
 
 
-def _light_params():
-    """Parameters that name only claims readable without a model (01, 06)."""
-    return {"01_layer_scores": {"sizes": {"smollm2-135m": {}}, "tasks": ["mrpc", "pruning_pool"]},
-            "03_lora_moe": {"plans": {}},
-            "05_pruning": {"models": [], "methods": [], "sparsity": 0.5, "fig3_models": [],
-                           "fig3_sparsities": [], "task_specific": {"models": [], "tasks": [],
-                                                                    "method": "wanda"}},
-            "06_ablation_hessian_free": {"models": ["smollm2-135m"], "tasks": ["mrpc"], "n_boot": 10},
-            "07_ablation_smoothing": {"models": [], "methods": [], "sparsity": 0.7, "epsilons": [0.1]},
-            "08_ablation_granularity": {"scores": {}, "methods": [], "sparsity": 0.7},
-            "09_influence_validation": VALIDATION_PARAMS}
+def shown_cells(html: str) -> list[list[str]]:
+    """Header and rows of a rendered claims table (``notebooks.styled(...).to_html()``), each
+    cell's text exactly as displayed."""
+    heads = re.findall(r'<th id="[^"]*" class="col_heading[^"]*" >(.*?)</th>', html, re.S)
+    rows = re.findall(r"<tr>\s*(.*?)</tr>", html.split("<tbody>")[1], re.S)
+    return [heads] + [re.findall(r'<td id="[^"]*" class="data[^"]*" >(.*?)</td>', r, re.S)
+                      for r in rows]
 
 
-def test_missing_results_raise_one_error_naming_every_notebook(tmp_path):
-    with pytest.raises(saved.MissingResult) as err:
-        claims.claims_table(tmp_path, "smoke", params=_light_params())
+def test_the_registry_lists_modules_with_run_and_verdicts_that_notebook_10_needs():
+    names = [name for name, _ in notebooks.NOTEBOOKS]
+    assert len(set(names)) == len(names) and set(names) <= set(study.needs_of("10_summary"))
+    for name, module in notebooks.NOTEBOOKS:
+        assert callable(module.run) and callable(module.verdicts), name
+        assert module.NOTEBOOK == name
+
+
+def test_missing_results_raise_one_error_naming_every_notebook(tmp_path, monkeypatch):
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", [("06_ablation_hessian_free", agreement),
+                                                 ("09_influence_validation", influence_validation)])
+    with pytest.raises(store.MissingResult) as err:
+        notebooks.claims_table("smoke", results=tmp_path)
     message = str(err.value)
     assert isinstance(err.value, FileNotFoundError) and "\n" not in message
-    assert err.value.notebooks == ["01_layer_scores", "06_ablation_hessian_free",
-                                   "09_influence_validation"]
-    assert "smollm2-135m mrpc datainf scores" in message and "agreement table" in message
-    assert ("`layerif run 01_layer_scores 06_ablation_hessian_free 09_influence_validation "
-            "--profile smoke`") in message
+    assert err.value.notebooks == ["06_ablation_hessian_free", "09_influence_validation"]
+    assert "mrpc" in message and "validation/smollm2-135m/grid" in message
+    assert "`layerif run 06_ablation_hessian_free 09_influence_validation --profile smoke`" in message
+    assert not any(tmp_path.iterdir())   # nothing computed, nothing saved
 
 
-def test_no_claims_needed_gives_an_empty_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(claims, "CLAIMS", [c for c in claims.CLAIMS if c[0] != claims.VALIDATION])
-    params = _light_params()
-    params["01_layer_scores"]["sizes"] = {}
-    params["06_ablation_hessian_free"]["models"] = []
-    table = claims.claims_table(tmp_path, "smoke", params=params)
-    assert table.empty and list(table.columns) == claims.COLUMNS
+def test_no_notebook_listed_gives_an_empty_table(monkeypatch):
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", [])
+    table = notebooks.claims_table("smoke")
+    assert table.empty and list(table.columns) == rules.COLUMNS
+    assert notebooks.tally(table).empty
 
 
-def test_score_labels_follow_notebook_01():
-    assert saved.score_labels(["mrpc", "openbookqa", "pruning_pool"]) == \
-        ["mrpc", "openbookqa:instruct", "pruning_pool"]
+def test_styled_shows_p_values_to_three_digits_and_a_dash_for_none():
+    rows = [rules.Verdict("c", "m", "w", "p", "o", "t", p, "[+0.10, +0.20]", rules.HELD, "n")
+            for p in (0.012345, float("nan"))]
+    cells = shown_cells(notebooks.styled(rules.verdict_table(rows)).to_html())
+    assert cells[0] == rules.COLUMNS and [r[6] for r in cells[1:]] == ["0.0123", "—"]
 
 
-# ------------------------------------------------------------------ notebook 09
-
-def _verdict(part, verdict, model="", low=0.1, high=0.9) -> dict:
-    return {"part": part, "claim": f"{part} claim", "model": model, "subject": "block -1",
-            "statistic": "Spearman", "value": 0.5, "low": low, "high": high,
-            "interval": "bootstrap CI", "criterion": "held: CI above 0", "verdict": verdict,
-            "sentence": "Verdict: ..."}
-
-
-def test_validation_rows_from_verdict_rows():
-    verdicts = pd.DataFrame([_verdict("retraining", HELD), _verdict("gain", NOT_HELD, low=-1, high=-0.1),
-                             _verdict("stability", INCONCLUSIVE, "gemma3-270m", np.nan, np.nan)],
-                            columns=vv.COLUMNS)
-    rows = pd.DataFrame(claims.validation_rows(verdicts, "smollm2-135m"), columns=claims.COLUMNS)
-    assert list(rows["verdict"]) == [HELD, NOT_HELD, INCONCLUSIVE]
-    assert list(rows["model"]) == ["smollm2-135m", "smollm2-135m", "gemma3-270m"]
-    assert (rows["notebook"] == "09_influence_validation").all() and rows["p-value"].isna().all()
-    assert list(rows["interval"]) == ["[+0.10, +0.90] (bootstrap CI)", "[-1.00, -0.10] (bootstrap CI)",
-                                      "undefined (bootstrap CI)"]
-    assert rows.loc[0, "ours"] == "+0.50 (block -1)" and rows.loc[0, "claim"] == "retraining claim"
-    assert rows.loc[0, "test"] == "Spearman; held: CI above 0"
-    assert rows.loc[1, "where"] == claims.VALIDATION_WHERE["gain"][0]
-    for bad in (_verdict("pruning", HELD), _verdict("gain", "holds")):
-        with pytest.raises(ValueError, match="verdicts="):
-            claims.validation_rows(pd.DataFrame([bad]), "m")
-
-
-def test_validation_claim_checks_the_store_before_reading(tmp_path):
-    params = VALIDATION_PARAMS
-    with pytest.raises(saved.MissingResult) as err:
-        claims.validation_claim(tmp_path, params, "smoke")
-    assert err.value.notebooks == ["09_influence_validation"]
-    assert "smollm2-135m influence grid" in str(err.value)
-    assert "leave-one-out block -1 seed 1" in str(err.value)
-    assert "`layerif run 09_influence_validation --profile smoke`" in str(err.value)
-    # notebook 09's own results present, notebook 01's scores absent: named, nothing computed
-    folder = tmp_path / "validation" / "smollm2-135m"
-    subs = ["grid", "loo/block-1-seed0", "loo/block-1-seed1", "gains/mrpc", "gains/openbookqa-instruct"]
-    for sub in subs:
-        (folder / sub).mkdir(parents=True)
-        (folder / sub / "manifest.json").write_text("{}")
-    with pytest.raises(saved.MissingResult) as err:
-        claims.validation_claim(tmp_path, params, "smoke")
-    assert err.value.notebooks == ["01_layer_scores"] and "mrpc datainf scores" in str(err.value)
+@pytest.mark.slow
+def test_claims_table_equals_the_committed_notebook_10():
+    """Notebook 10's table from the committed results/cpu, every notebook's run() read-only,
+    against the table the committed book/executed/10_summary.ipynb shows (snapshot in
+    tests/data/claims_cpu.csv): same rows, same strings. Loads both models: ~5 min here."""
+    table = notebooks.claims_table("cpu")
+    with open(DATA / "claims_cpu.csv", newline="") as f:
+        want = list(csv.reader(f))
+    got = shown_cells(notebooks.styled(table).to_html())
+    assert got[0] == want[0] and len(got) == len(want)
+    for row, expected in zip(got[1:], want[1:]):
+        assert row == expected
+    assert table["verdict"].isin(rules.VERDICTS).all()
+    assert table["p-value"].dropna().between(0, 1).all()
 
 
 # ------------------------------------------------------------------ reproduction table

@@ -1,4 +1,5 @@
-"""The study's experiment loops (notebooks 01, 02, 04, 06) on a tiny model saved to disk."""
+"""The study's experiment loops (notebooks 00, 01, 02, 04, 06) on a tiny model saved to disk:
+each notebook's run() and its invariants, and the verdict rows on hand-built fixtures."""
 from collections import Counter
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from layerif import ScoreConfig, allocate, store
-from layerif.experiments import agreement, allocation, scoring
+from layerif.experiments import agreement, allocation, overview, scoring, sparsity
+from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, covering, profile_reading
 
 TASKS = ["mrpc", "openbookqa", scoring.POOL]
 
@@ -100,7 +102,7 @@ def test_beta_sweep_spreads_with_beta(scored, model_dir):
 
 def test_sparsity_allocations_hit_target(scored, model_dir):
     results, _, _ = scored
-    frame = allocation.study_sparsity(results, model_dir, scoring.POOL, 0.5, (4, 32), device="cpu")
+    frame = sparsity.study_sparsity(results, model_dir, scoring.POOL, 0.5, (4, 32), device="cpu")
     blocks = frame.drop(columns=["global sparsity", "mean sparsity"])
     assert np.allclose(frame["global sparsity"], 0.5)
     assert set(frame.index.get_level_values("allocation")) == {
@@ -126,3 +128,151 @@ def test_agreement_against_direct_computation(scored, model_dir):
     assert 10 <= row["n_boot_used"] <= 300
     table = agreement.study_agreement(results, model_dir, ["mrpc"], n_boot=300)
     assert table.loc["mrpc", "spearman"] == pytest.approx(row["spearman"])
+
+
+# ------------------------------------------------------------------ sizes checked up front
+
+def test_sizes_are_checked_before_any_task_is_scored(model_dir, tmp_path):
+    config = ScoreConfig(n_train=9, n_val=4, max_length=24, batch_size=4, device="cpu")
+    # n_val=4 is fine for mrpc but too small for the pool (one example per pruning task):
+    # nothing may be scored, mrpc included.
+    with pytest.raises(ValueError, match=r"n_val=4 is invalid: expected an int >= 7"):
+        scoring.score_tasks(model_dir, ["mrpc", scoring.POOL], config, tmp_path, progress=False)
+    assert not (tmp_path / "scores").exists()
+    with pytest.raises(ValueError, match="task='mrcp'"):
+        scoring.check_sizes(["mrpc", "mrcp"], 9, 7)
+    with pytest.raises(ValueError, match="n_train=0"):
+        scoring.check_sizes(["mrpc"], 0, 7)
+    scoring.check_sizes(["mrpc", scoring.POOL], 7, 7)  # the smallest pool: one per task
+
+
+def test_task_labels_follow_the_templates():
+    assert scoring.task_label("openbookqa") == "openbookqa:instruct"   # not its default
+    assert scoring.task_label("mrpc") == "mrpc"                        # instruct is its default
+    assert scoring.task_label("boolq") == "boolq"                      # offers no instruct
+    assert scoring.task_label(scoring.POOL) == scoring.POOL
+    assert scoring.task_label("openbookqa", None) == "openbookqa"
+
+
+# ------------------------------------------------------------------ each notebook's run()
+
+def _scores_params(model_dir):
+    return {"sizes": {model_dir: {"n_train": 9, "n_val": 7}}, "tasks": TASKS, "max_length": 24,
+            "batch_size": 4}
+
+
+def test_layer_scores_run_invariants_and_read_only(scored, model_dir):
+    results, _, _ = scored
+    result = scoring.run(_scores_params(model_dir), results=results)
+    assert set(result.runs["status"]) == {"loaded"}          # notebook 01 reuses saved scores
+    for (model, task, method), row in result.runs.iterrows():
+        s = scoring.load_scores(results, model, task, method)
+        assert np.isfinite(s.values.numpy()).all()
+        assert (s.aggregate("positive") <= 0).all()
+        assert (s.aggregate("top") >= s.aggregate("positive") - 1e-12).all()
+        assert len(s.train_ids) == row["n_train"] == 9 and len(s.val_ids) == row["n_val"] == 7
+    frame = result.profiles[model_dir]
+    assert np.allclose(frame.abs().max(axis=1), 1.0)
+    off = frame.T.corr(method="spearman").to_numpy()[~np.eye(3, dtype=bool)]
+    assert result.summary.at[model_dir, "mean pairwise Spearman"] == pytest.approx(off.mean())
+    assert "mean Spearman between task profiles" in scoring.summary(result)
+    with store.read_only("01_layer_scores"):
+        again = scoring.run(_scores_params(model_dir), results=results)
+        pd.testing.assert_frame_equal(again.summary, result.summary)
+        with pytest.raises(store.MissingResult, match="01_layer_scores"):
+            scoring.run({**_scores_params(model_dir), "tasks": ["sst2"]}, results=results)
+
+
+def test_expert_allocation_run_invariants(scored, model_dir):
+    results, _, _ = scored
+    params = {"models": [model_dir], "tasks": ["mrpc", "openbookqa:instruct"],
+              "per_block": [2.5, 5.0]}
+    result = allocation.run(params, results=results)
+    frame = result.experts[model_dir]
+    blocks = frame.drop(columns="total")
+    assert (blocks >= 1).all().all() and (blocks.sum(axis=1) == frame["total"]).all()
+    layerif_rows = frame.index.get_level_values("method").str.startswith("LayerIF")
+    expected = [round(pb * 8) for pb in frame.index.get_level_values("per_block")]
+    assert (frame["total"].to_numpy()[layerif_rows] == np.array(expected)[layerif_rows]).all()
+    sweep = result.sweeps[model_dir]
+    assert list(sweep.index) == list(allocation.BETAS) and (sweep.sum(axis=1) == 40).all()
+    s = scoring.load_scores(results, model_dir, "mrpc", "datainf").aggregate("positive")
+    np.testing.assert_array_equal(sweep.loc[2.5], allocate.experts(s, 40, 2.5).to_numpy())
+    totals = allocation.totals(result)
+    assert totals.loc[(model_dir, "LayerIF +ve", "mrpc")].tolist() == [20, 40]
+
+
+def test_sparsity_run_invariants(scored, model_dir):
+    results, _, _ = scored
+    result = sparsity.run({"models": [model_dir], "target": 0.4, "calibration": [4, 32]},
+                          results=results)
+    ratios = result.ratios[model_dir]
+    blocks = ratios.drop(columns=sparsity.CHECKS)
+    assert ((blocks > 0) & (blocks < 1)).all().all()
+    assert (ratios["global sparsity"] - 0.4).abs().max() < 1e-9
+    spread = sparsity.spread(result)
+    assert (spread["min"] <= spread["max"]).all()
+    assert spread.loc[(model_dir, "wanda", "Uniform")].tolist() == pytest.approx([0.4, 0.4])
+    assert "(Wanda, 40%)" in sparsity.summary(result)
+
+
+def test_agreement_run_invariants(scored, model_dir):
+    results, _, _ = scored
+    result = agreement.run({"models": [model_dir], "tasks": ["mrpc"], "n_boot": 300},
+                           results=results)  # the table saved above: read back, not recomputed
+    t = result.tables[model_dir]
+    assert t["spearman"].between(-1, 1).all() and t["spearman_scores"].between(-1, 1).all()
+    ok = t["ci_low"].isna() | ((t["ci_low"] <= t["spearman"] + 1e-9)
+                               & (t["spearman"] <= t["ci_high"] + 1e-9))
+    assert ok.all()
+    assert list(agreement.table(result).index) == [(model_dir, "mrpc")]
+
+
+def test_overview_run_counts_blocks_and_overlaps(model_dir, monkeypatch):
+    from layerif import data
+
+    monkeypatch.setattr(data, "list_tasks", lambda include_hub=False: ["mrpc", "rte"])
+    result = overview.run({"models": [model_dir], "examples_per_task": 2})
+    assert result.block_counts[model_dir] == (8, 8)
+    assert result.models.loc[model_dir, "blocks"] == 8 and len(result.blocks) == 6
+    assert list(result.examples.index) == ["mrpc", "mrpc", "rte", "rte"]
+    train = {e.text for e in data.load_task("rte", "train")}
+    test = {e.text for e in data.load_task("rte", "test")}
+    assert result.overlaps["rte"] == len(train & test)
+    assert overview.block_check(result) == f"{model_dir} 8 blocks"
+
+
+# ------------------------------------------------------------------ verdict rows
+
+def _profiles(frame: pd.DataFrame) -> scoring.Profiles:
+    corr, summary = scoring.profile_similarity(frame)
+    return scoring.Profiles(None, {"m": frame}, {"m": corr}, summary.to_frame("m").T, None)
+
+
+def test_profile_verdict_rows_on_shared_and_distinct_profiles():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=24)
+    shared = pd.DataFrame([base + 0.01 * rng.normal(size=24) for _ in range(4)])
+    distinct = pd.DataFrame(rng.normal(size=(4, 24)))
+    [row] = scoring.verdicts(_profiles(shared), n_boot=200)
+    assert row.verdict == NOT_HELD and row.notebook == "01_layer_scores"
+    [row] = scoring.verdicts(_profiles(distinct), n_boot=200)
+    rho = distinct.T.corr(method="spearman").to_numpy()[~np.eye(4, dtype=bool)].mean()
+    assert row.verdict == HELD and row.ours == f"mean pairwise Spearman {rho:.2f} over 4 tasks"
+    assert row.statistic == pytest.approx(rho)
+    assert [profile_reading(x) for x in (0.49, 0.5, 0.8, 0.81)] == [
+        "distinct profiles", "partly task-specific profiles", "partly task-specific profiles",
+        "largely shared profiles"]
+
+
+def test_agreement_verdict_rows_and_the_zero_reading():
+    t = pd.DataFrame({"spearman": [0.1, -0.3], "ci_low": [-0.2, -0.6], "ci_high": [0.4, 0.1],
+                      "spearman_scores": [0.0, 0.0]}, index=["mrpc", "sst2"])
+    [row] = agreement.verdicts(agreement.Agreement({"m": t}))
+    assert row.verdict == HELD and row.interval == "lowest -0.60, highest +0.40"
+    assert row.ours == "Spearman -0.30 to 0.10 (mean -0.10) over 2 tasks"
+    [row] = agreement.verdicts(agreement.Agreement({"m": t.assign(ci_high=[0.6, 0.1])}))
+    assert row.verdict == INCONCLUSIVE
+    assert covering(t["ci_low"], t["ci_high"]) == 2
+    assert covering([0.1, np.nan, -1.0], [0.5, 1.0, 0.0]) == 1   # [-1, 0] holds 0, NaN counts none
+    assert "the 95% CI covers 0 for 2 of them" in agreement.summary(agreement.Agreement({"m": t}))

@@ -1,7 +1,9 @@
-"""The LoRA-MoE study (notebook 03): settings, stored runs, router load and the paired tables.
+"""The LoRA-MoE study (notebook 03): settings, stored runs, router load, the paired tables,
+the notebook's run and verdicts, and ``layerif moe`` with model-only allocations.
 
 References: router choices recomputed by hand in float64 from captured layer inputs; McNemar
-and the paired t-test from scipy; accuracies and averages from hand-made per-example tables.
+and the paired t-test from scipy; accuracies and averages from hand-made per-example tables;
+the notebook's invariants (shares, same examples, intervals around the estimates).
 """
 import numpy as np
 import pandas as pd
@@ -9,9 +11,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from layerif import moe
+from layerif import ScoreConfig, cli, moe, store, study
 from layerif.experiments import moe_tables as tables
+from layerif.experiments import scoring
+from layerif.experiments import moe as moe_study
 from layerif.experiments.moe import BASE, LORA, MoERun, MoESetting, MoEStudy, grid
+from layerif.experiments.verdict import decide
 from layerif.moe.usage import load_summary, router_load
 from layerif.train import TrainConfig, collate
 
@@ -120,7 +125,7 @@ def _attached(study, setting):
 
 def _run(correct, margin=None, history=(1.0, 0.5)):
     correct = np.asarray(correct, dtype=bool)
-    frame = pd.DataFrame({"correct": correct,
+    frame = pd.DataFrame({"correct": correct, "label": 0, "n_choices": 2,
                           "margin": np.asarray(margin if margin is not None else correct - 0.5, float)},
                          index=pd.Index([f"e{i}" for i in range(len(correct))], name="id"))
     return MoERun(frame, pd.Series(history, dtype=float), pd.DataFrame(),
@@ -175,8 +180,34 @@ def test_paired_tests_match_scipy():
     assert t7.loc["Mola", "average accuracy"] == pytest.approx(np.mean(mola))
     row = t7.loc["Mola"]
     assert row["bootstrap CI low"] <= row["LayerIF +ve - baseline"] <= row["bootstrap CI high"]
-    assert any("LayerIF +ve vs AlphaLora" in line for line in
-               tables.verdicts(t7, paired, tables.seed_spread(runs), "LayerIF +ve"))
+    default = tables.paired_by_task(runs, "LayerIF +ve")  # every other method run at 5 per block
+    assert default.index.get_level_values("baseline").unique().tolist() == ["AlphaLoRA", "MoLA 5555"]
+
+
+def test_notebook_verdicts_restate_table7_with_the_one_rule():
+    names = {"t1": "sst2", "t2": "csqa"}  # task labels the paper's Table 1 has rows for
+    runs = {MoESetting(s.method, names[s.task], s.per_block, s.seed): r for s, r in _runs().items()}
+    params = {"plans": {"m": {"tasks": ["sst2"]}}, "n_eval": 30}
+    result = tables.notebook_tables({"m": runs}, pd.DataFrame(), params, "sizes")
+    t7 = result.models["m"]["table7"]
+    rows = moe_study.verdicts(result)
+    assert [r.claim for r in rows] == ["LayerIF allocation beats AlphaLora (LoRA-MoE)",
+                                       "LayerIF allocation beats Mola (LoRA-MoE)"]
+    # the seed spread by hand: per (task, method) with two seeds, |acc(seed 0) - acc(seed 1)|
+    acc = lambda m, t, s: runs[MoESetting(m, t, 5.0, s)].examples["correct"].mean()
+    noise = np.mean([abs(acc(m, t, 0) - acc(m, t, 1)) for t in ("sst2", "csqa")
+                     for m in ("LayerIF +ve", "AlphaLoRA", "MoLA 5555")])
+    assert result.models["m"]["noise"] == pytest.approx(noise)
+    r = t7.loc["AlphaLora"]
+    diff = r["LayerIF +ve - baseline"]
+    assert rows[0].ours == f"{100 * diff:+.1f} points over 4 settings (seed spread {100 * noise:.1f})"
+    assert rows[0].p == r["bootstrap p"] and rows[0].statistic == diff
+    assert rows[0].interval == f"[{100 * r['bootstrap CI low']:+.2f}, {100 * r['bootstrap CI high']:+.2f}] points"
+    assert rows[0].verdict == decide(diff, [r["bootstrap p"], r["t-test p (per setting)"]], 0.05, noise)
+    assert rows[0].paper == "82.28 vs 79.30 (table7, Average Accuracy)"  # the paper's Table 7
+    paired = result.models["m"]["paired"]
+    assert f"m: per task and baseline (one seed, McNemar), {int((paired['McNemar p'] < 0.05).sum())} of " \
+           f"{len(paired)} differences" in moe_study.summary(result)
 
 
 def test_budget_table_and_curves():
@@ -230,3 +261,73 @@ def test_chance_check_uses_the_higher_of_chance_and_majority():
     assert out["bar"] == pytest.approx(0.8) and out["chance"] == pytest.approx(0.5)
     assert out["p (acc > bar)"] == pytest.approx(sps.binomtest(9, 10, 0.8, alternative="greater").pvalue)
     assert not out["above bar"]
+
+
+# -------------------------------------------------- notebook 03's run and ``layerif moe`` on the tiny model
+@pytest.fixture(scope="module")
+def tiny_study(save_tiny, tmp_path_factory):
+    """The tiny checkpoint scored on sst2 (notebook 01's result) and notebook 03's run of it at
+    smoke sizes: (params, results, result)."""
+    path = str(save_tiny(4))
+    results = tmp_path_factory.mktemp("moe_results")
+    config = ScoreConfig(n_train=6, n_val=4, max_length=32, batch_size=4, device="cpu")
+    label = scoring.score_tasks(path, ["sst2"], config, results, methods=("datainf",),
+                                progress=False).index[0][0]
+    params = {**study.load_params("03_lora_moe", "smoke"), "labels": [label], "plans": {path: {
+        "tasks": [label], "methods": ["LayerIF +ve", "AlphaLoRA", "MoLA 5555", LORA, BASE],
+        "spread": {"methods": ["LayerIF +ve", "MoLA 5555"], "seeds": [1]}}}}
+    return params, results, moe_study.run(params, "smoke", results)
+
+
+def test_notebook_run_invariants_and_read_only_rerun(tiny_study):
+    params, results, result = tiny_study
+    (model,) = params["plans"]
+    frame = result.models[model]["frames"]
+    assert len(frame) == 7 and frame["accuracy"].between(0, 1).all()
+    assert (frame["n"] == params["n_eval"]).all()
+    assert len({tuple(r.examples.index) for r in result.runs[model].values()}) == 1  # same examples
+    t7 = result.models[model]["table7"].drop(index=result.ours)
+    assert ((t7["bootstrap CI low"] <= t7["LayerIF +ve - baseline"] + 1e-9)
+            & (t7["LayerIF +ve - baseline"] <= t7["bootstrap CI high"] + 1e-9)).all()
+    assert set(result.log["status"]) == {"computed"}
+    with store.read_only(moe_study.NOTEBOOK):  # notebook 10's way: everything is read back
+        again = moe_study.run(params, "smoke", results)
+    assert set(again.log["status"]) == {"loaded"}
+    pd.testing.assert_frame_equal(tables.table(again, "table7"), tables.table(result, "table7"))
+    assert moe_study.verdicts(again) == moe_study.verdicts(result)
+    with store.read_only(moe_study.NOTEBOOK), pytest.raises(store.MissingResult, match="03_lora_moe"):
+        moe_study.run({**params, "n_eval": params["n_eval"] - 1}, "smoke", results)
+
+
+@pytest.mark.parametrize("method, experts", [("MoLA 5555", [5, 5, 5, 5]), (LORA, [1, 1, 1, 1]),
+                                             ("AlphaLoRA", None)])
+def test_cli_model_only_allocations_need_no_scores(save_tiny, tmp_path, method, experts):
+    """Issue 24 item 7: ``layerif moe MODEL TASK --method 'MoLA 5555'`` (and AlphaLoRA, the plain
+    LoRA) failed with "scores/.../datainf holds no manifest.json"."""
+    argv = ["moe", str(save_tiny(4)), "csqa", "--method", method, "--profile", "smoke",
+            "--device", "cpu", "--results", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert not (tmp_path / "scores").exists()
+    manifest = store.load_manifest(next((tmp_path / "moe").rglob("manifest.json")).parent)
+    smoke = study.load_params("03_lora_moe", "smoke")  # the sizes come from the profile's params
+    assert len(manifest["data"]["train_ids"]) == smoke["n_train"]
+    assert len(manifest["data"]["eval_ids"]) == smoke["n_eval"]
+    got = manifest["config"]["experts"]
+    assert got == experts if experts else (sum(got) == 20 and min(got) >= 1)  # 5 per block x 4
+    if method == LORA:  # one LoRA per projection with the experts' parameters: rank 5 x r
+        assert manifest["config"]["moe"]["rank"] == 5 * moe.MoEConfig.preset("smoke").rank
+
+
+def test_cli_sizes_and_recipe_come_from_the_profile_params():
+    for profile in ("smoke", "cpu", "paper"):
+        params = study.load_params("03_lora_moe", profile)
+        adapter, recipe = moe_study.recipe(params)
+        assert adapter == moe.MoEConfig.preset(params["moe_preset"])
+        assert recipe.identity()["max_length"] == params["train"].get(
+            "max_length", recipe.preset(params["train_preset"]).max_length)
+    cpu = moe_study.recipe(study.load_params("03_lora_moe", "cpu"))[1]
+    # the committed cpu runs' recipe (formerly TrainConfig.cpu), field by field
+    assert (cpu.epochs, cpu.lr, cpu.batch_size, cpu.grad_accum, cpu.warmup_steps, cpu.max_length) \
+        == (2, 1e-3, 8, 1, 2, 128)
+    with pytest.raises(ValueError, match="params="):
+        moe_study.single_run("smollm2-135m", "csqa", "MoLA 5555", params={"profile": "cpu"})

@@ -8,11 +8,14 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from layerif import allocate, influence, stats
+from layerif import allocate, blocks, influence, stats, store
 from layerif.experiments import approximation, retraining, validation
+from layerif.experiments import influence_validation as iv
 from layerif.experiments import validation_verdicts as vv
-from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD
+from layerif.experiments import verdict as rules
+from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, verdict_table
 from layerif.gradients import attached_lora, example_losses
+from test_blocks import restricted_losses
 
 TEXTS = ["the cat sat on the mat", "a dog barked twice", "birds sing at dawn here",
          "rain fell all night", "we ate soup", "she reads books daily"]
@@ -89,45 +92,18 @@ def test_subsets_sweep_loo_and_gain_tables():
     assert validation.gain_table(gains, scores, n_boot=50).loc["x", "spearman"] == pytest.approx(1)
 
 
-def _restricted_losses(model, ids, mask, vocab):
-    """Per-example loss with the softmax over ``vocab`` only, from the whole model's logits."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][..., vocab]
-    lut = {int(t): i for i, t in enumerate(vocab)}
-    targets = torch.tensor([[lut.get(int(t), 0) for t in row] for row in ids[:, 1:]])
-    nll = -logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-    m = mask[:, 1:].to(nll.dtype)
-    return (nll * m).sum(1) / m.sum(1)
-
-
-def test_tail_losses_equal_whole_model_losses(tiny64):
-    model, tok = tiny64
-    ids, mask = retraining.token_batch(tok, TEXTS, 32)
-    loss_mask = mask.clone()
-    loss_mask[:, 0] = 0
-    reference = example_losses(model, ids, mask, loss_mask)
-    hidden = retraining.block_inputs(model, ids, mask, [0, 2, 3])
-    for start in (0, 2, 3):
-        torch.testing.assert_close(retraining.tail_losses(model, start, hidden[start], ids, mask),
-                                   reference, rtol=1e-12, atol=1e-12)
-    # restricted softmax: brute force from the whole model's logits
-    vocab = torch.unique(ids[mask > 0])
-    torch.testing.assert_close(retraining.tail_losses(model, 2, hidden[2], ids, mask, vocab),
-                               _restricted_losses(model, ids, mask, vocab), rtol=1e-10, atol=1e-12)
-    assert len(list(model.model.layers)) == 4  # the tail was put back
-
-
 def test_leave_one_out_predictions_and_retraining_are_consistent(tiny64):
     model, tok = tiny64
     cfg = retraining.LooConfig(n_train=4, n_val=2, steps=3, lr=1e-2, max_length=24)
     frame = retraining.leave_one_out(model, tok, TEXTS[:4], TEXTS[4:], -1, 0, cfg, progress=False)
     assert list(frame.index) == [0, 1, 2, 3] and frame["loss_full"].nunique() == 1
     # Hessian-free at the initial point, by brute force on the whole model: -<v, g_k> / n
-    ids, mask = retraining.token_batch(tok, TEXTS, 24)
+    ids, mask = blocks.token_batch(tok, TEXTS, 24)
     vocab = torch.unique(ids[mask > 0])
     with attached_lora(model, "attention", cfg.lora_rank, cfg.lora_alpha, 0):
         params = [p for n, p in model.named_parameters() if n.startswith("model.layers.3.")
                   and "lora_" in n]
-        losses = _restricted_losses(model, ids, mask, vocab)
+        losses = restricted_losses(model, ids, mask, vocab)
         grad = [torch.cat([g.ravel() for g in torch.autograd.grad(losses[i], params,
                                                                   retain_graph=True)])
                 for i in range(6)]
@@ -141,8 +117,8 @@ def test_block_gains_equal_whole_model_training(tiny64):
     model, tok = tiny64
     cfg = retraining.GainConfig(blocks=(1, 3), n_train=4, steps=2, lr=1e-3, max_length=24)
     gains = retraining.block_gains(model, tok, TEXTS[:4], TEXTS[4:], cfg, progress=False)
-    ids, mask = retraining.token_batch(tok, TEXTS[:4], 24)
-    vids, vmask = retraining.token_batch(tok, TEXTS[4:], 24)
+    ids, mask = blocks.token_batch(tok, TEXTS[:4], 24)
+    vids, vmask = blocks.token_batch(tok, TEXTS[4:], 24)
     lm, vlm = mask.clone(), vmask.clone()
     lm[:, 0] = vlm[:, 0] = 0
     block = model.model.layers[1].self_attn
@@ -301,3 +277,136 @@ def test_sweep_verdict_on_a_real_sweep_table():
     assert row["value"] == pytest.approx(0.8) and row["verdict"] == INCONCLUSIVE
     with pytest.raises(ValueError, match="sweep="):
         vv.sweep_verdict(sweep.loc[[16]])
+
+
+# ------------------------------------------------------------------ the one interval rule
+
+@pytest.mark.parametrize("low, high, kw, expected", [
+    (0.1, 0.9, {}, HELD),                 # a correlation's CI above 0
+    (0.0, 0.9, {}, INCONCLUSIVE),         # touching 0 is not above it
+    (-0.9, -0.1, {}, NOT_HELD),           # below 0
+    (-0.9, 0.0, {}, INCONCLUSIVE),        # touching 0 is not below it
+    (-0.5, 0.5, {}, INCONCLUSIVE),        # includes 0
+    (np.nan, np.nan, {}, INCONCLUSIVE),   # undefined
+    (np.nan, -0.2, {}, NOT_HELD),         # only the defined end decides
+    (0.9, 0.95, {"at_least": 0.9, "below": 0.5}, HELD),        # reaching the threshold holds
+    (0.85, 0.99, {"at_least": 0.9, "below": 0.5}, INCONCLUSIVE),
+    (0.2, 0.49, {"at_least": 0.9, "below": 0.5}, NOT_HELD),
+    (0.2, 0.5, {"at_least": 0.9, "below": 0.5}, INCONCLUSIVE),   # below is strict
+    (0.3, 0.3, {"above": 0.25, "below": 0.1}, HELD),            # a strict threshold other than 0
+])
+def test_interval_verdict_every_branch(low, high, kw, expected):
+    assert rules.interval_verdict(low, high, **kw) == expected
+
+
+def _old_rules(low, high, value):
+    """Notebook 09's four rules as written before they became one (validation_verdicts)."""
+    finite = np.isfinite
+    ci = HELD if finite(low) and low > 0 else NOT_HELD if finite(high) and high < 0 else INCONCLUSIVE
+    stable = (HELD if finite(low) and low >= 0.8 else NOT_HELD if finite(high) and high < 0.5
+              else INCONCLUSIVE)
+    approx = INCONCLUSIVE if not finite(value) else HELD if value >= 0.9 else NOT_HELD
+    sweep = INCONCLUSIVE if not finite(value) else (
+        HELD if value >= 0.9 else NOT_HELD if value < 0.5 else INCONCLUSIVE)
+    return ci, stable, approx, sweep
+
+
+def test_interval_verdict_gives_the_four_old_rules_on_every_input():
+    grid = [np.nan, -1.0, -0.1, 0.0, 0.1, 0.49, 0.5, 0.79, 0.8, 0.89, 0.9, 0.95, 1.0]
+    for low, high in itertools.product(grid, grid):
+        ci, stable, approx, sweep = _old_rules(low, high, low)
+        assert rules.interval_verdict(low, high) == ci
+        assert rules.interval_verdict(low, high, at_least=vv.STABLE, below=vv.UNSTABLE) == stable
+        assert rules.interval_verdict(low, low, at_least=vv.APPROX_HOLDS,
+                                      below=vv.APPROX_HOLDS) == approx
+        assert rules.interval_verdict(low, low, at_least=vv.SETTLED, below=vv.UNSTABLE) == sweep
+
+
+# ------------------------------------------------------------------ notebook 09's run and rows
+
+def _result(loo_cis=None) -> iv.Result:
+    """A Result of hand-made part tables (the shapes run() builds)."""
+    sweep = pd.DataFrame({"spearman": [0.8, 0.93, 1.0], "experts_spearman": [0.7, 0.9, 1.0],
+                          "experts_moved": [0.2, 0.1, 0.0], "sparsity_max_diff": [0.03, 0.01, 0.0],
+                          "reference_n": 32}, index=pd.Index([8, 16, 32], name="n_train"))
+    subsets = {"mean_pairwise_spearman": 0.55, "min_pairwise_spearman": 0.26,
+               "max_pairwise_spearman": 0.77, "mean_experts_moved": 0.24, "n_subsets": 4}
+    return iv.Result(model="m", damping=0.1, agreement=_agreement(0.04, 0.58), loo=pd.DataFrame(),
+                     loo_table=_loo(loo_cis or {-1: (0.1, 0.99)}), gains={},
+                     gain_tables={"sst2": _gains(-1.0, -0.13), "mrpc": _gains(-1.0, 0.83)},
+                     stability={"a": _stability([0.81, 0.92]), "b": _stability([0.7, 0.88])},
+                     stability_tasks=("t0", "t1"), subsets=subsets, sweep=sweep)
+
+
+def test_verdicts_are_the_parts_rows_with_datainf_gains_only():
+    result = _result()
+    table = verdict_table(iv.verdicts(result))
+    assert list(table["ours"]) == ["+0.04 (damping 0.1)", "+0.55 (block -1)", "-0.56 (sst2, datainf)",
+                                   "-0.09 (mrpc, datainf)", "+0.86 (resampled training examples)",
+                                   "+0.79 (resampled training examples)",
+                                   "+0.55 (disjoint validation subsets)", "+0.93 (n = 16 vs 32)"]
+    assert list(table["verdict"]) == [NOT_HELD, HELD, NOT_HELD, INCONCLUSIVE, HELD, INCONCLUSIVE,
+                                      INCONCLUSIVE, HELD]
+    assert list(table["model"]) == ["m", "m", "m", "m", "a", "b", "m", "m"]
+    assert table.loc[1, "interval"] == "[+0.10, +0.99] (bootstrap CI over examples)"
+    assert table.loc[0, "interval"] == "[-0.06, +0.09] (range over the damping sweep)"
+    assert table.loc[2, "where"] == iv.WHERE["gain"][0] and table.loc[2, "paper"] == "read, not measured"
+    assert table.loc[1, "test"].endswith("; held: CI above 0; not held: below 0; else inconclusive")
+    assert table["p-value"].isna().all() and (table["notebook"] == iv.NOTEBOOK).all()
+    # notebook 09's own table keeps both methods of part 3
+    frame = iv.verdict_frame(result)
+    assert len(frame) == 10 and list(frame["subject"][2:6]) == [
+        "sst2, datainf", "sst2, hessian_free", "mrpc, datainf", "mrpc, hessian_free"]
+
+
+def test_undefined_intervals_read_undefined():
+    row = iv.verdicts(_result({-1: (np.nan, np.nan)}))[1]
+    assert row.interval == "undefined (bootstrap CI over examples)" and row.verdict == INCONCLUSIVE
+
+
+def test_summary_prints_the_numbers_then_the_verdicts():
+    result = _result()
+    text = iv.summary(result, "n_sweep").splitlines()
+    assert text[0] == ("n = 8: Spearman with n = 32 is 0.80; expert allocation Spearman 0.70, "
+                       "20.0% of experts move, sparsity differs by at most 0.030.")
+    assert len(text) == 3 and text[2].startswith("Verdict: the block scores have settled before n = 32")
+    assert iv.summary(result, "gain").count("\n") == 3   # 2 tasks x 2 methods, no numbers first
+    with pytest.raises(ValueError, match="part="):
+        iv.summary(result, "pruning")
+
+
+def test_run_under_read_only_names_the_missing_result(tmp_path):
+    params = {"model_name": "smollm2-135m", "approx": {"n_train": 8, "n_val": 4, "val_subsets": 2,
+                                                       "sizes": [4], "dampings": [0.1]},
+              "loo": {"n_train": 4}, "gain": {"blocks": [0, 1]}, "gain_tasks": ["mrpc"],
+              "stability_models": [], "stability_tasks": [], "n_boot": 10, "alloc": {}}
+    with store.read_only(iv.NOTEBOOK), pytest.raises(store.MissingResult) as err:
+        iv.run(params, "smoke", tmp_path)
+    assert err.value.notebook == iv.NOTEBOOK and "grid" in str(err.value)
+    assert f"`layerif run {iv.NOTEBOOK}`" in str(err.value)
+    with pytest.raises(store.MissingResult) as err:   # notebook 01's scores: named, not computed
+        approximation.score_stability(tmp_path, "smollm2-135m", ["mrpc"], 10)
+    assert err.value.notebook == "01_layer_scores" and "smollm2-135m mrpc datainf scores" in str(err.value)
+
+
+# ------------------------------------------------------------------ notebook 09's invariants
+
+def test_tables_keep_their_invariants():
+    """Correlations in [-1, 1], bootstrap CIs bracketing their estimates, valid allocations."""
+    rng = np.random.default_rng(7)
+    actual = rng.normal(size=(3, 12))
+    loo = validation.loo_table(actual, {"near": actual + rng.normal(size=(3, 12)),
+                                        "noise": rng.normal(size=12)}, n_boot=100)
+    gains = pd.Series(rng.normal(size=7), index=range(0, 14, 2))
+    gain = validation.gain_table(gains, pd.DataFrame(rng.normal(size=(14, 3))), n_boot=100)
+    for t in (loo, gain):
+        assert t["spearman"].between(-1, 1).all()
+        assert ((t["ci_low"] <= t["spearman"] + 1e-9) & (t["spearman"] <= t["ci_high"] + 1e-9)).all()
+    compared = validation.compare_methods({"a": rng.normal(size=(6, 10)), "b": rng.normal(size=(6, 10))}, "a")
+    assert compared.filter(regex="spearman|pearson").stack().between(-1 - 1e-9, 1 + 1e-9).all()
+    per_block, _ = validation.bootstrap_stability(rng.normal(size=(6, 20)), n_boot=30, per_block=5.0,
+                                                  target=0.5)
+    assert (per_block["experts"] >= 1).all() and per_block["experts"].sum() == 30
+    assert (per_block["score_low"] <= per_block["score_high"]).all()
+    assert per_block["sparsity"].between(0, 1).all()
+    assert abs(per_block["sparsity"].mean() - 0.5) < 1e-9   # equal block sizes

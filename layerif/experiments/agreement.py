@@ -7,6 +7,7 @@ examples* (the same resample for both methods), recomputing scores and allocatio
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from .. import allocate, stats, store
+from .. import allocate, paper, plots, stats, store
 from ..scores import LayerScores, aggregate_values
-from .cache import cached_frame, slug
 from .scoring import fingerprint, load_scores
+from .verdict import Verdict, agreement_verdict, covering
 
-__all__ = ["agreement_table", "allocation_agreement", "study_agreement"]
+__all__ = ["NOTEBOOK", "STAND_INS", "Agreement", "agreement_table", "allocation_agreement",
+           "comparison", "figures", "run", "study_agreement", "summary", "table", "verdicts"]
+
+NOTEBOOK = "06_ablation_hessian_free"
+STAND_INS = {"sst2": "Cola", "sciq": "Text Science Q"}   # ours -> the paper's task
 
 
 def _experts(block_values: np.ndarray, columns, index, total: int, beta: float, mode: str):
@@ -88,4 +93,75 @@ def study_agreement(results, model_name: str, labels, per_block: float = 5.0, be
                  for label in labels}
         return agreement_table(pairs, per_block=per_block, beta=beta, n_boot=n_boot)
 
-    return cached_frame(Path(results) / "agreement" / slug(model_name), ident, compute, overwrite)
+    return store.cached(Path(results) / "agreement" / store.slug(model_name), ident, compute,
+                        overwrite=overwrite)
+
+
+# ------------------------------------------------------------------ notebook 06
+
+@dataclass(frozen=True)
+class Agreement:
+    """What notebook 06 shows: per model, :func:`agreement_table` (index task)."""
+
+    tables: dict
+
+
+def run(params: dict, profile: str = "smoke", results=None) -> Agreement:
+    """Notebook 06: the agreement table of every model of ``params`` from notebook 01's scores."""
+    results = Path(results or store.results_dir(profile))
+    return Agreement({m: study_agreement(results, m, params["tasks"], params.get("per_block", 5.0),
+                                         params.get("beta", 2.5), params["n_boot"])
+                      for m in params["models"]})
+
+
+def table(result: Agreement) -> pd.DataFrame:
+    """Every model's agreement table, index (model, task)."""
+    return pd.concat(result.tables, names=["model"])
+
+
+def comparison(result: Agreement) -> pd.DataFrame:
+    """Table 3 beside ours (:func:`layerif.paper.compare`; our stand-ins in :data:`STAND_INS`)."""
+    return pd.concat({m: paper.compare(
+        t[["spearman"]].rename(columns={"spearman": "Correlation"},
+                               index=lambda task: task.split(":")[0]), "table3",
+        rows={k: v for k, v in STAND_INS.items() if k in t.index},
+        note=f"{m}; 95% CI over training examples in the table above")
+        for m, t in result.tables.items()}, names=["model"])
+
+
+def figures(result: Agreement) -> list:
+    """Per model: the allocations' Spearman per task with its bootstrap interval."""
+    return [plots.grouped_bars(pd.DataFrame({"ours": t["spearman"]}), reference=0.0,
+                               errors=(pd.DataFrame({"ours": t["ci_low"]}),
+                                       pd.DataFrame({"ours": t["ci_high"]})),
+                               title=f"{m}: Spearman(Hessian-free, DataInf) allocations",
+                               ylabel="Spearman across blocks")
+            for m, t in result.tables.items()]
+
+
+def summary(result: Agreement) -> str:
+    """What the numbers say: per model, the allocations' Spearman, how many intervals cover 0
+    (:func:`.verdict.covering`), the raw scores' Spearman, and the paper's range."""
+    reported = paper.table("table3")["Correlation"]
+    return "\n".join(
+        f"{m}: Spearman of the allocations {t['spearman'].min():.2f} to "
+        f"{t['spearman'].max():.2f} (mean {t['spearman'].mean():.2f}) over {len(t)} tasks; "
+        f"the 95% CI covers 0 for {covering(t['ci_low'], t['ci_high'])} of them; raw block "
+        f"scores: mean Spearman {t['spearman_scores'].mean():.2f}. Paper: {reported.min():.2f} "
+        f"to {reported.max():.2f} (mean {reported.mean():.2f})." for m, t in result.tables.items())
+
+
+def verdicts(result: Agreement, level: float = 0.05) -> list[Verdict]:
+    """Table 3: Hessian-free and DataInf allocations show little to no agreement, per model,
+    by :func:`.verdict.agreement_verdict` (the saved intervals are 95%: ``level`` is accepted
+    for a uniform signature, unused)."""
+    printed = paper.table("table3")["Correlation"]
+    return [Verdict(
+        "Hessian-free and DataInf expert allocations disagree", m, "Table 3",
+        f"Spearman {printed.min():.2f} to {printed.max():.2f} (mean {printed.mean():.2f})",
+        f"Spearman {t['spearman'].min():.2f} to {t['spearman'].max():.2f} "
+        f"(mean {t['spearman'].mean():.2f}) over {len(t)} tasks",
+        "per task bootstrap over training examples: all below 0.5 = disagree, any above = agree",
+        np.nan, f"lowest {t['ci_low'].min():+.2f}, highest {t['ci_high'].max():+.2f}",
+        agreement_verdict(t), NOTEBOOK, float(t["spearman"].mean()))
+        for m, t in result.tables.items()]

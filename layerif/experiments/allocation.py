@@ -1,25 +1,30 @@
-"""Experts per block (notebook 02) and sparsity per block (notebook 04), LayerIF and baselines.
+"""Experts per block for LoRA-MoE (notebook 02), LayerIF and baselines, and the model-only
+inputs the allocations share (:mod:`.sparsity`, notebook 04, and the pruning notebooks).
 
 Model-only inputs that take minutes (PL_Alpha_Hill per block, OWL's outlier ratios) are
 computed once per model and saved under ``<results>/model_stats/<model>/``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import allocate, baselines, store
+from .. import allocate, baselines, plots, store
 from ..data import calibration_tokens
-from ..models import describe, load_model, model_id
+from ..models import load_model, model_id
 from ..prune import owl_outlier_ratios
-from .cache import cached_frame, slug
 from .scoring import aggregated_scores, fingerprint, load_scores
 
-__all__ = ["AGGREGATION_LABELS", "EPSILON", "allocation_distances", "beta_sweep", "block_alpha",
-           "expert_allocations", "global_sparsity", "outlier_ratios", "sparsity_allocations",
-           "distance_summary", "fig4_rows", "mola_for", "study_experts", "study_sparsity"]
+__all__ = ["AGGREGATION_LABELS", "BETAS", "EPSILON", "NOTEBOOK", "Experts", "allocation_distances",
+           "beta_sweep", "block_alpha", "distance_summary", "distance_table", "distances_summary",
+           "expert_allocations", "fig4_figures", "fig4_rows", "mola_for", "outlier_ratios", "run",
+           "study_experts", "sweep_figures", "sweep_range", "totals", "verdicts"]
+
+NOTEBOOK = "02_expert_allocation"
+BETAS = (1.0, 2.0, 2.5, 3.0, 5.0)  # the beta sweep's exponents
 
 AGGREGATION_LABELS = {"positive": "LayerIF +ve", "top": "LayerIF Top 25%", "all": "LayerIF All"}
 # The authors' band half-widths: LayerIF (their scripts), AlphaPruning (its scripts).
@@ -29,11 +34,15 @@ EPSILON = {"layerif": {"magnitude": 0.3, "wanda": 0.1, "sparsegpt": 0.1},
 MOLA = {2.5: ("1234",), 5.0: ("2468", "5555", "8642"), 7.0: ("46810",)}
 
 
+def _stats_dir(results, model) -> Path:
+    return Path(results) / "model_stats" / store.slug(model_id(model))
+
+
 def block_alpha(model, results: str | Path, overwrite: bool = False) -> pd.Series:
     """PL_Alpha_Hill per block (AlphaLoRA, AlphaPruning), computed once per model."""
     ident = store.identity("block_alpha", {"fit": "peak", "bins": 100}, model_id(model), {})
-    return cached_frame(Path(results) / "model_stats" / slug(model_id(model)) / "alpha", ident,
-                        lambda: baselines.alpha_hill(model, fit="peak"), overwrite)
+    return store.cached(_stats_dir(results, model) / "alpha", ident,
+                        lambda: baselines.alpha_hill(model, fit="peak"), overwrite=overwrite)
 
 
 def outlier_ratios(model, tokenizer, results: str | Path, n_samples: int, seq_len: int,
@@ -42,10 +51,10 @@ def outlier_ratios(model, tokenizer, results: str | Path, n_samples: int, seq_le
     config = {"M": M, "n_samples": n_samples, "seq_len": seq_len, "seed": 0}
     ident = store.identity("owl_outlier_ratio", config, model_id(model),
                            {"calibration": "boolq passages (layerif.data.calibration_tokens)"})
-    return cached_frame(
-        Path(results) / "model_stats" / slug(model_id(model)) / f"owl-{n_samples}x{seq_len}-M{M:g}",
+    return store.cached(
+        _stats_dir(results, model) / f"owl-{n_samples}x{seq_len}-M{M:g}",
         ident, lambda: owl_outlier_ratios(model, calibration_tokens(tokenizer, n_samples, seq_len),
-                                          M=M), overwrite)
+                                          M=M), overwrite=overwrite)
 
 
 def mola_for(per_block: float, n_layers: int) -> dict[str, pd.Series]:
@@ -83,7 +92,7 @@ def expert_allocations(scores: pd.DataFrame, alpha: pd.Series, per_block=(2.5, 5
     return frame
 
 
-def beta_sweep(scores: pd.Series, total: int, betas=(1.0, 2.0, 2.5, 3.0, 5.0)) -> pd.DataFrame:
+def beta_sweep(scores: pd.Series, total: int, betas=BETAS) -> pd.DataFrame:
     """Experts per block of one score vector for several exponents: index beta, columns layers."""
     frame = pd.DataFrame({b: allocate.experts(scores, total, b) for b in betas}).T
     frame.index.name, frame.columns.name = "beta", "layer"
@@ -95,37 +104,6 @@ def allocation_distances(allocations: pd.DataFrame) -> pd.DataFrame:
     values = allocations.to_numpy(dtype=float)
     diff = np.abs(values[:, None, :] - values[None, :, :]).mean(axis=2)
     return pd.DataFrame(diff, index=allocations.index, columns=allocations.index)
-
-
-def sparsity_allocations(scores: pd.Series, alpha: pd.Series, outliers: pd.Series, n_params,
-                         target: float = 0.5, owl_lambda: float = 0.08) -> pd.DataFrame:
-    """Sparsity per block for each pruner and allocation at ``target``.
-
-    LayerIF raw and smoothed (Savitzky--Golay, window 7, order 3) with the authors' ``eps``
-    per pruner (:data:`EPSILON`), AlphaPruning with its own ``eps``, OWL (``lambda``,
-    pruner-independent) and uniform. Index (pruner, allocation), columns = layers.
-    """
-    rows = {}
-    for pruner in EPSILON["layerif"]:
-        eps, eps_alpha = EPSILON["layerif"][pruner], EPSILON["alphapruning"][pruner]
-        rows[(pruner, "Uniform")] = allocate.uniform_sparsity(scores.index, target)
-        rows[(pruner, "AlphaPruning")] = baselines.alphapruning_sparsity(alpha, target, n_params,
-                                                                         eps_alpha)
-        rows[(pruner, "OWL")] = baselines.owl_sparsity(outliers, target, owl_lambda)
-        rows[(pruner, "LayerIF (raw)")] = allocate.sparsity(scores, target, n_params, eps,
-                                                            smooth=False)
-        rows[(pruner, "LayerIF")] = allocate.sparsity(scores, target, n_params, eps, smooth=True)
-    frame = pd.DataFrame({k: v.to_numpy() for k, v in rows.items()}, index=scores.index).T
-    frame.index.names = ["pruner", "allocation"]
-    frame.columns.name = "layer"
-    return frame
-
-
-def global_sparsity(allocations: pd.DataFrame, n_params: pd.Series) -> pd.Series:
-    """Parameter-weighted global sparsity of each row (must equal the target)."""
-    d = n_params.reindex(allocations.columns).to_numpy(dtype=float)
-    return pd.Series(allocations.to_numpy(dtype=float) @ d / d.sum(), index=allocations.index,
-                     name="global sparsity")
 
 
 def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 5.0, 7.0),
@@ -145,36 +123,8 @@ def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 
         scores = aggregated_scores(results, model_name, labels)
         return expert_allocations(scores, block_alpha(model, results), per_block, beta)
 
-    return cached_frame(Path(results) / "allocations" / slug(model_name) / "experts", ident, compute,
-                        overwrite)
-
-
-def study_sparsity(results: str | Path, model_name: str, label: str, target: float = 0.5,
-                   calibration=(32, 256), aggregation: str = "positive", overwrite: bool = False,
-                   device: str = "auto") -> pd.DataFrame:
-    """Notebook 04: :func:`sparsity_allocations` from the pool's saved DataInf scores.
-
-    Returns the allocations (index pruner, allocation; columns = layers) with two extra
-    columns: ``global sparsity`` (parameter-weighted) and ``mean sparsity`` (unweighted).
-    """
-    config = {"target": float(target), "calibration": list(calibration),
-              "aggregation": aggregation, "epsilon": EPSILON, "owl_lambda": 0.08, "owl_M": 5.0}
-    ident = store.identity("sparsity_allocation", config, model_name,
-                           {"scores": fingerprint(results, model_name, [label])})
-
-    def compute():
-        model, tokenizer = load_model(model_name, device=device)
-        n_params = describe(model)["linear_params"]
-        scores = load_scores(results, model_name, label, "datainf").aggregate(aggregation)
-        frame = sparsity_allocations(scores, block_alpha(model, results),
-                                     outlier_ratios(model, tokenizer, results, *calibration),
-                                     n_params, target)
-        frame["global sparsity"] = global_sparsity(frame, n_params)
-        frame["mean sparsity"] = frame[list(scores.index)].mean(axis=1)
-        return frame
-
-    return cached_frame(Path(results) / "allocations" / slug(model_name) / f"sparsity-{target:g}",
-                        ident, compute, overwrite)
+    return store.cached(Path(results) / "allocations" / store.slug(model_name) / "experts", ident,
+                        compute, overwrite=overwrite)
 
 
 def fig4_rows(frame: pd.DataFrame, per_block: float = 5.0,
@@ -203,3 +153,67 @@ def distance_summary(distances: pd.DataFrame, uniform: str = "MoLA 5555") -> pd.
         f"LayerIF vs uniform ({uniform})": (distances.loc[ours, uniform].mean()
                                             if uniform in distances else np.nan),
     }, name="mean |difference| (experts per block)")
+
+
+# ------------------------------------------------------------------ notebook 02
+
+@dataclass(frozen=True)
+class Experts:
+    """What notebook 02 shows, per model: :func:`study_experts`, the distances between the
+    allocations at 5 per block (:func:`fig4_rows`), and the first task's beta sweep."""
+
+    experts: dict
+    distances: dict
+    sweeps: dict
+    first_task: str
+
+
+def run(params: dict, profile: str = "smoke", results=None) -> Experts:
+    """Notebook 02: experts per block of every model and budget from notebook 01's scores."""
+    results = Path(results or store.results_dir(profile))
+    tasks, models = params["tasks"], params["models"]
+    experts = {m: study_experts(results, m, tasks, params.get("per_block", (2.5, 5.0, 7.0)),
+                                params.get("beta", 2.5)) for m in models}
+    scores = {m: load_scores(results, m, tasks[0], "datainf").aggregate("positive") for m in models}
+    return Experts(experts, {m: allocation_distances(fig4_rows(f)) for m, f in experts.items()},
+                   {m: beta_sweep(s, int(round(5.0 * len(s))), params.get("betas", BETAS))
+                    for m, s in scores.items()}, tasks[0])
+
+
+def totals(result: Experts) -> pd.DataFrame:
+    """Experts in all of each allocation: index (model, method, task), columns per block."""
+    return pd.concat(result.experts, names=["model"])[["total"]].unstack("per_block")
+
+
+def fig4_figures(result: Experts) -> list:
+    """Fig. 4: every allocation at 5 experts per block, one heatmap per model."""
+    return [plots.heatmap(fig4_rows(f), title=f"{m}: experts per block (5 / block)",
+                          cbar_label="experts", annotate=True, fmt=".0f")
+            for m, f in result.experts.items()]
+
+
+def distance_table(result: Experts) -> pd.DataFrame:
+    """:func:`allocation_distances` of every model, index (model, allocation)."""
+    return pd.concat(result.distances, names=["model"])
+
+
+def sweep_figures(result: Experts) -> list:
+    """The first task's experts per block by beta, one step plot per model."""
+    return [plots.layer_lines(s.T, title=f"{m} · {result.first_task}: experts per block by β",
+                              ylabel="experts", kind="step") for m, s in result.sweeps.items()]
+
+
+def sweep_range(result: Experts) -> pd.DataFrame:
+    """Fewest and most experts of a block for each beta, index (model, beta)."""
+    return pd.concat({m: s.agg(["min", "max"], axis=1) for m, s in result.sweeps.items()},
+                     names=["model"])
+
+
+def distances_summary(result: Experts) -> pd.DataFrame:
+    """:func:`distance_summary` of every model, one row each."""
+    return pd.DataFrame({m: distance_summary(d) for m, d in result.distances.items()}).T
+
+
+def verdicts(result: Experts, level: float = 0.05) -> list:
+    """Notebook 02 decides no claim (its allocations are tested in notebook 03)."""
+    return []

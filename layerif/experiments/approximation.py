@@ -29,10 +29,9 @@ from ..gradients import GradientEngine, attached_lora, encode, find_units
 from ..models import load_model
 from ..train import finetune
 from . import validation
-from .cache import cached_frame, slug
-from .scoring import load_scores, task_examples
+from .scoring import load_scores, scores_dir, task_examples
 
-__all__ = ["ApproxConfig", "approximation_table", "grid_matrix", "influence_grid",
+__all__ = ["ApproxConfig", "approximation_table", "grid_matrix", "influence_grid", "saved_scores",
            "score_stability", "study_grid", "subset_scores", "sweep_scores"]
 
 INDEX = ["method", "damping", "n_train", "val_subset", "layer"]
@@ -40,7 +39,10 @@ INDEX = ["method", "damping", "n_train", "val_subset", "layer"]
 
 @dataclass
 class ApproxConfig(ConfigBase):
-    """The warmed-up LoRA setting of notebook 09 (parts 1, 4 and 5)."""
+    """The warmed-up LoRA setting of notebook 09 (parts 1, 4 and 5).
+
+    Defaults: the book's cpu sizes (params/cpu/09_influence_validation.yaml, the one source).
+    """
 
     task: str = field("sst2", help="task label (layerif.experiments.scoring.task_examples)")
     n_train: int = field(64, help="training examples (the largest size of the n sweep)")
@@ -75,10 +77,6 @@ class ApproxConfig(ConfigBase):
     def smoke(cls) -> "ApproxConfig":
         return cls(n_train=8, n_val=4, val_subsets=2, sizes=(4,), dampings=(0.01, 0.1, 1.0),
                    batch_size=4, max_length=32)
-
-    @classmethod
-    def cpu(cls) -> "ApproxConfig":
-        return cls()
 
     @classmethod
     def paper(cls) -> "ApproxConfig":
@@ -157,10 +155,22 @@ def grid_matrix(grid: pd.DataFrame, method: str, damping: float, n_train: int | 
     return sub.to_numpy()[:, :n]
 
 
+def saved_scores(results, model_name: str, label: str, method: str = "datainf"):
+    """Notebook 01's saved scores of one (model, task label, method).
+
+    Raises:
+        layerif.store.MissingResult: none are saved (naming notebook 01, which saves them).
+    """
+    if not (scores_dir(results, model_name, label, method) / store.MANIFEST).is_file():
+        raise store.MissingResult("01_layer_scores", [f"{model_name} {label} {method} scores"])
+    return load_scores(results, model_name, label, method)
+
+
 def study_grid(results, model_name: str, config: ApproxConfig, overwrite: bool = False,
                progress: bool = True) -> pd.DataFrame:
     """Notebook 09: :func:`influence_grid` of ``model_name`` on ``config.task``, saved under
-    ``<results>/validation/<model>/grid`` and loaded when its identity matches."""
+    ``<results>/validation/<model>/grid`` and loaded when its identity matches (NaN past n
+    of the smaller sizes is a missing example)."""
     train, val = task_examples(config.task, config.n_train, config.n_val, config.seed)
     ident = store.identity("influence_grid", config, model_name,
                            {"task": config.task, "train_ids": [e.id for e in train],
@@ -170,8 +180,10 @@ def study_grid(results, model_name: str, config: ApproxConfig, overwrite: bool =
         model, tokenizer = load_model(model_name, device=config.device)
         return influence_grid(model, tokenizer, train, val, config, progress)
 
-    return cached_frame(Path(results) / "validation" / slug(model_name) / "grid", ident,
-                        compute, overwrite)
+    smallest = min(config.sizes, default=config.n_train)
+    past_smallest = [f"x{i}" for i in range(smallest, config.n_train)]
+    return store.cached(Path(results) / "validation" / store.slug(model_name) / "grid", ident,
+                        compute, overwrite=overwrite, allow_nonfinite=past_smallest)
 
 
 def approximation_table(grid: pd.DataFrame, **alloc) -> pd.DataFrame:
@@ -222,7 +234,7 @@ def score_stability(results, model_name: str, labels, n_boot: int = 1000, seed: 
     """
     blocks, rows = {}, {}
     for label in labels:
-        values = load_scores(results, model_name, label, method).per_block()
+        values = saved_scores(results, model_name, label, method).per_block()
         blocks[label], summary = validation.bootstrap_stability(values.to_numpy(), n_boot,
                                                                 seed=seed, **alloc)
         blocks[label].index = values.index

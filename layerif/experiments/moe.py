@@ -1,4 +1,4 @@
-"""LoRA-MoE fine-tuning per expert allocation (notebook 03): every trained model is a stored result.
+"""Notebook 03: LoRA-MoE fine-tuning per expert allocation; every trained model is a stored result.
 
 A :class:`MoESetting` names one fine-tuned model: the allocation method, the task, the
 experts per block and the seed. :class:`MoEStudy` holds what the settings of one model share
@@ -19,6 +19,9 @@ trainable parameters (rank ``T * r / L``, the experts' alpha; the MoE has only i
 more) -- does the mixture help at all at this scale? With alpha scaled to keep ``alpha / rank``
 (a 5x larger update scale at 5 experts per block) it trained to 56% on SST-2, against 78% with
 the experts' alpha (SmolLM2, the cpu sizes): the comparison is sensitive to that choice.
+
+:func:`run` is the notebook's work (every model of its ``plans``, then its tables: moe_tables),
+:func:`verdicts` its Table 7 rows (also notebook 10's), :func:`single_run` is ``layerif moe``.
 """
 from __future__ import annotations
 
@@ -31,23 +34,26 @@ from typing import Mapping
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import baselines, store
+from .. import baselines, paper, store
 from .._config import check
 from ..evaluate.choices import choice_logliks
 from ..models import load_model, model_id
 from ..moe import MoEConfig, attach, detach, moe_table
+from ..moe.io import read_experts
 from ..moe.usage import load_summary, router_load
 from ..train import TrainConfig, collate, finetune, tokenize_texts
+from . import moe_tables as tables
 from .allocation import block_alpha, expert_allocations
-from .cache import slug
+from .moe_tables import BASE, LORA, MoEResult
 from .scoring import aggregated_scores, label_examples
+from .verdict import Verdict, decide, interval
 
-__all__ = ["BASE", "CLI_SIZES", "KIND", "LORA", "MoERun", "MoESetting", "MoEStudy", "grid",
-           "method_folder", "read_experts", "single_run"]
+__all__ = ["BASE", "KIND", "LORA", "NOTEBOOK", "MoEResult", "MoERun", "MoESetting", "MoEStudy",
+           "grid", "method_folder", "recipe", "run", "single_run", "summary",
+           "verdicts"]
 
+NOTEBOOK = "03_lora_moe"
 KIND = "moe_run"
-BASE = "Base model"
-LORA = "LoRA (same parameters)"
 MODEL_ONLY = "(model only)"
 
 
@@ -100,7 +106,8 @@ class MoEStudy:
         per_block: the budgets the allocations are computed for.
         allocations: the allocation table itself (index method, task, per_block; columns the
             blocks and ``total``, as :func:`expert_allocations` returns); None computes it
-            from notebook 01's saved scores.
+            (LayerIF's rows from notebook 01's saved scores, the model-only rows from the
+            model alone).
     """
 
     def __init__(self, results: str | Path, model_name: str, labels, moe_config: MoEConfig,
@@ -112,17 +119,22 @@ class MoEStudy:
         self.n_train, self.n_eval, self.beta = int(n_train), int(n_eval), float(beta)
         self.per_block, self.progress = tuple(float(p) for p in per_block), progress
         self.model, self.tokenizer = load_model(model_name, device=device)
-        self._allocations = allocations
+        self._given = allocations
+        self._tables: dict[bool, pd.DataFrame] = {}
         self._examples: dict[str, tuple[list, list]] = {}
         self.log = pd.DataFrame()
 
-    def allocations(self) -> pd.DataFrame:
-        """Experts per block of every method, task and budget (notebook 02's table)."""
-        if self._allocations is None:
-            scores = aggregated_scores(self.results, self.model_name, self.labels)
+    def allocations(self, scored: bool = True) -> pd.DataFrame:
+        """Experts per block of every method, task and budget (notebook 02's table); with
+        ``scored=False`` the model-only methods' rows (AlphaLoRA, MoLA), which need no scores."""
+        if self._given is not None:
+            return self._given
+        if scored not in self._tables:
             alpha = block_alpha(self.model, self.results)
-            self._allocations = expert_allocations(scores, alpha, self.per_block, self.beta)
-        return self._allocations
+            scores = (aggregated_scores(self.results, self.model_name, self.labels) if scored
+                      else pd.DataFrame(columns=alpha.index))
+            self._tables[scored] = expert_allocations(scores, alpha, self.per_block, self.beta)
+        return self._tables[scored]
 
     def examples(self, task: str) -> tuple[list, list]:
         """The training and held-out evaluation examples of a task label."""
@@ -135,7 +147,7 @@ class MoEStudy:
         """The per-block expert counts of a setting (ones for :data:`LORA`, None for :data:`BASE`)."""
         if setting.method == BASE:
             return None
-        table = self.allocations()
+        table = self.allocations(setting.method.startswith("LayerIF"))
         if setting.method == LORA:
             return pd.Series(1, index=table.columns.drop("total").rename("layer"), name="experts")
         key = (setting.method, setting.task if setting.method.startswith("LayerIF") else MODEL_ONLY,
@@ -148,7 +160,7 @@ class MoEStudy:
         return table.loc[key].drop("total").astype(int).rename("experts").rename_axis("layer")
 
     def n_blocks(self) -> int:
-        return len(self.allocations().columns) - 1  # the table's last column is "total"
+        return len(self.allocations(False).columns) - 1  # the table's last column is "total"
 
     def adapter_config(self, setting: MoESetting) -> MoEConfig:
         """The adapter of a setting: the study's, seeded; :data:`LORA` gets the matched rank."""
@@ -172,21 +184,17 @@ class MoEStudy:
                                "eval_ids": [e.id for e in test]})
 
     def folder(self, setting: MoESetting) -> Path:
-        return (self.results / "moe" / slug(self.model_name) / slug(setting.task)
+        return (self.results / "moe" / store.slug(self.model_name) / store.slug(setting.task)
                 / f"{setting.per_block:g}" / method_folder(setting.method) / f"seed-{setting.seed}")
 
     def run(self, setting: MoESetting, overwrite: bool = False) -> MoERun:
-        """Train and evaluate one setting, or load it when saved with the same identity."""
-        ident, folder = self.identity(setting), self.folder(setting)
-        if not overwrite:
-            manifest = store.load_if_matching(folder, ident)
-            if manifest is not None:
-                return _from_saved(store.load_frame(folder), {**manifest["extra"], "status": "loaded"})
-        frame, extra = self._train_and_evaluate(setting)
-        store.save_frame(folder, frame, ident, extra=extra, overwrite=overwrite)
-        return _from_saved(frame, {**extra, "status": "computed"})
+        """Train and evaluate one setting, or load it when saved with the same identity
+        (:func:`layerif.store.cached`)."""
+        return store.cached(self.folder(setting), self.identity(setting),
+                            lambda: self._train_and_evaluate(setting), overwrite=overwrite,
+                            load=_load_run, save_as=_save_run)
 
-    def _train_and_evaluate(self, setting: MoESetting) -> tuple[pd.DataFrame, dict]:
+    def _train_and_evaluate(self, setting: MoESetting) -> MoERun:
         train, test = self.examples(setting.task)
         experts = self.experts(setting)
         start = time.perf_counter()
@@ -210,7 +218,7 @@ class MoEStudy:
                  "load": load.reset_index().to_dict(orient="list"),
                  "train_seconds": round(trained - start, 2),
                  "eval_seconds": round(time.perf_counter() - trained, 2)}
-        return frame, extra
+        return _from_saved(frame, {**extra, "status": "computed"})
 
     def _batches(self, examples, batch_size: int = 8):
         rows = tokenize_texts(self.tokenizer, examples, self.train_config.max_length)
@@ -258,37 +266,82 @@ def grid(tasks, methods, seeds=(0,), spread: Mapping | None = None,
     return list(dict.fromkeys(out))
 
 
-#: ``layerif moe`` sizes per profile when not given: (training examples, evaluation examples).
-CLI_SIZES = {"smoke": (4, 6), "cpu": (32, 64), "paper": (100_000, 100_000)}
+def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
+    """Notebook 03: every setting of ``params["plans"]`` (:func:`grid`) of every model, trained
+    or loaded (:meth:`MoEStudy.run_all`), and the notebook's tables."""
+    check(len(params["plans"]) > 0, "plans", params["plans"], "at least one model's plan")
+    results = Path(results or store.results_dir(profile))
+    moe_config, train_config = recipe(params)
+    runs, logs = {}, {}
+    for model, plan in params["plans"].items():
+        study = MoEStudy(results, model, params["labels"], moe_config, train_config,
+                         params["n_train"], params["n_eval"])
+        runs[model], logs[model] = study.run_all(grid(**plan)), study.log
+    log = pd.concat(logs, names=["model", "run"])
+    cold = log[["train_seconds", "eval_seconds"]].to_numpy().sum() / 60
+    sizes = (f"{len(log)} runs of {', '.join(runs)}; {params['n_train']} training and "
+             f"{params['n_eval']} held-out examples per task; adapter {moe_config}; recipe "
+             f"{train_config}; cold cost of the runs (stored training + evaluation seconds): "
+             f"{cold:.1f} min")
+    return tables.notebook_tables(runs, log, params, sizes)
 
 
-def read_experts(path: str | Path) -> pd.Series:
-    """Experts per block from a CSV (``layerif allocate experts --out``: first column the
-    block index, an ``experts`` column or a single column)."""
-    frame = pd.read_csv(path, index_col=0)
-    column = "experts" if "experts" in frame.columns else frame.columns[-1]
-    check(len(frame.columns) == 1 or "experts" in frame.columns, "allocation", str(path),
-          "a CSV with an 'experts' column or a single column")
-    return frame[column].astype(int).rename("experts").rename_axis("layer")
+def verdicts(result: MoEResult, level: float = 0.05) -> list[Verdict]:
+    """Tables 1 / 4 / 7 and Fig. 2: LayerIF's experts beat each baseline family of Table 7, per
+    model, by :func:`.verdict.decide` on the paired bootstrap and the paired t-test of
+    :func:`.moe_tables.versus`, beyond the mean seed-to-seed range."""
+    rows, ours = [], result.ours
+    best = paper.table("table7")
+    for model, found in result.models.items():
+        noise = found["noise"]
+        for family, r in found["table7"].drop(index=ours).iterrows():
+            diff, p_t, p_b = r[f"{ours} - baseline"], r["t-test p (per setting)"], r["bootstrap p"]
+            rows.append(Verdict(
+                f"LayerIF allocation beats {family} (LoRA-MoE)", model, "Tables 1, 4, 7; Fig. 2",
+                f"{best.at['LayerIF', 'Average Accuracy']:.2f} vs "
+                f"{best.at[family, 'Average Accuracy']:.2f} (table7, Average Accuracy)",
+                f"{100 * diff:+.1f} points over {int(r['settings'])} settings "
+                f"(seed spread {100 * noise:.1f})",
+                "paired bootstrap over examples (and paired t over settings)", float(p_b),
+                interval(r["bootstrap CI low"], r["bootstrap CI high"], 100, " points"),
+                decide(diff, [p_b, p_t], level, noise), NOTEBOOK, float(diff)))
+    return rows
+
+
+def summary(result: MoEResult, level: float = 0.05) -> str:
+    """What the numbers say: each verdict row as a sentence, then per model how many of the
+    per-task differences (one seed, McNemar) are significant at ``level``."""
+    lines = [v.sentence() for v in verdicts(result, level)]
+    paired = {m: t["paired"] for m, t in result.models.items() if len(t["paired"])}
+    lines += [f"{m}: per task and baseline (one seed, McNemar), {int((p['McNemar p'] < level).sum())}"
+              f" of {len(p)} differences significant at {level}." for m, p in paired.items()]
+    return "\n".join(lines)
+
+
+def recipe(params: Mapping) -> tuple[MoEConfig, TrainConfig]:
+    """The adapter and the training recipe of notebook 03's parameters (``moe_preset``,
+    ``train_preset`` with the fields of ``train`` changed)."""
+    return (MoEConfig.preset(params["moe_preset"]),
+            TrainConfig.preset(params["train_preset"], **params.get("train", {})))
 
 
 def single_run(model_name: str, task: str, method: str | None = None, allocation=None,
-               profile: str = "cpu", per_block: float = 5.0, seed: int = 0,
+               params: Mapping | None = None, per_block: float = 5.0, seed: int = 0,
                n_train: int | None = None, n_eval: int | None = None, results=None,
                device: str = "auto", overwrite: bool = False) -> tuple[MoERun, Path]:
-    """One fine-tune and evaluation, as ``layerif moe`` runs it: the profile's adapter
-    (``MoEConfig`` smoke, else paper) and recipe (``TrainConfig`` preset), an allocation
-    ``method`` computed from the task's saved scores (LayerIF) or the model (AlphaLoRA, MoLA),
-    or ``allocation`` (a CSV of experts per block, or a Series); saved in the profile's store.
+    """One fine-tune and evaluation, as ``layerif moe`` runs it: the adapter, recipe and sizes
+    of notebook 03's ``params`` for a profile (``layerif.study.load_params("03_lora_moe",
+    profile)``, the one source of sizes), an allocation ``method`` computed from the task's
+    saved scores (LayerIF) or the model alone (AlphaLoRA, MoLA, the plain LoRA), or
+    ``allocation`` (a CSV of experts per block, or a Series); saved in the profile's store.
 
     Returns ``(run, folder)``.
     """
     check((method is None) != (allocation is None), "method/allocation", (method, allocation),
           "exactly one of an allocation method and an allocation CSV")
-    from .. import study  # the results folder of a profile
-
-    moe_cfg = MoEConfig.preset("smoke" if profile == "smoke" else "paper")
-    defaults = CLI_SIZES[profile]
+    need = {"profile", "moe_preset", "train_preset", "n_train", "n_eval"}
+    check(isinstance(params, Mapping) and need <= set(params), "params", params,
+          f"notebook 03's parameters with {sorted(need)} (params/<profile>/03_lora_moe.yaml)")
     table = None
     if allocation is not None:
         experts = allocation if isinstance(allocation, pd.Series) else read_experts(allocation)
@@ -299,8 +352,8 @@ def single_run(model_name: str, task: str, method: str | None = None, allocation
             pd.MultiIndex.from_tuples([(method, MODEL_ONLY, per_block)],
                                       names=["method", "task", "per_block"]))
         table["total"] = int(experts.sum())
-    moe_study = MoEStudy(results or study.results_dir(profile), model_name, [task], moe_cfg,
-                         TrainConfig.preset(profile), n_train or defaults[0], n_eval or defaults[1],
+    moe_study = MoEStudy(results or store.results_dir(params["profile"]), model_name, [task],
+                         *recipe(params), n_train or params["n_train"], n_eval or params["n_eval"],
                          allocations=table, device=device)
     setting = MoESetting(method, task, float(per_block), seed)
     return moe_study.run(setting, overwrite), moe_study.folder(setting)
@@ -316,6 +369,16 @@ def method_folder(method: str) -> str:
     """A method name as a folder name without spaces or ``%`` ("LayerIF Top 25%" ->
     "LayerIF-Top-25")."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", method).strip("-")
+
+
+def _save_run(folder: Path, run: MoERun, ident: dict, _extra, overwrite: bool) -> None:
+    extra = {k: v for k, v in run.info.items() if k != "status"}
+    store.save_frame(folder, run.examples, ident, extra=extra, overwrite=overwrite)
+
+
+def _load_run(folder: Path) -> MoERun:
+    extra = store.load_manifest(folder)["extra"]
+    return _from_saved(store.load_frame(folder), {**extra, "status": "loaded"})
 
 
 def _from_saved(frame: pd.DataFrame, extra: dict) -> MoERun:

@@ -1,4 +1,4 @@
-"""Tables and paired tests of the LoRA-MoE study (notebook 03), from :class:`MoERun` results.
+"""Tables, paired tests and figures of the LoRA-MoE study (notebook 03), from :class:`MoERun` results.
 
 Accuracies are shares of held-out examples answered correctly (log-likelihood ranking of the
 choices). Every comparison pairs two methods on the same examples: per task with McNemar's
@@ -9,19 +9,30 @@ difference smaller than that spread is not a difference this study can see.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
 
-from .. import paper, stats
-from .moe import BASE, LORA, MoERun, MoESetting
-from .verdict import decide
+from .. import paper, plots, stats
 
-__all__ = ["AVERAGE", "FAMILIES", "PAPER_COLUMNS", "accuracy_table", "chance_check", "budget_table", "loss_curves", "paired_by_task", "paper_comparison",
-           "runs_frame", "seed_spread", "usage_table", "verdicts", "versus"]
+if TYPE_CHECKING:
+    from .moe import MoERun, MoESetting
 
+__all__ = ["AVERAGE", "BASE", "FAMILIES", "LORA", "MoEResult", "PAPER_COLUMNS", "PAPER_TABLES",
+           "RUN_COLUMNS", "SHOWN", "TASK_ROWS", "accuracy_table", "budget_figures", "budget_note",
+           "budget_table", "chance_check", "loss_curves", "loss_figures", "model_tables",
+           "notebook_tables", "paired_by_task", "paper_comparison", "runs_frame", "seed_spread",
+           "table", "usage_table", "versus"]
+
+#: The two rows that are not allocations: the model without fine-tuning, and one LoRA per
+#: projection with the experts' trainable parameters (see :mod:`.moe`).
+BASE = "Base model"
+LORA = "LoRA (same parameters)"
 AVERAGE = "Average"
+#: The columns of :func:`runs_frame` the notebook shows.
+RUN_COLUMNS = ["accuracy", "trainable_params", "final loss", "train_seconds"]
 #: The paper's Table 7 rows (baseline families) as our method names.
 FAMILIES = {"AlphaLora": ("AlphaLoRA",),
             "Mola": ("MoLA 2468", "MoLA 5555", "MoLA 8642", "MoLA 1234", "MoLA 46810", "MoLA 3578")}
@@ -101,10 +112,13 @@ def _examples(runs, method: str, task: str, per_block: float, seed: int | None) 
     return sum(hits) / len(hits)
 
 
-def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines, per_block: float = 5.0,
-                   seed: int = 0) -> pd.DataFrame:
-    """``ours`` against each baseline per task, on the same examples and seed: accuracy
-    difference and McNemar's exact p (index task, baseline)."""
+def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines=None,
+                   per_block: float = 5.0, seed: int = 0) -> pd.DataFrame:
+    """``ours`` against each baseline (default: every other method, in the order first run) per
+    task, on the same examples and seed: accuracy difference and McNemar's exact p (index task,
+    baseline)."""
+    if baselines is None:
+        baselines = [m for m in dict.fromkeys(s.method for s in runs) if m != ours]
     rows = {}
     tasks = list(dict.fromkeys(s.task for s in runs))
     for task in tasks:
@@ -113,22 +127,18 @@ def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines, per_
             theirs = _examples(runs, base, task, per_block, seed)
             if mine is None or theirs is None:
                 continue
-            a, b = _join(mine, theirs)
-            mc = stats.mcnemar(a["correct"].to_numpy() > 0.5, b["correct"].to_numpy() > 0.5)
+            if not mine.index.equals(theirs.index):
+                raise ValueError("runs are invalid: expected evaluations of the same examples "
+                                 "in the same order")
+            mc = stats.mcnemar(mine["correct"].to_numpy() > 0.5, theirs["correct"].to_numpy() > 0.5)
             rows[(task, base)] = {"difference": mc.estimate, "McNemar p": mc.pvalue, "n": mc.n}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.names = ["task", "baseline"]
     return out
 
 
-def _join(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if not a.index.equals(b.index):
-        raise ValueError("runs are invalid: expected evaluations of the same examples in the same order")
-    return a, b
-
-
 def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, tuple[str, ...]],
-           per_blocks, seed_spread_value: float = np.nan, n_boot: int = 2000) -> pd.DataFrame:
+           per_blocks=None, seed_spread_value: float = np.nan, n_boot: int = 2000) -> pd.DataFrame:
     """The paper's Table 7: ``ours`` against each baseline family across tasks and budgets.
 
     A family is one or more methods (``{"MoLA": ("MoLA 2468", "MoLA 5555", ...)}``); per
@@ -137,7 +147,10 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
     paper's paired t-test over the cells, and a paired bootstrap over the examples of all
     cells (each example's correctness averaged over the family's methods and the seeds),
     with its 95% interval; ``seed spread`` repeats the mean seed-to-seed range for scale.
+    ``per_blocks`` defaults to every budget run.
     """
+    if per_blocks is None:
+        per_blocks = sorted({s.per_block for s in runs if s.method != BASE})
     cells, pooled = {}, {}
     tasks = list(dict.fromkeys(s.task for s in runs))
     for name, methods in {ours: (ours,), **families}.items():
@@ -190,11 +203,13 @@ def budget_table(runs: Mapping[MoESetting, MoERun], families: Mapping[str, tuple
 
 def loss_curves(runs: Mapping[MoESetting, MoERun], task: str, per_block: float = 5.0,
                 seed: int = 0) -> pd.DataFrame:
-    """Training loss per optimizer step (rows) of every method (columns) on one task."""
+    """Training loss per optimizer step (rows) of every method (columns) on one task
+    (``attrs["task"]``)."""
     curves = {s.method: r.history for s, r in runs.items()
               if s.task == task and s.per_block == per_block and s.seed == seed and len(r.history)}
     frame = pd.DataFrame(curves)
     frame.index.name = "step"
+    frame.attrs["task"] = task
     return frame
 
 
@@ -216,6 +231,11 @@ def usage_table(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0, seed:
     return out
 
 
+#: Our task labels -> the paper's rows (SST-2 stands in for CoLA, SciQ for ScienceQA).
+TASK_ROWS = {"mrpc": "MRPC", "csqa": "Common Q", "openbookqa:instruct": "Openbook Q",
+             "sst2": "Cola", "sciq": "Text Science Q"}
+#: The paper's table each model stands in for (Table 1: Mistral-7B, Table 4: Gemma-7B).
+PAPER_TABLES = {"smollm2-135m": "table1", "gemma3-270m": "table4"}
 #: Our method names -> the paper's column labels (Tables 1 and 4).
 PAPER_COLUMNS = {"AlphaLoRA": "AlphaLora", "MoLA 2468": "MoLA(2468)", "MoLA 5555": "MoLA(5555)",
                  "MoLA 8642": "MoLA(8642)", "MoLA 3578": "MoLA(3,5,7,8)",
@@ -237,25 +257,75 @@ def paper_comparison(table: pd.DataFrame, table_id: str, task_rows: Mapping[str,
     return out.dropna(subset=["ours"])
 
 
-def verdicts(table7: pd.DataFrame, paired: pd.DataFrame, spread: pd.DataFrame, ours: str,
-             level: float = 0.05) -> list[str]:
-    """One sentence per baseline family of ``table7``: the difference, both tests, the seed
-    spread, and the verdict of :func:`layerif.experiments.verdict.decide` (held only when the
-    paired t-test and the paired bootstrap both say so and the difference exceeds the mean
-    seed-to-seed range)."""
-    lines, mean_range = [], float(spread["range"].mean()) if len(spread) else np.nan
-    noise = (f"seed-to-seed range {100 * mean_range:.1f} points" if np.isfinite(mean_range)
-             else "seed-to-seed range not measured for this model")
-    for name, row in table7.drop(index=ours, errors="ignore").iterrows():
-        diff = row[f"{ours} - baseline"]
-        verdict = decide(diff, [row["t-test p (per setting)"], row["bootstrap p"]], level, mean_range)
-        lines.append(f"{ours} vs {name}: {100 * diff:+.1f} points over {int(row['settings'])} "
-                     f"settings ({int(row['examples'])} paired examples); paired t p = "
-                     f"{row['t-test p (per setting)']:.3f}, bootstrap 95% CI "
-                     f"[{100 * row['bootstrap CI low']:+.1f}, {100 * row['bootstrap CI high']:+.1f}]"
-                     f" points; {noise} -> {verdict}.")
-    if len(paired):
-        n_sig = int((paired["McNemar p"] < level).sum())
-        lines.append(f"Per task and baseline (one seed, McNemar): {n_sig} of {len(paired)} "
-                     f"differences significant at {level}.")
-    return lines
+@dataclass(frozen=True)
+class MoEResult:
+    """What notebook 03 shows (:func:`notebook_tables`): ``models`` maps each model to its
+    tables by name (:data:`SHOWN`; :func:`table` stacks one over the models) and ``noise`` (its
+    mean seed-to-seed range, NaN when not measured); ``log`` is the run log, ``table7_paper``
+    the first model's Table 7 beside the paper's, ``ours`` the method compared with the others."""
+
+    runs: dict
+    models: dict
+    log: pd.DataFrame
+    table7_paper: pd.DataFrame
+    sizes: str
+    ours: str
+
+
+#: The per-model tables of :class:`MoEResult`, in the notebook's order.
+SHOWN = ("accuracy", "comparison", "chance", "spread", "table7", "paired", "fig2", "frames",
+         "usage", "curves")
+
+
+def model_tables(model: str, runs: Mapping, ours: str, n_eval: int, task: str) -> dict:
+    """One model's tables of :data:`SHOWN` (and ``noise``) from its runs; ``task`` is the one
+    whose loss curves are shown."""
+    spread = seed_spread(runs)
+    noise = float(spread["range"].mean()) if len(spread) else np.nan
+    accuracy = accuracy_table(runs, 5.0)
+    return {"accuracy": accuracy, "spread": spread, "noise": noise,
+            "comparison": paper_comparison(accuracy, PAPER_TABLES.get(model, "table1"), TASK_ROWS,
+                                           f"{model}; {n_eval} held-out examples per task"),
+            "chance": chance_check(runs), "table7": versus(runs, ours, FAMILIES, None, noise),
+            "paired": paired_by_task(runs, ours), "frames": runs_frame(runs),
+            "fig2": budget_table(runs, {"LayerIF": (ours,), **FAMILIES}),
+            "usage": usage_table(runs), "curves": loss_curves(runs, task)}
+
+
+def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: str) -> MoEResult:
+    """Notebook 03's result from its runs (model -> ``{MoESetting: MoERun}``), run log and
+    parameters (``ours``, ``n_eval``, each plan's first task for the loss curves)."""
+    ours = params.get("ours", "LayerIF +ve")
+    models = {m: model_tables(m, r, ours, params["n_eval"], params["plans"][m]["tasks"][0])
+              for m, r in runs.items()}
+    first = next(iter(models))  # its Table 7 beside the paper's (ours is the paper's "LayerIF")
+    average = models[first]["table7"][["average accuracy"]].rename(
+        index={ours: "LayerIF"}, columns={"average accuracy": "Average Accuracy"})
+    return MoEResult(runs, models, log, paper.compare(
+        average, "table7", scale=100, note=f"{first}; averages over the settings run here"),
+        sizes, ours)
+
+
+def table(result: MoEResult, name: str) -> pd.DataFrame:
+    """One table of :data:`SHOWN` stacked over the models (index level ``model`` first)."""
+    return pd.concat({m: t[name] for m, t in result.models.items()}, names=["model"])
+
+
+def budget_note(result: MoEResult) -> str:
+    """Which tasks Fig. 2's rows average, per model."""
+    return "\n".join(f"{m}: average over {t['fig2'].attrs['tasks']} (the tasks run at every "
+                     "budget)" for m, t in result.models.items())
+
+
+def budget_figures(result: MoEResult) -> list:
+    """Fig. 2: average accuracy (%) by experts per block, per model run at several budgets."""
+    return [plots.layer_lines(t["fig2"].mul(100), title=f"{m}: average accuracy by experts per "
+                              "block", ylabel="accuracy (%)", xlabel="experts per block")
+            for m, t in result.models.items() if len(t["fig2"]) > 1]
+
+
+def loss_figures(result: MoEResult) -> list:
+    """Training loss per optimizer step of every method, per model (:func:`loss_curves`)."""
+    return [plots.layer_lines(t["curves"], title=f"{m}, {t['curves'].attrs['task']}: training "
+                              "loss per step (seed 0)", ylabel="loss", xlabel="optimizer step")
+            for m, t in result.models.items()]

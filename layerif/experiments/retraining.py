@@ -1,9 +1,8 @@
 """Notebook 09, parts 2 and 3: retraining as ground truth for layer influence.
 
 Both parts train *one* block and leave the rest frozen, so the inputs of that block never
-change: they are computed once (:func:`block_inputs`) and every training step runs only the
-blocks from there on (:func:`tail_losses`, through :func:`tail_of`). That is what makes
-many retrainings affordable on a CPU.
+change: they are computed once and every training step runs only the blocks from there on
+(:mod:`layerif.blocks`). That is what makes many retrainings affordable on a CPU.
 
 * :func:`leave_one_out` (part 2): LoRA adapters on one block's attention, trained with
   full-batch Adam from a seeded initialisation on all training examples and on all but one,
@@ -17,116 +16,34 @@ many retrainings affordable on a CPU.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from .. import influence, store
-from ..scores import AGGREGATIONS
 from .._config import ConfigBase, check, field
+from ..blocks import block_inputs, resolve_block, tail_losses, token_batch
 from ..gradients import attached_lora, select_modules
 from ..models import load_model, transformer_blocks
+from ..scores import AGGREGATIONS
 from . import validation
-from .cache import cached_frame, slug
-from .scoring import load_scores, task_examples
+from .approximation import saved_scores
+from .scoring import task_examples
 
-__all__ = ["GainConfig", "LooConfig", "block_gains", "block_inputs", "gains_summary",
-           "leave_one_out", "loo_summary", "study_gains", "study_loo", "tail_losses", "tail_of",
-           "token_batch"]
-
-
-# -- the tail of a model -----------------------------------------------------------------
-def _resolve(block: int, n_layers: int) -> int:
-    check(isinstance(block, int) and -n_layers <= block < n_layers, "block", block,
-          f"an int in [-{n_layers}, {n_layers})")
-    return block % n_layers
-
-
-@contextmanager
-def tail_of(model: nn.Module, start: int):
-    """Run only blocks ``start..L-1`` of ``model`` (fed through ``inputs_embeds``)."""
-    blocks = transformer_blocks(model)
-    start = _resolve(start, len(blocks))
-    parent = blocks[0][0].rpartition(".")[0]
-    holder_path, _, attr = parent.rpartition(".")
-    holder = model.get_submodule(holder_path) if holder_path else model
-    full = getattr(holder, attr)
-    check(isinstance(full, nn.ModuleList) and len(full) == len(blocks), "model",
-          type(model).__name__, "blocks held in one nn.ModuleList")
-    setattr(holder, attr, nn.ModuleList(list(full)[start:]))
-    try:
-        yield model
-    finally:
-        setattr(holder, attr, full)
-
-
-def token_batch(tokenizer, examples, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)`` of the examples' text, in input order."""
-    texts = [e if isinstance(e, str) else e.text for e in examples]
-    rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    check(min(len(r) for r in rows) >= 2, "examples", "an example of < 2 tokens", "2 tokens each")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-    return ids, mask
-
-
-def block_inputs(model: nn.Module, ids, mask, starts) -> dict[int, torch.Tensor]:
-    """The hidden states entering each block of ``starts`` (one forward pass, no grad)."""
-    blocks = transformer_blocks(model)
-    got: dict[int, torch.Tensor] = {}
-
-    def hook(b):
-        def grab(module, args, kwargs):
-            got[b] = (args[0] if args else kwargs["hidden_states"]).detach()
-        return grab
-
-    handles = [blocks[b][1].register_forward_pre_hook(hook(b), with_kwargs=True) for b in starts]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return got
-
-
-def tail_losses(model: nn.Module, start: int, hidden, ids, mask, vocab=None) -> torch.Tensor:
-    """Per-example mean next-token loss, running blocks ``start..`` on cached ``hidden``.
-
-    ``vocab`` (token ids) restricts the softmax to those tokens (every target must be one).
-    """
-    with tail_of(model, start):
-        h = model.get_decoder()(inputs_embeds=hidden, attention_mask=mask,
-                                use_cache=False).last_hidden_state[:, :-1]
-    head = model.get_output_embeddings()
-    w, targets = head.weight, ids[:, 1:]
-    bias = getattr(head, "bias", None)
-    if vocab is not None:
-        lut = torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
-        lut[vocab] = torch.arange(len(vocab), device=w.device)
-        w, targets = w[vocab], lut[targets]
-        bias = None if bias is None else bias[vocab]
-    logits = h @ w.T + (0 if bias is None else bias)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                          reduction="none").view(targets.shape)
-    m = mask[:, 1:].to(nll.dtype)
-    return (nll * m).sum(dim=1) / m.sum(dim=1)
+__all__ = ["GainConfig", "LooConfig", "block_gains", "gains_summary", "leave_one_out",
+           "loo_summary", "study_gains", "study_loo"]
 
 
 # -- part 2: leave one out -----------------------------------------------------------------
 @dataclass
 class LooConfig(ConfigBase):
-    """Leave-one-out retraining of one block's LoRA adapters (notebook 09, part 2)."""
+    """Leave-one-out retraining of one block's LoRA adapters (notebook 09, part 2).
+
+    Defaults: the book's cpu sizes (params/cpu/09_influence_validation.yaml, the one source).
+    """
 
     task: str = field("sst2", help="task label")
     n_train: int = field(12, help="training examples; each is left out once")
@@ -152,10 +69,6 @@ class LooConfig(ConfigBase):
     @classmethod
     def smoke(cls) -> "LooConfig":
         return cls(n_train=4, n_val=2, seeds=(0, 1), steps=2, max_length=24)
-
-    @classmethod
-    def cpu(cls) -> "LooConfig":
-        return cls()
 
     @classmethod
     def paper(cls) -> "LooConfig":
@@ -208,7 +121,7 @@ def leave_one_out(model, tokenizer, train, val, block: int, seed: int, config: L
         point and ``<method>_init`` at the initial one, ``loss_init``, ``loss_full``.
     """
     cfg, blocks = config, transformer_blocks(model)
-    start = _resolve(block, len(blocks))
+    start = resolve_block(block, len(blocks))
     dev = next(model.parameters()).device
     tr = tuple(t.to(dev) for t in token_batch(tokenizer, train, cfg.max_length))
     va = tuple(t.to(dev) for t in token_batch(tokenizer, val, cfg.max_length))
@@ -256,15 +169,19 @@ def study_loo(results, model_name: str, config: LooConfig, overwrite: bool = Fal
                     model, tokenizer = load_model(model_name, device="auto")
                 return leave_one_out(model, tokenizer, train, val, block, seed, config, progress)
 
-            folder = Path(results) / "validation" / slug(model_name) / "loo" / f"block{block}-seed{seed}"
-            parts[(block, seed)] = cached_frame(folder, ident, compute, overwrite)
+            folder = Path(results) / "validation" / store.slug(model_name) / "loo"
+            parts[(block, seed)] = store.cached(folder / f"block{block}-seed{seed}", ident,
+                                                compute, overwrite=overwrite)
     return pd.concat(parts, names=["block", "seed"])
 
 
 # -- part 3: block-alone fine-tuning -------------------------------------------------------
 @dataclass
 class GainConfig(ConfigBase):
-    """Fine-tune each block's attention weights alone (notebook 09, part 3)."""
+    """Fine-tune each block's attention weights alone (notebook 09, part 3).
+
+    Defaults: the book's cpu sizes (params/cpu/09_influence_validation.yaml, the one source).
+    """
 
     blocks: tuple = field((0, 5, 10, 15, 20, 25, 29), help="blocks fine-tuned, one at a time")
     n_train: int = field(8, help="the first n_train of the scores' training examples")
@@ -282,10 +199,6 @@ class GainConfig(ConfigBase):
         return cls(blocks=(27, 28, 29), n_train=4, steps=1, max_length=24)
 
     @classmethod
-    def cpu(cls) -> "GainConfig":
-        return cls()
-
-    @classmethod
     def paper(cls) -> "GainConfig":
         return cls(blocks=tuple(range(32)), n_train=64, steps=20, max_length=128)
 
@@ -298,7 +211,7 @@ def block_gains(model, tokenizer, train, val, config: GainConfig,
         Index ``layer``: ``loss_before``, ``loss_after``, ``gain`` (before minus after).
     """
     cfg, blocks = config, transformer_blocks(model)
-    starts = [_resolve(b, len(blocks)) for b in cfg.blocks]
+    starts = [resolve_block(b, len(blocks)) for b in cfg.blocks]
     dev = next(model.parameters()).device
     tr = tuple(t.to(dev) for t in token_batch(tokenizer, train, cfg.max_length))
     va = tuple(t.to(dev) for t in token_batch(tokenizer, val, cfg.max_length))
@@ -335,7 +248,7 @@ def study_gains(results, model_name: str, label: str, config: GainConfig,
                 overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """Notebook 09: :func:`block_gains` on the examples of notebook 01's saved scores of
     ``label`` (first ``n_train`` training examples, all validation examples), saved."""
-    scores = load_scores(results, model_name, label, "datainf")
+    scores = saved_scores(results, model_name, label, "datainf")
     train, val = task_examples(label.split("--")[0], len(scores.train_ids), len(scores.val_ids),
                                scores.config.seed)
     check([e.id for e in train] == scores.train_ids, "label", label,
@@ -349,8 +262,8 @@ def study_gains(results, model_name: str, label: str, config: GainConfig,
         model, tokenizer = load_model(model_name, device="auto")
         return block_gains(model, tokenizer, train, val, config, progress)
 
-    return cached_frame(Path(results) / "validation" / slug(model_name) / "gains" / slug(label),
-                        ident, compute, overwrite)
+    folder = Path(results) / "validation" / store.slug(model_name) / "gains" / store.slug(label)
+    return store.cached(folder, ident, compute, overwrite=overwrite)
 
 
 PREDICTORS = ("datainf", "exact", "hessian_free", "datainf_init", "exact_init", "hessian_free_init")
@@ -372,7 +285,7 @@ def gains_summary(results, model_name: str, label: str, gains: pd.DataFrame,
                   n_boot: int = 1000) -> pd.DataFrame:
     """Part 3: :func:`validation.gain_table` of ``gains`` against notebook 01's saved block
     scores of ``label`` (DataInf and Hessian-free, every aggregation)."""
-    cols = {(m, agg): load_scores(results, model_name, label, m).aggregate(agg)
+    cols = {(m, agg): saved_scores(results, model_name, label, m).aggregate(agg)
             for m in ("datainf", "hessian_free") for agg in AGGREGATIONS}
     table = validation.gain_table(gains["gain"], pd.DataFrame(cols), n_boot)
     table.index.names = ["method", "aggregation"]

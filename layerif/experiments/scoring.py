@@ -8,27 +8,39 @@ pool drawn evenly from the pruning tasks (:func:`pruning_pool`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .. import data, distributed, store
+from .. import data, distributed, plots, stats, store
+from .._config import check
 from ..models import load_model
-from ..scores import LayerScores, ScoreConfig, layer_scores
-from .cache import slug
+from ..scores import LayerScores, ScoreConfig, layer_scores, score_identity
+from .verdict import Verdict, interval, profile_reading, profile_verdict
 
-__all__ = ["POOL", "PRUNING_TASKS", "MOE_TASKS", "aggregated_scores", "fingerprint", "label_examples",
-           "pruning_pool", "profile_similarity", "score_frame", "score_tasks", "scores_dir",
-           "task_examples", "load_scores"]
+__all__ = ["NOTEBOOK", "POOL", "PRUNING_TASKS", "Profiles", "aggregated_scores",
+           "check_sizes", "fingerprint", "label_examples", "load_scores", "profile_figures",
+           "profile_interval", "profile_similarity", "pruning_pool", "run", "score_frame",
+           "score_tasks", "scores_dir", "similarity_figures", "summary", "task_examples",
+           "task_label", "verdicts"]
 
-MOE_TASKS = ("mrpc", "sst2", "sciq", "csqa", "openbookqa")
+NOTEBOOK = "01_layer_scores"
+
 PRUNING_TASKS = ("boolq", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "rte",
                  "openbookqa")
 POOL = "pruning_pool"
 
 
-def _label(task: str, template: str | None) -> str:
-    if task == POOL or template is None or template == data.task_info(task)["default_template"]:
+def task_label(task: str, template: str | None = "instruct") -> str:
+    """Notebook 01's result label of ``task``: ``task:template`` when the task offers
+    ``template`` and it is not its default (``openbookqa:instruct``); other tasks, tasks scored
+    in their default template and the pool keep their name."""
+    if task == POOL or template is None:
+        return task
+    info = data.task_info(task)
+    if template not in info["templates"] or template == info["default_template"]:
         return task
     return f"{task}:{template}"
 
@@ -36,6 +48,22 @@ def _label(task: str, template: str | None) -> str:
 def _split_label(label: str) -> tuple[str, str | None]:
     task, _, template = label.partition(":")
     return task, template or None
+
+
+def check_sizes(tasks, n_train, n_val) -> None:
+    """Raise before anything is computed unless every task can be scored with these sizes.
+
+    Each size must be an int >= 1, and >= the number of pruning tasks for :data:`POOL` (one
+    example per task); each task a registry task name or :data:`POOL`.
+    """
+    known = data.list_tasks(include_hub=True)
+    for task in tasks:
+        check(task == POOL or task in known, "task", task, f"one of {known + [POOL]}")
+    least = len(PRUNING_TASKS) if POOL in tasks else 1
+    for name, n in (("n_train", n_train), ("n_val", n_val)):
+        check(isinstance(n, int) and not isinstance(n, bool) and n >= least, name, n,
+              f"an int >= {least}" + (f" ({POOL} draws one example per pruning task)"
+                                      if least > 1 else ""))
 
 
 def pruning_pool(split: str, n: int, tasks=PRUNING_TASKS, seed: int = 0) -> list:
@@ -69,7 +97,7 @@ def task_examples(label: str, n_train: int, n_val: int, seed: int = 0) -> tuple[
 
 def scores_dir(results: str | Path, model: str, label: str, method: str) -> Path:
     """Where the scores of ``model`` on a task label by ``method`` live."""
-    return Path(results) / "scores" / slug(model) / slug(label) / method
+    return Path(results) / "scores" / store.slug(model) / store.slug(label) / method
 
 
 def _ids(examples) -> list[str]:
@@ -105,19 +133,17 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
     if config.n_train is None or config.n_val is None:
         raise ValueError(f"config.n_train={config.n_train!r}, config.n_val={config.n_val!r}: "
                          "the study needs explicit sizes")
+    check_sizes(tasks, config.n_train, config.n_val)
     model = tokenizer = None
     rows = []
     for task in tasks:
-        tmpl = template if task != POOL and template in _templates(task) else None
-        label = _label(task, tmpl)
+        label = task_label(task, template)
         train, val = task_examples(label, config.n_train, config.n_val, config.seed)
         label = label if tag is None else f"{label}--{tag}"
-        found = {}
-        for m in methods:
-            cfg = config.replace(method=m)
-            found[m] = None if overwrite else LayerScores.load_if_matching(
-                scores_dir(results, model_name, label, m), cfg, model_name,
-                label, _ids(train), _ids(val))
+        folders = {m: scores_dir(results, model_name, label, m) for m in methods}
+        found = {m: _saved(folders[m], score_identity(config.replace(method=m), model_name, label,
+                                                      _ids(train), _ids(val)), overwrite)
+                 for m in methods}
         # rank 0's store decides for all ranks (they compute together)
         missing = distributed.broadcast_object([m for m in methods if found[m] is None])
         seconds = 0.0
@@ -129,17 +155,20 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
                                     task=label, progress=progress)
             seconds = time.perf_counter() - start
             for m, s in computed.items():  # rank 0 writes; the others wait until it has
-                s.save(scores_dir(results, model_name, label, m), overwrite=overwrite)
+                s.save(folders[m], overwrite=overwrite)
             distributed.barrier()
-        for m in methods:
-            rows.append({"task": label, "method": m, "status": "loaded" if m not in missing
-                         else "computed", "seconds": round(seconds, 1), "n_train": len(train),
-                         "n_val": len(val), "path": str(scores_dir(results, model_name, label, m))})
+        rows += [{"task": label, "method": m, "status": "computed" if m in missing else "loaded",
+                  "seconds": round(seconds, 1), "n_train": len(train), "n_val": len(val),
+                  "path": str(folders[m])} for m in methods]
     return pd.DataFrame(rows).set_index(["task", "method"])
 
 
-def _templates(task: str) -> tuple[str, ...]:
-    return tuple(data.task_info(task)["templates"])
+def _saved(folder: Path, ident: dict, overwrite: bool) -> LayerScores | None:
+    """The scores saved in ``folder`` under ``ident`` through :func:`layerif.store.cached`
+    (None when absent or ``overwrite``; under :func:`layerif.store.read_only` an absent one
+    raises). Computing is left to :func:`score_tasks`: one gradient pass serves every method."""
+    return store.cached(folder, ident, lambda: None, overwrite=overwrite, load=LayerScores.load,
+                        save_as=lambda *_: None)
 
 
 def load_scores(results: str | Path, model: str, label: str, method: str) -> LayerScores:
@@ -198,11 +227,92 @@ def aggregated_scores(results: str | Path, model: str, labels, method: str = "da
 def profile_similarity(profiles: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Spearman across blocks between every two tasks' profiles (rows of :func:`score_frame`),
     and its off-diagonal summary (tasks, mean, min, max)."""
-    import numpy as np
-
     corr = profiles.T.corr(method="spearman")
     off = corr.to_numpy()[~np.eye(len(corr), dtype=bool)]
     summary = pd.Series({"tasks": len(corr), "mean pairwise Spearman": off.mean(),
                          "min": off.min(), "max": off.max()} if off.size else
                         {"tasks": len(corr)}, name="profile similarity")
     return corr, summary
+
+
+# ------------------------------------------------------------------ notebook 01
+
+@dataclass(frozen=True)
+class Profiles:
+    """What notebook 01 shows: the rows of :func:`score_tasks` (index model, task, method), each
+    model's "+ve" profiles divided by their largest |S_l| (task x layer), the Spearman between
+    its tasks' profiles and their summary (one row per model), and the first model's first
+    task's per-block table."""
+
+    runs: pd.DataFrame
+    profiles: dict
+    similarity: dict
+    summary: pd.DataFrame
+    block_table: pd.DataFrame
+
+
+def run(params: dict, profile: str = "smoke", results=None) -> Profiles:
+    """Notebook 01: score every task of ``params`` on every model of ``params["sizes"]``."""
+    results = Path(results or store.results_dir(profile))
+    runs = {m: score_tasks(m, params["tasks"], ScoreConfig(
+        max_length=params["max_length"], batch_size=params["batch_size"],
+        memory_budget_gb=params.get("memory_budget_gb", 8.0), **size), results)
+        for m, size in params["sizes"].items()}
+    profiles = {m: score_frame(r, "positive", normalise=True) for m, r in runs.items()}
+    similar = {m: profile_similarity(f) for m, f in profiles.items()}
+    first = next(iter(runs))
+    return Profiles(pd.concat(runs, names=["model"]), profiles,
+                    {m: corr for m, (corr, _) in similar.items()},
+                    pd.DataFrame({m: row for m, (_, row) in similar.items()}).T,
+                    load_scores(results, first, runs[first].index[0][0], "datainf").table())
+
+
+def profile_figures(result: Profiles) -> list:
+    """Fig. 1: one heatmap of normalised "+ve" scores (task x layer) per model."""
+    return [plots.heatmap(f, title=f"{m}: +ve score / max |score|, per task",
+                          cbar_label="S_l / max|S|", cmap="magma")
+            for m, f in result.profiles.items()]
+
+
+def similarity_figures(result: Profiles) -> list:
+    """The Spearman between every two tasks' profiles, one matrix per model."""
+    return [plots.correlation(c, title=f"{m}: Spearman between task profiles")
+            for m, c in result.similarity.items()]
+
+
+def summary(result: Profiles) -> str:
+    """What the numbers say: per model, the tasks' profile similarity and its reading
+    (:func:`.verdict.profile_reading`)."""
+    return "\n".join(
+        f"{m}: {int(r['tasks'])} tasks, mean Spearman between task profiles "
+        f"{r['mean pairwise Spearman']:.2f} (range {r['min']:.2f} to {r['max']:.2f}): "
+        f"{profile_reading(r['mean pairwise Spearman'])}." for m, r in result.summary.iterrows())
+
+
+def profile_interval(profiles: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval (at ``level``) of the mean pairwise Spearman between task profiles
+    (rows), resampling blocks (columns) with replacement."""
+    reps = []
+    for idx in stats.bootstrap_indices(profiles.shape[1], n_boot, seed):
+        part = profiles.iloc[:, idx].T.reset_index(drop=True).T
+        reps.append(profile_similarity(part)[1].get("mean pairwise Spearman", np.nan))
+    reps = np.asarray(reps, dtype=float)
+    reps = reps[np.isfinite(reps)]
+    return stats.percentile_ci(reps, level) if len(reps) >= 10 else (np.nan, np.nan)
+
+
+def verdicts(result: Profiles, level: float = 0.05, n_boot: int = 1000) -> list[Verdict]:
+    """Fig. 1: one model gives different layer profiles on different tasks, per model; the
+    interval (bootstrap over blocks) is at ``1 - level``, read by
+    :func:`.verdict.profile_verdict`."""
+    rows = []
+    for model, frame in result.profiles.items():
+        mean, tasks = result.summary.loc[model, ["mean pairwise Spearman", "tasks"]]
+        lo, hi = profile_interval(frame, n_boot, level=1 - level)
+        rows.append(Verdict(
+            "the same model gives task-specific layer profiles", model, "Fig. 1 (Fig. 4)",
+            "no number (heatmaps)", f"mean pairwise Spearman {mean:.2f} over {int(tasks)} tasks",
+            "bootstrap over blocks: interval below 0.5 = distinct, above 0.8 = shared", np.nan,
+            interval(lo, hi), profile_verdict(lo, hi), NOTEBOOK, float(mean)))
+    return rows

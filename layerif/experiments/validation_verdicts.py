@@ -5,9 +5,10 @@ Every function takes tables notebook 09 already computes and returns a frame of
 the claim, the statistic that decides it, its value and interval (``low``/``high``, what they
 are in ``interval``), the rule (``criterion``), a verdict among
 :data:`layerif.experiments.verdict.VERDICTS` and the sentence the notebook prints.
-Notebook 10 turns the same rows into claim rows (:func:`.claims.validation_claim`).
+Notebook 10 shows the same rows as :class:`~.verdict.Verdict` rows
+(:func:`.influence_validation.verdicts`).
 
-Rules, by part:
+Every verdict is :func:`.verdict.interval_verdict` of the part's interval, by part:
 
 1. the approximation holds when DataInf's '+ve' block scores rank blocks as the exact
    inverse's do (Spearman >= :data:`APPROX_HOLDS` at the default damping), else not;
@@ -22,11 +23,10 @@ import numpy as np
 import pandas as pd
 
 from .._config import check
-from .verdict import HELD, INCONCLUSIVE, NOT_HELD, VERDICTS
+from .verdict import DISTINCT, HELD, INCONCLUSIVE, NOT_HELD, SHARED, interval_verdict
 
-__all__ = ["APPROX_HOLDS", "COLUMNS", "SETTLED", "STABLE", "UNSTABLE", "VERDICTS", "approximation_verdict",
-           "gain_verdicts", "interval_verdict", "loo_verdicts", "stability_verdicts",
-           "sweep_verdict"]
+__all__ = ["APPROX_HOLDS", "COLUMNS", "SETTLED", "STABLE", "UNSTABLE", "approximation_verdict",
+           "gain_verdicts", "loo_verdicts", "stability_verdicts", "sweep_verdict"]
 
 COLUMNS = ["part", "claim", "model", "subject", "statistic", "value", "low", "high", "interval",
            "criterion", "verdict", "sentence"]
@@ -35,7 +35,7 @@ COLUMNS = ["part", "claim", "model", "subject", "statistic", "value", "low", "hi
 APPROX_HOLDS = 0.9
 #: Part 4: notebook 01's reading of a mean pairwise Spearman (profiles "largely shared" above
 #: 0.8, "distinct" below 0.5), applied to the same block ranking under resampled examples.
-STABLE, UNSTABLE = 0.8, 0.5
+STABLE, UNSTABLE = SHARED, DISTINCT
 #: Part 5: scores at fewer examples have "settled" when they rank blocks as the largest n does
 #: as closely as part 1 asks DataInf to match the exact inverse.
 SETTLED = APPROX_HOLDS
@@ -43,26 +43,6 @@ SETTLED = APPROX_HOLDS
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def interval_verdict(low: float, high: float) -> str:
-    """A correlation's verdict from its interval: held above 0, not held below, else (also
-    when undefined) inconclusive."""
-    if np.isfinite(low) and low > 0:
-        return HELD
-    if np.isfinite(high) and high < 0:
-        return NOT_HELD
-    return INCONCLUSIVE
-
-
-def _range_verdict(low: float, high: float, threshold: float) -> str:
-    """Held when every case reaches ``threshold``, not held when every one stays below
-    :data:`UNSTABLE`, else (also when undefined) inconclusive."""
-    if np.isfinite(low) and low >= threshold:
-        return HELD
-    if np.isfinite(high) and high < UNSTABLE:
-        return NOT_HELD
-    return INCONCLUSIVE
 
 
 def approximation_verdict(agreement: pd.DataFrame, damping: float, model: str = "") -> pd.DataFrame:
@@ -74,7 +54,7 @@ def approximation_verdict(agreement: pd.DataFrame, damping: float, model: str = 
     di, hf = default.loc["datainf", "scores_positive"], default.loc["hessian_free", "scores_positive"]
     sweep = agreement.xs("datainf", level="method")["scores_positive"]
     value = float(di)
-    verdict = INCONCLUSIVE if not np.isfinite(value) else HELD if value >= APPROX_HOLDS else NOT_HELD
+    verdict = interval_verdict(value, value, at_least=APPROX_HOLDS, below=APPROX_HOLDS)
     word = {HELD: "holds", NOT_HELD: "does NOT hold", INCONCLUSIVE: "cannot be judged (undefined)"}
     closer = "Hessian-free" if hf > di else "DataInf"
     sentence = (f"Verdict: at the block level the DataInf approximation {word[verdict]} here "
@@ -173,7 +153,7 @@ def stability_verdicts(stability: dict, subsets: dict, model: str = "") -> pd.Da
     for m, (blocks, summary) in stability.items():
         rank = summary["rank_stability"].astype(float)
         changed = blocks.groupby(level="task")["experts_changed"].mean().mean()
-        verdict = _range_verdict(rank.min(), rank.max(), STABLE)
+        verdict = interval_verdict(rank.min(), rank.max(), at_least=STABLE, below=UNSTABLE)
         rows.append({
             "part": "stability", "model": m, "subject": "resampled training examples",
             "statistic": f"mean Spearman between bootstrap replicates' block scores, {len(rank)} tasks",
@@ -185,7 +165,7 @@ def stability_verdicts(stability: dict, subsets: dict, model: str = "") -> pd.Da
                 f"{summary['experts_moved'].mean():.1%} of experts move. Verdict: the ranking is "
                 f"{_STABLE[verdict]} under resampled training examples."), "verdict": verdict})
     low, high = subsets["min_pairwise_spearman"], subsets["max_pairwise_spearman"]
-    verdict = _range_verdict(low, high, STABLE)
+    verdict = interval_verdict(low, high, at_least=STABLE, below=UNSTABLE)
     rows.append({
         "part": "stability", "model": model, "subject": "disjoint validation subsets",
         "statistic": f"pairwise Spearman of the block scores, {subsets['n_subsets']} subsets",
@@ -209,8 +189,7 @@ def sweep_verdict(sweep: pd.DataFrame, model: str = "") -> pd.DataFrame:
     smaller = sweep.drop(index=ref, errors="ignore")["spearman"].astype(float).sort_index()
     check(len(smaller) > 0, "sweep", f"{len(sweep)} rows", "a size smaller than the largest")
     value = float(smaller.iloc[-1])
-    verdict = INCONCLUSIVE if not np.isfinite(value) else (
-        HELD if value >= SETTLED else NOT_HELD if value < UNSTABLE else INCONCLUSIVE)
+    verdict = interval_verdict(value, value, at_least=SETTLED, below=UNSTABLE)
     below = smaller.index[~(smaller >= SETTLED)]
     after = smaller.index[smaller.index > below.max()] if len(below) else smaller.index
     enough = (f"from n = {int(after.min())} on every n reaches it" if len(after)
