@@ -1,15 +1,21 @@
 """The pruning study end to end on a tiny model saved to disk: a pruned model's evaluation is
-a stored result (computed once, then loaded; a changed allocation is another identity), each
-setting starts from the dense weights, and the notebooks' parameter profiles are valid."""
+a stored result (computed once, then loaded, also read-only; a changed allocation is another
+identity), each setting starts from the dense weights, notebooks 05 / 07 / 08's ``run`` keeps
+their invariants (every model at its target sparsity, on the same examples) and computes
+nothing under ``store.read_only``, and the notebooks' parameter profiles are valid."""
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from layerif import ScoreConfig, store, study
 from layerif.evaluate import EvalConfig
-from layerif.experiments import pruning, scoring
+from layerif.experiments import granularity, pruning, pruning_study, scoring, smoothing
 from layerif.prune import PruneConfig
 
 TASKS = ("arc_easy", "boolq")
+SIZES = {"prune": {"n_samples": 2, "seq_len": 32, "batch_size": 2}, "owl_calibration": [2, 32],
+         "evaluation": {"tasks": list(TASKS), "n_examples": 3, "ppl_samples": 2, "ppl_len": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +24,8 @@ def setup(tmp_path_factory, save_tiny):
     results = tmp_path_factory.mktemp("results")
     config = ScoreConfig(n_train=7, n_val=7, max_length=24, batch_size=4, device="cpu")
     scoring.score_tasks(str(path), [scoring.POOL], config, results, methods=("datainf",), progress=False)
-    scoring.score_tasks(str(path), [scoring.POOL], config.replace(modules="all"), results,
-                        methods=("datainf",), progress=False, tag="all-linear")
+    pruning.score_for_pruning(results, str(path), [scoring.POOL], 7, 7, modules="all",
+                              tag="all-linear", progress=False)  # as notebook 08's run
     run = pruning.PruningRun(results, str(path), PruneConfig(n_samples=2, seq_len=32, batch_size=2),
                              EvalConfig(tasks=TASKS, n_examples=3, ppl_samples=2, ppl_len=16),
                              owl_calibration=(2, 32), device="cpu", progress=False)
@@ -31,9 +37,12 @@ def test_evaluation_is_saved_then_loaded(setup):
     settings = [pruning.Setting("dense"), pruning.Setting("wanda", "LayerIF", 0.5),
                 pruning.Setting("magnitude", "OWL", 0.5), pruning.Setting("wanda", "AlphaPruning", 0.5)]
     first = run.evaluate_all(settings)
-    assert set(run.log["status"]) == {"computed"}
-    again = run.evaluate_all(settings)
-    assert set(run.log["status"]) == {"loaded"}
+    fresh = pruning.PruningRun(run.results, run.model_name, run.prune_config, run.eval_config,
+                               run.owl_calibration, device="cpu", progress=False)
+    with store.read_only("05_pruning"):  # computing anything raises here
+        again = fresh.evaluate_all(settings)
+        with pytest.raises(store.MissingResult, match="05_pruning"):
+            fresh.evaluate(pruning.Setting("magnitude", "Uniform", 0.3))
     for s in settings:
         a, b = first[s].examples, again[s].examples
         assert a.index.equals(b.index)
@@ -42,6 +51,11 @@ def test_evaluation_is_saved_then_loaded(setup):
     pruned = run.log.query("method != 'dense'")
     assert (pruned["global_sparsity"] - 0.5).abs().max() < 0.03  # per-row rounding of tiny matrices
     assert list(again[settings[0]].examples.index.get_level_values("task").unique()) == list(TASKS)
+    dense_only = pruning.PruningRun(run.results, run.model_name, run.prune_config, run.eval_config,
+                                    device="cpu", progress=False)
+    with store.read_only("05_pruning"):
+        dense_only.evaluate(settings[0])
+    assert dense_only._model is None  # the dense model's identity needs no model: none was loaded
 
 
 def test_each_setting_starts_from_the_dense_weights(setup):
@@ -113,6 +127,74 @@ def test_evaluations_on_other_examples_sit_side_by_side(setup):
     own = pruning.PruningRun(results, model_dir, run.prune_config,
                              run.eval_config.replace(tasks=("arc_easy",), n_examples=4),
                              device="cpu", progress=False)
-    ev, info = own.evaluate(setting)  # another evaluation of the same pruned model: no clash
-    assert info["status"] == "computed" and own.folder(setting) != run.folder(setting)
+    ev, _ = own.evaluate(setting)  # another evaluation of the same pruned model: no clash
+    assert own.folder(setting) != run.folder(setting)
     assert list(ev.examples.index.get_level_values("task").unique()) == ["arc_easy"]
+
+
+def _invariants(log: pd.DataFrame, evals: dict) -> None:
+    """Every pruned model reached its global sparsity; every model saw the same examples."""
+    pruned = log.query("method != 'dense'")
+    assert (pruned["global_sparsity"] - pruned["sparsity"]).abs().max() < 0.03  # tiny matrices
+    index = next(iter(evals.values())).examples.index
+    assert all(ev.examples.index.equals(index) for ev in evals.values())
+
+
+def _read_only_again(module, params, results, name):
+    with store.read_only(name):
+        return module.run(params, results=results)
+
+
+def test_notebook_05_run(setup):
+    _, results, model = setup
+    params = {**SIZES, "models": [model], "methods": ["magnitude", "wanda"], "sparsity": 0.5,
+              "fig3_models": [], "fig3_sparsities": [0.5],
+              "task_specific": {"models": [model], "tasks": ["arc_easy"], "method": "wanda",
+                                "n_train": 4, "n_val": 4, "n_examples": 3}}
+    result = pruning_study.run(params, results=results)
+    evals = result.evals[model]
+    assert len(evals) == 1 + 2 * 4 and result.acc[model][pruning_study.tables.AVERAGE].between(0, 1).all()
+    _invariants(result.log, evals)
+    rows = pruning_study.verdicts(result)
+    assert [r.claim for r in rows][:3] == [f"LayerIF sparsity beats {b} at 50%" for b in ("Uniform", "AlphaPruning", "OWL")]
+    assert len(rows) == 3 + 1 + 1 and all(r.notebook == "05_pruning" for r in rows)
+    ppl = result.acc[model]["perplexity"].drop(index="dense", level="method").unstack("allocation")
+    wins = int((ppl.idxmin(axis=1) == "LayerIF").sum())
+    assert rows[3].p == pytest.approx(sps.binomtest(wins, 2, 0.25, alternative="greater").pvalue)
+    again = _read_only_again(pruning_study, params, results, "05_pruning")
+    pd.testing.assert_frame_equal(pruning_study.paired_table(again), pruning_study.paired_table(result))
+    assert pruning_study.verdicts(again) == rows and pruning_study.summary(again) == pruning_study.summary(result)
+
+
+def test_notebook_07_run(setup):
+    _, results, model = setup
+    params = {**SIZES, "models": [model], "methods": ["magnitude", "wanda"], "sparsity": 0.6,
+              "epsilons": [0.1, 0.3]}
+    result = smoothing.run(params, results=results)
+    change = result.change[model]
+    assert len(change) == 2 * 2 and change["McNemar p"].between(0, 1).all()
+    _invariants(result.log, result.evals[model])
+    seconds = pruning.seconds(result.log)
+    assert list(seconds.index) == [model]
+    assert seconds.at[model, "eval_seconds"] == pytest.approx(result.log["eval_seconds"].sum(), abs=0.5)
+    again = _read_only_again(smoothing, params, results, "07_ablation_smoothing")
+    pd.testing.assert_frame_equal(smoothing.change_table(again), smoothing.change_table(result))
+    assert smoothing.verdicts(again) == smoothing.verdicts(result)
+
+
+def test_notebook_08_run(setup):
+    run, results, model = setup
+    params = {**SIZES, "scores": {model: {"n_train": 7, "n_val": 7}}, "methods": ["magnitude"],
+              "sparsity": 0.6, "aggregation_method": "wanda", "aggregation_sparsity": 0.5}
+    result = granularity.run(params, results=results)
+    assert set(result.score_runs["status"]) == {"loaded"}  # the fixture's, same identity
+    ratios = result.ratios[model].drop(columns="per block")
+    sizes = run.matrix_sizes(ratios.columns)
+    assert (ratios * sizes).to_numpy().sum() / sizes.to_numpy().sum() == pytest.approx(0.6, abs=1e-9)
+    assert result.granularity[model]["McNemar p"].between(0, 1).all()
+    [row] = granularity.verdicts(result)
+    assert row.claim == "per-block scores beat per-matrix scores (60%)"
+    _invariants(result.log, result.evals[model])
+    again = _read_only_again(granularity, params, results, "08_ablation_granularity")
+    pd.testing.assert_frame_equal(granularity.aggregation_table(again), granularity.aggregation_table(result))
+    assert granularity.verdicts(again) == [row]

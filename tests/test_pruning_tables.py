@@ -1,49 +1,18 @@
-"""The pruning study's pure parts: per-matrix allocation, settings, and the tables built from
-per-example evaluations (against hand computations and scipy)."""
+"""The pruning study's pure parts: settings, the tables built from per-example evaluations,
+and notebooks 05 / 07 / 08's sentences and verdict rows (against hand computations and scipy)."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from layerif import paper
 from layerif.evaluate.suite import Evaluation
-from layerif.experiments import pruning, pruning_tables as tables
+from layerif.experiments import granularity, pruning, pruning_tables as tables, smoothing
 from layerif.experiments.pruning import Setting
+from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, direction, interval
 
 
-# ----------------------------------------------------------------------------- allocation
-def _matrix_fixture():
-    rng = np.random.default_rng(0)
-    modules = ["q", "k", "down"]
-    scores = pd.DataFrame(-rng.random((9, 3)), columns=modules).rename_axis("layer")
-    sizes = pd.DataFrame({"q": 4, "k": 1, "down": 12}, index=scores.index)
-    return scores, sizes
-
-
-@pytest.mark.parametrize("smooth", [False, True])
-def test_matrix_sparsity_meets_the_weighted_target(smooth):
-    scores, sizes = _matrix_fixture()
-    out = pruning.matrix_sparsity(scores, 0.6, sizes, epsilon=0.2, smooth=smooth)
-    assert out.shape == scores.shape and list(out.columns) == list(scores.columns)
-    weighted = (out * sizes).to_numpy().sum() / sizes.to_numpy().sum()
-    assert weighted == pytest.approx(0.6, abs=1e-12)
-    assert out.to_numpy().max() / out.to_numpy().min() <= 1.2 / 0.8 + 1e-12
-
-
-def test_matrix_sparsity_without_smoothing_is_the_linear_map_of_abs_scores():
-    scores, sizes = _matrix_fixture()
-    out = pruning.matrix_sparsity(scores, 0.5, sizes, epsilon=0.1, smooth=False)
-    a = scores.abs().to_numpy()
-    r = (a - a.min()) / (a.max() - a.min()) * 0.2 + 0.9
-    eta = 0.5 * sizes.to_numpy().sum() / (r * sizes.to_numpy()).sum()
-    np.testing.assert_allclose(out.to_numpy(), eta * r, rtol=1e-12)
-
-
-def test_matrix_sparsity_rejects_misaligned_sizes():
-    scores, sizes = _matrix_fixture()
-    with pytest.raises(ValueError, match="n_params"):
-        pruning.matrix_sparsity(scores, 0.5, sizes[["k", "q", "down"]])
-
-
+# ----------------------------------------------------------------------------- settings
 def test_settings_labels_folders_and_grid():
     grid = pruning.grid(["wanda", "sparsegpt"], sparsities=[0.2, 0.5])
     assert grid[0] == Setting("dense") and grid[0].sparsity == 0.0 and len(grid) == 1 + 2 * 2 * 4
@@ -191,18 +160,77 @@ def test_fixed_choice_tasks():
     assert tables.fixed_choice_tasks(examples) == ["boolq", "rte"]
 
 
-def test_smoothing_verdicts_count_cells_and_read_the_paper_table():
+def _smoothing_study(change, acc):
+    return smoothing.SmoothingStudy({"sparsity": 0.7}, "", {}, pd.DataFrame(), {"m": change}, {"m": acc})
+
+
+def test_smoothing_summary_and_verdict_count_cells():
     change = pd.DataFrame({"% change accuracy": [1.0, -2.0, 3.0, 0.5], "% change perplexity": [-1.0, -2.0, -3.0, 4.0],
                            "McNemar p": [0.5, 0.01, 0.9, 0.2]},
                           index=pd.MultiIndex.from_product([[0.1, 0.3], ["wanda", "magnitude"]], names=["epsilon", "method"]))
     acc = tables.accuracy_table({Setting("dense"): _random_eval(0, ppl=10.0),
                                  Setting("wanda", "LayerIF", 0.7): _random_eval(1, ppl=300.0)})
-    paper_table = pd.DataFrame([[1.0, -1.0], [2.0, np.nan]])
-    lines = tables.smoothing_verdicts(change, acc, paper_table)
-    assert lines[0].startswith("Smoothing raised the average accuracy in 3 of 4") and "lowered the perplexity in 3" in lines[0]
+    study = _smoothing_study(change, acc)
+    lines = smoothing.summary(study).splitlines()
+    printed = paper.table("table6").to_numpy().ravel()
+    printed = printed[np.isfinite(printed)]
+    assert lines[0].startswith("• m: Smoothing raised the average accuracy in 3 of 4") and "lowered the perplexity in 3" in lines[0]
     assert "1 accuracy differences are significant" in lines[0]
-    assert "reports 2 of 3 cells positive" in lines[1] and "on accuracy smoothing helps" in lines[1]
+    assert f"reports {(printed > 0).sum()} of {printed.size} cells positive" in lines[1]
+    assert "on accuracy smoothing helps" in lines[1] and "it helps." in lines[1]
     assert "at perplexity 300-300" in lines[2]
+    [row] = smoothing.verdicts(study)
+    # 3 of 4 cells positive: one-sided sign test P(X >= 3 | Bin(4, 1/2)) = 5/16, not significant
+    assert row.p == pytest.approx(sps.binomtest(3, 4, 0.5, alternative="greater").pvalue) == 5 / 16
+    assert row.verdict == INCONCLUSIVE and row.ours == "3 of 4 cells positive (mean +0.62%)"
+    assert row.interval == "cells -2.00% to +3.00%"
+
+
+def test_direction_and_interval_rules():
+    assert [direction(k, 8) for k in (8, 6, 5, 3, 2, 0)] == ["helps", "helps", "is mixed", "is mixed", "hurts", "hurts"]
+    assert interval(-0.123, 0.456, 100, " points") == "[-12.30, +45.60] points"
+    assert interval(np.nan, 1.0) == "undefined"
+
+
+def test_paired_verdict_pools_examples_across_pruners():
+    ours, theirs = [_random_eval(1), _random_eval(2)], [_random_eval(3), _random_eval(4)]
+    row = tables.paired_verdict("c", "m", "w", "p", ours, theirs, ["wanda", "magnitude"], "nb")
+    a = np.concatenate([e.examples["correct"].to_numpy() for e in ours])
+    b = np.concatenate([e.examples["correct"].to_numpy() for e in theirs])
+    n10, n01 = int((a & ~b).sum()), int((~a & b).sum())
+    assert row.p == pytest.approx(sps.binomtest(n10, n10 + n01, 0.5).pvalue)
+    assert row.statistic == pytest.approx((n10 - n01) / len(a))
+    assert row.ours == f"{100 * (n10 - n01) / len(a):+.1f} accuracy points over {len(a)} paired examples"
+    assert row.verdict == INCONCLUSIVE and row.interval.endswith(" nats margin")
+    # every example right for ours, wrong for theirs: McNemar p = 2 / 2^n -> held; reversed -> not held
+    right = [Evaluation(e.examples.assign(correct=True), 1.0) for e in ours]
+    wrong = [Evaluation(e.examples.assign(correct=False), 1.0) for e in theirs]
+    assert tables.paired_verdict("c", "m", "w", "p", right, wrong, [0, 1], "nb").verdict == HELD
+    assert tables.paired_verdict("c", "m", "w", "p", wrong, right, [0, 1], "nb").verdict == NOT_HELD
+
+
+def test_granularity_summary_and_verdict():
+    sp, methods, evals = 0.7, ["wanda", "magnitude"], {}
+    for k, m in enumerate(methods):
+        for g in ("block", "matrix"):
+            evals[Setting(m, "LayerIF", sp, scores=granularity.LABEL, granularity=g)] = \
+                _random_eval(10 * k + (g == "matrix"), ppl=20.0 + (g == "matrix"))
+    for k, a in enumerate(("positive", "top", "all")):
+        evals[Setting("wanda", "LayerIF", 0.5, aggregation=a)] = _random_eval(30 + k, ppl=40.0 + k)
+    evals[Setting("wanda", "Uniform", 0.5)] = _random_eval(40, ppl=50.0)
+    params = {"sparsity": sp, "methods": methods}
+    study = granularity.GranularityStudy(
+        params, "", {"m": evals}, pd.DataFrame(), pd.DataFrame(),
+        {"m": tables.granularity_table(evals, sp, methods, scores=granularity.LABEL)}, {},
+        {"m": tables.aggregation_table(evals, "wanda", 0.5)})
+    lines = granularity.summary(study).splitlines()
+    assert "per block has the lower perplexity for 2 of 2" in lines[0]
+    assert "LayerIF (all): 42.0, Uniform: 50.0." in lines[1]
+    [row] = granularity.verdicts(study)
+    block = [evals[Setting(m, "LayerIF", sp, scores=granularity.LABEL)] for m in methods]
+    matrix = [evals[Setting(m, "LayerIF", sp, scores=granularity.LABEL, granularity="matrix")] for m in methods]
+    assert row == tables.paired_verdict(row.claim, "m", row.where, row.paper, block, matrix, methods,
+                                        granularity.NOTEBOOK)
 
 
 def test_perplexity_wins_counts_settings_where_layerif_is_lowest():

@@ -8,7 +8,9 @@ perplexity tokens, the evaluation examples and the model statistics the baseline
 and :meth:`PruningRun.evaluate` prunes, evaluates and saves one setting under
 ``<results>/pruning/<model>/<pruner>/<setting>``, or loads it when saved with the same
 identity (the pruner's config, the evaluation config, the exact per-block ratios, the
-example and score fingerprints). A re-run therefore computes only what is missing.
+example and score fingerprints) through :func:`layerif.store.cached`. A re-run therefore
+computes only what is missing; under :func:`layerif.store.read_only` nothing is computed
+(the model is still loaded where a setting's ratios, part of its identity, need it).
 """
 from __future__ import annotations
 
@@ -28,11 +30,10 @@ from ..models import describe, linear_modules, load_model, transformer_blocks
 from ..scores import ScoreConfig
 from ..prune import PruneConfig, prune_model
 from .allocation import EPSILON, block_alpha, outlier_ratios
-from .cache import slug
 from .scoring import POOL, fingerprint, load_scores, score_tasks
 
-__all__ = ["ALLOCATIONS", "DENSE", "KIND", "PruningRun", "Setting", "grid", "matrix_sparsity",
-           "score_for_pruning"]
+__all__ = ["ALLOCATIONS", "DENSE", "KIND", "PruningRun", "Setting", "evaluate_models", "from_params",
+           "grid", "log", "score_for_pruning", "seconds", "sizes"]
 
 KIND = "pruned_eval"
 DENSE = "dense"
@@ -93,41 +94,8 @@ class Setting:
         return self.allocation + (f" ({', '.join(parts)})" if parts else "")
 
     def folder(self) -> str:
-        return slug(f"{self.label()} s{self.sparsity:g}".lower().replace(" ", "-")
+        return store.slug(f"{self.label()} s{self.sparsity:g}".lower().replace(" ", "-")
                     .replace("(", "").replace(")", "").replace(",", ""))
-
-
-def matrix_sparsity(scores: pd.DataFrame, target: float, n_params: pd.DataFrame,
-                    epsilon: float = 0.1, smooth: bool = True) -> pd.DataFrame:
-    """Per-matrix sparsity from per-matrix scores (the granularity ablation, paper §5).
-
-    The block recipe of :func:`layerif.allocate.sparsity` applied to matrices: ``|S|`` of every
-    matrix, min-max normalised over all matrices together, smoothed across depth within each
-    module type (q with q, down with down), then mapped linearly into ``[1 - eps, 1 + eps]``
-    and rescaled so that the parameter-weighted sparsity over all matrices is ``target``.
-
-    Args:
-        scores: index = layer, one column per linear module (``LayerScores.per_matrix``
-            without its ``path`` column).
-        target: global sparsity in (0, 1).
-        n_params: parameters of each matrix, shaped like ``scores``.
-        epsilon: band half-width.
-        smooth: Savitzky--Golay smoothing across depth per module type.
-
-    Returns:
-        Sparsities shaped like ``scores``.
-    """
-    if list(n_params.columns) != list(scores.columns) or not n_params.index.equals(scores.index):
-        raise ValueError("n_params is invalid: expected the same layers and modules as scores")
-    s = scores.abs()
-    lo, hi = s.to_numpy().min(), s.to_numpy().max()
-    s = (s - lo) / (hi - lo) if hi > lo else s * 0.0
-    if smooth:
-        s = s.apply(allocate.smooth_scores)
-    flat = pd.Series(s.to_numpy().ravel())
-    d = pd.Series(n_params.to_numpy(dtype=float).ravel())
-    out = allocate.linear_sparsity(flat, target, d, epsilon=epsilon)
-    return pd.DataFrame(out.to_numpy().reshape(s.shape), index=s.index, columns=s.columns)
 
 
 class PruningRun:
@@ -225,7 +193,7 @@ class PruningRun:
         eps = EPSILON["layerif"][setting.method] if setting.epsilon is None else setting.epsilon
         scores = load_scores(self.results, self.model_name, setting.scores, "datainf")
         per = scores.per_matrix(setting.aggregation).drop(columns="path")
-        return matrix_sparsity(per, setting.sparsity, self.matrix_sizes(per.columns), eps,
+        return allocate.matrix_sparsity(per, setting.sparsity, self.matrix_sizes(per.columns), eps,
                                smooth=setting.smooth)
 
     def matrix_sizes(self, modules) -> pd.DataFrame:
@@ -262,25 +230,22 @@ class PruningRun:
         name = f"{tasks}-n{e.n_examples or 'all'}-ppl{e.ppl_samples}x{e.ppl_len}"
         if e.split != "test":
             name += f"-{e.split}"
-        return (self.results / "pruning" / slug(self.model_name) / slug(name) / setting.method
-                / setting.folder())
+        return (self.results / "pruning" / store.slug(self.model_name) / store.slug(name)
+                / setting.method / setting.folder())
 
     def evaluate(self, setting: Setting, overwrite: bool = False) -> tuple[Evaluation, dict]:
         """The evaluation of one setting (loaded when saved with the same identity).
 
         Returns:
             ``(evaluation, info)``; info holds the achieved global sparsity, the per-block
-            ratios, the pruning and evaluation seconds, and whether it was loaded.
+            ratios and the pruning and evaluation seconds of the run that computed it.
         """
         ratios, per_matrix = (None, None) if setting.method == DENSE else self.ratios(setting)
-        ident = self.identity(setting, ratios, per_matrix)
-        folder = self.folder(setting)
-        if not overwrite:
-            manifest = store.load_if_matching(folder, ident)
-            if manifest is not None:
-                frame = store.load_frame(folder)
-                return Evaluation(frame, manifest["extra"]["perplexity"]), {**manifest["extra"],
-                                                                             "status": "loaded"}
+        return store.cached(self.folder(setting), self.identity(setting, ratios, per_matrix),
+                            lambda: self._compute(setting, ratios, per_matrix),
+                            overwrite=overwrite, load=_load, save_as=_save)
+
+    def _compute(self, setting: Setting, ratios, per_matrix) -> tuple[Evaluation, dict]:
         model = self._restore()
         calibration, ppl_tokens = self._tokens()
         start = time.perf_counter()
@@ -293,12 +258,11 @@ class PruningRun:
         pruned = time.perf_counter()
         result = evaluate_suite(model, self.tokenizer, self.eval_config, self.examples(),
                                 ppl_tokens, progress=False)
-        extra = {"perplexity": result.perplexity, "global_sparsity": achieved,
-                 "ratios": None if ratios is None else [float(r) for r in ratios],
-                 "prune_seconds": round(pruned - start, 2),
-                 "eval_seconds": round(time.perf_counter() - pruned, 2), "label": setting.label()}
-        store.save_frame(folder, result.examples, ident, extra=extra, overwrite=overwrite)
-        return result, {**extra, "status": "computed"}
+        return result, {**result.saved_extra(), "global_sparsity": achieved,
+                        "ratios": None if ratios is None else [float(r) for r in ratios],
+                        "prune_seconds": round(pruned - start, 2),
+                        "eval_seconds": round(time.perf_counter() - pruned, 2),
+                        "label": setting.label()}
 
     def evaluate_all(self, settings, overwrite: bool = False) -> dict[Setting, Evaluation]:
         """:meth:`evaluate` for each setting, with a progress bar; also fills :attr:`log`."""
@@ -308,10 +272,57 @@ class PruningRun:
             bar.set_postfix_str(f"{setting.method} {setting.label()} {setting.sparsity:g}")
             out[setting], info = self.evaluate(setting, overwrite)
             log.append({**dataclasses.asdict(setting), "label": setting.label(),
-                        **{k: info[k] for k in ("status", "perplexity", "global_sparsity",
-                                                "prune_seconds", "eval_seconds")}})
+                        **{k: info[k] for k in ("perplexity", "global_sparsity", "prune_seconds",
+                                                "eval_seconds")}})
         self.log = pd.DataFrame(log)
         return out
+
+
+def _load(folder: Path) -> tuple[Evaluation, dict]:
+    extra = store.load_manifest(folder)["extra"]
+    return Evaluation.from_saved(store.load_frame(folder), extra), extra
+
+
+def _save(folder: Path, value: tuple[Evaluation, dict], ident: dict, extra, overwrite: bool):
+    """The per-example frame; its log-likelihood columns ``ll_*`` are NaN past an example's
+    choices (BoolQ's two of ARC's four)."""
+    examples, info = value[0].examples, value[1]
+    store.save_frame(folder, examples, ident, extra=info, overwrite=overwrite,
+                     allow_nonfinite=[c for c in examples.columns if str(c).startswith("ll_")])
+
+
+def from_params(results: str | Path, model_name: str, params: dict, **evaluation) -> PruningRun:
+    """A pruning notebook's :class:`PruningRun` of one model from its ``prune``, ``evaluation``
+    (fields replaced by ``evaluation``) and ``owl_calibration`` parameters."""
+    eval_config = EvalConfig(**params["evaluation"])
+    return PruningRun(results, model_name, PruneConfig(**params["prune"]),
+                      eval_config.replace(**evaluation) if evaluation else eval_config,
+                      params.get("owl_calibration", (32, 256)))
+
+
+def evaluate_models(results: str | Path, params: dict, models, settings) -> tuple[dict, dict]:
+    """``({model: PruningRun}, {model: {Setting: Evaluation}})`` of a pruning notebook;
+    ``settings(model)`` lists the settings of each model."""
+    runs = {m: from_params(results, m, params) for m in models}
+    return runs, {m: run.evaluate_all(settings(m)) for m, run in runs.items()}
+
+
+def log(runs: dict) -> pd.DataFrame:
+    """Every setting's :attr:`PruningRun.log` row (achieved sparsity, perplexity, seconds), by model."""
+    return pd.concat({m: r.log for m, r in runs.items()}, names=["model"])
+
+
+def seconds(log: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the pruning and evaluation seconds of its settings (:func:`log`), summed as
+    measured by the runs that computed them (the cold cost; a re-run loads them)."""
+    return log.groupby("model", sort=False)[["prune_seconds", "eval_seconds"]].sum().round(0)
+
+
+def sizes(params: dict) -> str:
+    """The sizes sentence of a pruning notebook (calibration, examples, perplexity text)."""
+    prune, e = PruneConfig(**params["prune"]), EvalConfig(**params["evaluation"])
+    return (f"calibration {prune.n_samples} x {prune.seq_len} tokens; {e.n_examples or 'all'} "
+            f"examples per task; perplexity on {e.ppl_samples} x {e.ppl_len} tokens")
 
 
 def grid(methods, allocations=ALLOCATIONS, sparsities=(0.5,), dense: bool = True,

@@ -4,7 +4,8 @@ Inputs are ``{Setting: Evaluation}`` mappings from :meth:`PruningRun.evaluate_al
 comparison between two allocations is paired: the models are scored on the same examples,
 so accuracy differences are tested with McNemar's test and margin differences with a paired
 bootstrap (:mod:`layerif.stats`). Accuracies are fractions here; notebooks scale by 100 for
-the paper's percentages.
+the paper's percentages. Notebooks 05, 07 and 08 (:mod:`.pruning_study`, :mod:`.smoothing`,
+:mod:`.granularity`) build their tables and verdict rows (:func:`paired_verdict`) from these.
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import paper, stats
 from ..evaluate.suite import Evaluation, summarize
-from .pruning import Setting
+from .pruning import ALLOCATIONS, Setting
 from .scoring import POOL
+from .verdict import Verdict, decide, interval
 
-__all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "dense_check", "fixed_choice_tasks", "granularity_table",
-           "method_by_allocation", "paired_comparison", "smoothing_table", "task_specific_table",
-           "table8", "verdicts", "versus", "wins", "aggregation_table", "perplexity_wins",
-           "smoothing_verdicts", "granularity_verdicts"]
+__all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "by_model", "dense_check", "fixed_choice_tasks",
+           "granularity_table", "method_by_allocation", "paired_comparison", "paired_verdict",
+           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "wins",
+           "aggregation_table", "perplexity_wins"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
 
@@ -255,12 +257,6 @@ def wins(paired: pd.DataFrame, level: float = 0.05) -> dict[str, int]:
             "lower perplexity": int((paired["perplexity ratio"] < 1).sum())}
 
 
-
-
-def _p(value: float) -> str:
-    return f"p = {value:.3g}"
-
-
 def perplexity_wins(table: pd.DataFrame, ours: str = "LayerIF") -> dict:
     """In how many (pruner, sparsity) settings allocation ``ours`` has the lowest perplexity.
 
@@ -270,8 +266,6 @@ def perplexity_wins(table: pd.DataFrame, ours: str = "LayerIF") -> dict:
     allocations were exchangeable. Settings share the scores and the evaluation text, so they
     are not independent: read the p-value as a description, not a guarantee.
     """
-    from .pruning import ALLOCATIONS
-
     ppl = table["perplexity"].drop(index="dense", level="method", errors="ignore")
     wide = ppl.unstack("allocation").reindex(columns=list(ALLOCATIONS)).dropna()
     wins = (wide.idxmin(axis=1) == ours).to_numpy()
@@ -279,44 +273,6 @@ def perplexity_wins(table: pd.DataFrame, ours: str = "LayerIF") -> dict:
     return {"settings": len(wins), "wins": int(wins.sum()),
             "p": np.nan if test is None else test.pvalue,
             "settings list": [f"{m} {sp:g}" for m, sp in wide.index]}
-
-
-def verdicts(paired: Mapping[str, pd.DataFrame], table8s: Mapping[str, pd.DataFrame],
-             specific: Mapping[str, pd.DataFrame], above: Mapping[str, list],
-             acc: Mapping[str, pd.DataFrame] | None = None, level: float = 0.05) -> list[str]:
-    """Sentences for "what the numbers say", each computed from the tables above it."""
-    lines = []
-    for model, table in (acc or {}).items():
-        w = perplexity_wins(table)
-        lines.append(f"{model}: LayerIF's model has the lowest held-out perplexity of the four "
-                     f"allocations in {w['wins']} of {w['settings']} (pruner, sparsity) settings "
-                     f"(exchangeable allocations would give 1 in 4: binomial {_p(w['p'])}; the "
-                     "settings share scores and text, so this is descriptive).")
-    for model, frame in paired.items():
-        w = wins(frame, level)
-        lines.append(
-            f"{model}: LayerIF vs {w['comparisons']} (pruner, baseline) pairs at the same examples: "
-            f"higher accuracy in {w['higher accuracy']}, significantly better in "
-            f"{w['significantly better']}, significantly worse in {w['significantly worse']} "
-            f"(McNemar, {level}); gold-margin interval above 0 in {w['margin CI above 0']}, below 0 in "
-            f"{w['margin CI below 0']}; lower perplexity in {w['lower perplexity']}. Tasks where the "
-            f"dense model is above chance: {', '.join(above[model]) or 'none'}.")
-        if w["significantly better"] == 0 and w["margin CI above 0"] == 0:
-            lines.append(f"{model}: LayerIF's advantage at 50% is not reproduced at this scale "
-                         "(no comparison significant on accuracy or margin).")
-    for model, t in table8s.items():
-        for base, row in t.drop(index=t.index[0]).iterrows():
-            lines.append(
-                f"{model}, SparseGPT across sparsities vs {base}: LayerIF - baseline = "
-                f"{100 * row['LayerIF - baseline']:+.2f} points; paper's t-test over settings "
-                f"{_p(row['t-test p (per setting)'])} (n = {row['settings']:.0f}); McNemar over "
-                f"{row['examples']:.0f} examples {_p(row['McNemar p (per example)'])}.")
-    for model, t in specific.items():
-        better = int((t["own scores"] > t["pooled scores"]).sum())
-        sig = int(((t["McNemar p (own vs pooled)"] < level) & (t["own scores"] > t["pooled scores"])).sum())
-        lines.append(f"{model}: a task's own scores beat the pooled vector on {better} of {len(t)} "
-                     f"tasks, significantly on {sig}.")
-    return lines
 
 
 def aggregation_table(evals: Mapping[Setting, Evaluation], method: str, sparsity: float) -> pd.DataFrame:
@@ -340,47 +296,28 @@ def aggregation_table(evals: Mapping[Setting, Evaluation], method: str, sparsity
     return out
 
 
-def _direction(count: int, n: int) -> str:
-    return "helps" if count >= 0.75 * n else "hurts" if count <= 0.25 * n else "is mixed"
+def by_model(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-model tables stacked under a ``model`` index level (an empty frame when none)."""
+    return pd.concat(parts, names=["model"]) if parts else pd.DataFrame()
 
 
-def smoothing_verdicts(change: pd.DataFrame, acc: pd.DataFrame, paper_table: pd.DataFrame,
-                       level: float = 0.05) -> list[str]:
-    """Sentences for notebook 07 from :func:`smoothing_table`, :func:`accuracy_table` and the
-    paper's Table 6 (``layerif.paper.table("table6")``)."""
-    n = len(change)
-    up = int((change["% change accuracy"] > 0).sum())
-    better_ppl = int((change["% change perplexity"] < 0).sum())
-    sig = int((change["McNemar p"] < level).sum())
-    printed = paper_table.to_numpy().ravel()
-    printed = printed[~np.isnan(printed)]
-    lines = [f"Smoothing raised the average accuracy in {up} of {n} (epsilon, pruner) cells and "
-             f"lowered the perplexity in {better_ppl}; {sig} accuracy differences are significant "
-             f"(McNemar, {level}).",
-             f"The paper reports {int((printed > 0).sum())} of {printed.size} cells positive "
-             f"(Mistral-7B, full test sets). Here, on accuracy smoothing {_direction(up, n)}"
-             + (" (not reproduced at this scale)" if up < 0.75 * n else "")
-             + f"; on perplexity, the more sensitive measure at this scale, it {_direction(better_ppl, n)}."]
-    pruned = acc.drop(index="dense", level="method")
-    dense = acc.xs("dense", level="method")
-    lines.append(f"For scale: the dense model averages {100 * dense[AVERAGE].iloc[0]:.1f}% at perplexity "
-                 f"{dense['perplexity'].iloc[0]:.1f}; the pruned ones {100 * pruned[AVERAGE].min():.1f}-"
-                 f"{100 * pruned[AVERAGE].max():.1f}% at perplexity {pruned['perplexity'].min():.0f}-"
-                 f"{pruned['perplexity'].max():.0f}.")
-    return lines
+def paper_pair(table_id: str, ours: str, base: str, column: str) -> str:
+    """The paper's two numbers of a comparison: ``58.10 vs 56.41 (table2, Average)``."""
+    t = paper.table(table_id)
+    return f"{t.at[ours, column]:.2f} vs {t.at[base, column]:.2f} ({table_id}, {column})"
 
 
-def granularity_verdicts(granularity: pd.DataFrame, aggregations: pd.DataFrame, paper_value: float,
-                         level: float = 0.05) -> list[str]:
-    """Sentences for notebook 08 from :func:`granularity_table` and :func:`aggregation_table`."""
-    mean = granularity["% change (block vs matrix)"].mean()
-    sig = int((granularity["McNemar p"] < level).sum())
-    ppl = int((granularity["perplexity per block"] < granularity["perplexity per matrix"]).sum())
-    lines = [f"Per block vs per matrix: {mean:+.2f}% average accuracy (paper: +{paper_value}%), "
-             f"significant for {sig} of {len(granularity)} pruners; per block has the lower "
-             f"perplexity for {ppl} of {len(granularity)}."]
-    best = aggregations.drop(index="Uniform")["average accuracy"].idxmax()
-    lines.append(f"Aggregations: the highest average accuracy is {best}; differences to +ve have "
-                 f"McNemar p from {aggregations['McNemar p vs +ve'].drop(index='LayerIF (positive)').min():.3g} "
-                 f"upward, perplexities {', '.join(f'{k}: {v:.1f}' for k, v in aggregations['perplexity'].items())}.")
-    return lines
+def paired_verdict(claim: str, model: str, where: str, paper_value: str, ours: list, theirs: list,
+                   keys, notebook: str, level: float = 0.05) -> Verdict:
+    """``ours`` against ``theirs`` (one evaluation per key each), their examples pooled into one
+    paired comparison: McNemar's exact test decides (:func:`.verdict.decide`); the interval is
+    the gold margin's paired bootstrap."""
+    pooled = [Evaluation(pd.concat([e.examples for e in side], keys=list(keys)), float("nan"))
+              for side in (ours, theirs)]
+    pair = paired_comparison(*pooled)
+    diff = pair["acc difference"]
+    return Verdict(claim, model, where, paper_value,
+                   f"{100 * diff:+.1f} accuracy points over {pair['n']} paired examples",
+                   "McNemar exact (pooled examples); margin: paired bootstrap", float(pair["McNemar p"]),
+                   interval(pair["margin CI low"], pair["margin CI high"], 1, " nats margin"),
+                   decide(diff, [pair["McNemar p"]], level), notebook, statistic=float(diff))
