@@ -12,22 +12,26 @@ __all__ = ["PeakMemory"]
 class PeakMemory:
     """Peak memory during a ``with`` block: CUDA allocator peak, or sampled process RSS.
 
-    Read ``.peak`` (bytes) after the block.
+    Read ``.peak`` (bytes) after the block, and ``.start``: the allocated CUDA memory, or
+    the process RSS, when the block began (``peak - start`` is what the block added).
     """
 
     def __init__(self, device: torch.device, interval: float = 0.02):
         self.device = device
         self.interval = interval
         self.peak = 0
+        self.start = 0
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
         else:
             import psutil
 
             proc = psutil.Process(os.getpid())
+            self.start = self.peak = proc.memory_info().rss
             self._stop = threading.Event()
 
             def sample():

@@ -27,7 +27,7 @@ from ..models import load_model, resolve_device
 GOAL = 1.5
 
 
-def _sequences(tokenizer, named) -> tuple[list[list[int]], list[list[int]], int]:
+def unique_sequences(tokenizer, named) -> tuple[list[list[int]], list[list[int]], int]:
     """Unique contexts and continuations (token ids), and lm-eval's input tokens."""
     contexts, continuations, lm_eval_tokens = [], [], 0
     for examples in named.values():
@@ -41,7 +41,7 @@ def _sequences(tokenizer, named) -> tuple[list[list[int]], list[list[int]], int]
 
 
 @torch.no_grad()
-def _reference(model, sequences, batch_size, pad):
+def reference_forward(model, sequences, batch_size, pad):
     """One plain forward over ``sequences``: right-padded, length-sorted batches, no cache."""
     device = next(model.parameters()).device
     ordered = sorted(sequences, key=len, reverse=True)
@@ -71,11 +71,11 @@ def _timed(device, fn):
 def measure(model, tokenizer, named, batch_size=8, rounds=2):
     """``(seconds per phase (min over rounds), layerif frame, lm-eval frame, token counts)``."""
     device = next(model.parameters()).device
-    contexts, continuations, lm_eval_tokens = _sequences(tokenizer, named)
+    contexts, continuations, lm_eval_tokens = unique_sequences(tokenizer, named)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    _reference(model, contexts[:2], batch_size, pad)  # warm-up (kernels, allocator)
+    reference_forward(model, contexts[:2], batch_size, pad)  # warm-up (kernels, allocator)
     phases = {
-        "reference forward": lambda: _reference(model, contexts + continuations, batch_size, pad),
+        "reference forward": lambda: reference_forward(model, contexts + continuations, batch_size, pad),
         'zero_shot(backend="layerif")': lambda: zero_shot(
             model, tokenizer, named, batch_size=batch_size, per_example=True, progress=False)[1],
         'zero_shot(backend="lm-eval")': lambda: zero_shot(

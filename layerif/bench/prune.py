@@ -34,7 +34,7 @@ def _tokens(tokenizer, n, seq_len, seed, kind):
 
 
 @torch.no_grad()
-def _forward_all(model, tokens, batch_size):
+def forward_all(model, tokens, batch_size):
     device = next(model.parameters()).device
     for start in range(0, tokens.shape[0], batch_size):
         model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
@@ -81,8 +81,8 @@ def measure(model, calibration, held_out, methods, sparsity=0.5, batch_size=8):
 
     device = next(model.parameters()).device
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    _forward_all(model, calibration[:batch_size], batch_size)  # warm-up (kernels, allocator)
-    _, t_forward, peak = _timed(device, lambda: _forward_all(model, calibration, batch_size))
+    forward_all(model, calibration[:batch_size], batch_size)  # warm-up (kernels, allocator)
+    _, t_forward, peak = _timed(device, lambda: forward_all(model, calibration, batch_size))
     rows = [("forward (baseline)", t_forward, 1.0, "", peak, float("nan"),
              perplexity(model, held_out, batch_size, progress=False))]
     try:

@@ -1,7 +1,7 @@
 """LoRA-MoE with a per-block number of experts (MoLA-style), attached from an allocation.
 
 - :mod:`~layerif.moe.layer`: :class:`LoRAMoELinear` (top-k router, renormalised weights,
-  sparse or dense expert dispatch) and :func:`switch_balance_loss` -- the maths.
+  sparse, dense or batched expert dispatch) and :func:`switch_balance_loss` -- the maths.
 - :mod:`~layerif.moe.attach`: :class:`MoEConfig`, :func:`attach` (module swap from a
   per-block expert Series), :func:`detach` (its inverse), :func:`balance_loss`, :func:`moe_table`.
 - :mod:`~layerif.moe.usage`: :func:`~layerif.moe.usage.router_load` -- how many top-k

@@ -52,11 +52,13 @@ class MoEConfig(ConfigBase):
     """Hyper-parameters of the LoRA-MoE adapter (the allocation is passed separately).
 
     Presets: ``smoke`` and ``paper`` (there is no ``cpu`` preset: this study's cpu profile
-    trains the paper's adapter and cuts only the training, :meth:`layerif.train.TrainConfig.cpu`).
+    trains the paper's adapter and cuts only the training, in ``params/cpu/03_lora_moe.yaml``).
     No field is run-time (``field(..., runtime=True)``): all are part of a saved adapter's
-    identity. ``dispatch`` included: sparse and dense compute the same function but sum in
-    another order, so their outputs differ in the last bits (about 3e-6 on a float32 layer
-    with 8 experts) and trained weights drift apart over steps; a result records which made it.
+    identity. ``dispatch`` included: sparse, dense and batched compute the same function but
+    sum in another order, so their outputs differ in the last bits (about 3e-6 on a float32
+    layer with 8 experts) and trained weights drift apart over steps; a result records which
+    made it. ``"auto"`` resolves by device (:meth:`LoRAMoELinear.path`); on a CPU it is the
+    rule every stored ``auto`` result was computed with.
     """
 
     rank: int = field(8, help="LoRA rank r of every expert")
@@ -70,7 +72,9 @@ class MoEConfig(ConfigBase):
         0.0, help="Switch load-balancing loss coefficient (0.001 when on; MoLA's code: off)")
     dispatch: str = field(
         "auto", help="'sparse' (each expert sees its top-k tokens only), 'dense' (all experts, "
-                     "unselected gated to 0) or 'auto' (sparse unless top_k == experts)")
+                     "unselected gated to 0), 'batched' (dense in fewer kernels) or 'auto' "
+                     "(by device: on a CPU sparse unless top_k == experts, the stored results' "
+                     "rule; elsewhere batched)")
     seed: int | None = field(
         None, help="seed of the experts' and routers' initialisation (a private RNG stream); "
                    "None draws from the global torch RNG")

@@ -7,22 +7,41 @@ A frozen linear ``W0`` gets ``E`` LoRA experts ``(A_e, B_e)`` of rank ``r`` and,
     S   = top-k of p, renormalised to sum to 1    (k = 2 where E > 1, else 1)
     y   = W0 x + sum_{e in S} p_e / sum_S p * (alpha / r) * B_e A_e dropout(x)
 
-Dispatch. ``"sparse"`` (what ``"auto"`` picks whenever ``k < E``) sends each token only to
-its ``k`` experts: the ``N * k`` (token, expert) assignments are sorted by expert, each
-expert's ``A_e`` multiplies the rows of its own tokens (``k * N * r * d_in`` FLOPs in all,
-whatever ``E``), and the gated rank-``r`` activations are copied into their (token, expert)
-slot of an ``[N, E * r]`` buffer that is zero elsewhere; one matmul with the stacked
-``[E * r, d_out]`` B matrices then writes every token's output at once. That last step
-multiplies zeros for the ``E - k`` unselected experts, but at rank 8 it is cheaper than
-gathering and scattering ``d_out``-wide rows per expert (an earlier revision did that: on a
-576 -> 1536 projection with E = 5 it cost 1.9x one LoRA against 1.4x now, CPU), and the
-zeros give the unselected experts exactly zero gradient.
-``"dense"`` multiplies every token by all experts (``[N, d_in] @ [d_in, E * r]``) and
-zeroes the unselected gates: no gather, no host synchronisation, FLOPs that grow with
-``E`` -- often the faster choice at low rank and on launch-bound GPUs, so it is offered,
-but it is not the default because it computes what top-k routing is meant to skip.
-``"auto"`` uses dense only when every expert is selected anyway (``k == E``). All modes
-give the same outputs and gradients up to rounding.
+Dispatch (all modes give the same outputs and gradients up to rounding):
+
+* ``"sparse"`` sends each token only to its ``k`` experts: the ``N * k`` (token, expert)
+  assignments are sorted by expert, each expert's ``A_e`` multiplies the rows of its own
+  tokens (``k * N * r * d_in`` FLOPs in all, whatever ``E``; one small matmul per expert and
+  one host synchronisation per layer), and the gated rank-``r`` activations are copied into
+  their (token, expert) slot of an ``[N, E * r]`` buffer that is zero elsewhere; one matmul
+  with the stacked ``[E * r, d_out]`` B matrices then writes every token's output at once
+  (the zeros give the unselected experts exactly zero gradient).
+* ``"dense"`` multiplies every token by all experts (``[N, d_in] @ [d_in, E * r]``) and
+  zeroes the unselected gates: no gather, no host synchronisation, FLOPs that grow with ``E``.
+* ``"batched"`` is the same computation as dense -- one GEMM over the stacked ``[E, r, d_in]``
+  A's, masked by the routing weights, one GEMM over the stacked B's -- written with fewer
+  kernels: the top-k weights are the softmax over the top-k logits (equal to the
+  renormalised top-k probabilities; the full softmax is only computed when the balance loss
+  needs it), ``alpha / r`` rides in ``addmm``'s ``alpha`` and a half-precision input is cast
+  once for router and experts. Counted with :func:`layerif.bench.ops.count_ops` (aten ops of
+  a training forward + backward, a proxy for GPU launches): one layer with 5 experts, top-2,
+  39 ops against dense 48, sparse 99 and a peft LoRA 24; SmolLM2 with 5 experts on all 210
+  projections 9275 against 11165 / 22064 / 6551 (1.42x / 1.70x / 3.37x the LoRA model).
+* ``"auto"`` chooses by the input's device. **CPU**: sparse wherever ``k < E``, dense where
+  every expert is selected anyway (``k == E``) -- the rule every stored result was computed
+  with (a result's identity records ``dispatch="auto"``, so it stays, bit for bit). On a CPU
+  at rank 8 the three are close: one 576 -> 1536 projection, 1024 tokens, forward +
+  backward, E = 2 / 4 / 8 / 16 / 32, cost 1.07 / 1.14 / 1.30 / 1.47 / 2.09x one LoRA sparse,
+  1.09 / 1.30 / 1.34 / 1.78 / 2.24x dense, 1.13 / 1.22 / 1.29 / 1.75 / 2.27x batched (best of
+  10, interleaved; an earlier run without the input gradient had dense ahead, 1.04-1.86x vs
+  1.20-2.59x), and a SmolLM2 training step with 5 experts per block 1.0-1.5x the LoRA step
+  for each (a loaded machine: within its noise). **CUDA (and any other accelerator)**:
+  batched. On one H200 (SmolLM2 shape) a training step cost 1.92x the LoRA step dense
+  against 3.88x sparse, close to their op-count ratios (1.70x, 3.37x): the GPU is
+  launch-bound at rank 8, so the path with the fewest kernels wins there; batched has not
+  been timed on a GPU yet. Sparse wins where FLOPs dominate: at large ``E`` on a CPU (the
+  cheapest at E = 16 and 32 above, by 15-20%) and, untested, at large ``E * r`` on a
+  compute-bound GPU.
 
 A layer with one expert has no router: its softmax over one logit is identically 1, so a
 router there would hold parameters that never receive gradient (MoLA's code creates one).
@@ -43,7 +62,7 @@ from .._config import check
 
 __all__ = ["DISPATCH", "LoRAMoELinear", "switch_balance_loss"]
 
-DISPATCH = ("auto", "sparse", "dense")
+DISPATCH = ("auto", "sparse", "dense", "batched")
 
 
 def switch_balance_loss(probs: torch.Tensor, selected: torch.Tensor, n_experts: int,
@@ -92,7 +111,8 @@ class LoRAMoELinear(nn.Module):
         n_experts: number of experts ``E`` (>= 1).
         top_k: experts per token, ``1 <= top_k <= n_experts``.
         rank, alpha, dropout: LoRA rank, alpha (scaling ``alpha / rank``) and input dropout.
-        dispatch: ``"auto"``, ``"sparse"`` or ``"dense"`` (see module docstring).
+        dispatch: ``"auto"``, ``"sparse"``, ``"dense"`` or ``"batched"`` (see module
+            docstring; :meth:`path` says which one runs on a device).
 
     Attributes:
         experts_A: ``[E, r, d_in]`` (kaiming-uniform per expert, like ``nn.Linear``).
@@ -121,9 +141,6 @@ class LoRAMoELinear(nn.Module):
         self.in_features, self.out_features = d_in, d_out
         self.scaling = alpha / rank
         self.dispatch = dispatch
-        # auto: top-k dispatch unless every expert is selected anyway (then dense is the same
-        # computation without the gather).
-        self.dense = dispatch == "dense" or (dispatch == "auto" and top_k == n_experts)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.experts_A = nn.Parameter(torch.empty(n_experts, rank, d_in, device=w.device, dtype=dtype))
         self.experts_B = nn.Parameter(torch.zeros(n_experts, rank, d_out, device=w.device, dtype=dtype))
@@ -143,7 +160,16 @@ class LoRAMoELinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, experts={self.n_experts}, "
                 f"top_k={self.top_k}, rank={self.rank}, alpha={self.alpha}, "
-                f"dispatch={'dense' if self.dense else 'sparse'}")
+                f"dispatch={self.dispatch}")
+
+    def path(self, device: torch.device | str) -> str:
+        """The computation this layer runs on ``device``: ``"sparse"``, ``"dense"`` or
+        ``"batched"`` (``"auto"`` resolved by the rule in the module docstring)."""
+        if self.dispatch != "auto":
+            return self.dispatch
+        if torch.device(device).type != "cpu":
+            return "batched"
+        return "dense" if self.top_k == self.n_experts else "sparse"
 
     def route(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``[N, E]`` (at least float32), top-k weights ``[N, k]``
@@ -156,16 +182,19 @@ class LoRAMoELinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         h = x.reshape(-1, self.in_features)
-        xa = self.dropout(h).to(self.experts_A.dtype)
         E, r = self.n_experts, self.rank
         self.balance = None
+        path = self.path(x.device)
+        if path == "batched" and self.router is not None:
+            return self._batched(out, h)
+        xa = self.dropout(h).to(self.experts_A.dtype)
         if self.router is None:
             return self._add(out, (xa @ self.experts_A[0].T) * self.scaling, self.experts_B[0])
         probs, top_w, top_i = self.route(h)
-        if self.track_balance and self.training and torch.is_grad_enabled():
+        if self._tracking():
             self.balance = switch_balance_loss(probs, top_i, E, self._token_mask(h.shape[0]))
         top_w = (top_w * self.scaling).to(xa.dtype)  # scaling applied in rank space
-        if self.dense:  # all experts in one matmul; unselected experts have gate 0
+        if path == "dense":  # all experts in one matmul; unselected experts have gate 0
             gates = torch.zeros(h.shape[0], E, dtype=xa.dtype, device=xa.device).scatter(1, top_i, top_w)
             z = (xa @ self.experts_A.reshape(E * r, -1).T).reshape(-1, E, r) * gates[:, :, None]
             z = z.reshape(-1, E * r)
@@ -173,11 +202,33 @@ class LoRAMoELinear(nn.Module):
             z = self._sparse(xa, top_w, top_i)
         return self._add(out, z, self.experts_B.reshape(E * r, -1))
 
-    def _add(self, out, z, B):
-        # out + z @ B, fused into one addmm when the dtypes agree.
+    def _tracking(self) -> bool:
+        return self.track_balance and self.training and torch.is_grad_enabled()
+
+    def _add(self, out, z, B, alpha: float = 1.0):
+        # out + alpha * z @ B, fused into one addmm when the dtypes agree.
         if out.dtype == z.dtype:
-            return torch.addmm(out.reshape(-1, self.out_features), z, B).reshape(out.shape)
-        return out + (z @ B).to(out.dtype).reshape(out.shape)
+            return torch.addmm(out.reshape(-1, self.out_features), z, B, alpha=alpha).reshape(out.shape)
+        zb = z @ B if alpha == 1.0 else torch.mm(z, B).mul_(alpha)
+        return out + zb.to(out.dtype).reshape(out.shape)
+
+    def _batched(self, out, h):
+        """All experts of the layer in one GEMM each side, gated by the top-k weights."""
+        E, r, k = self.n_experts, self.rank, self.top_k
+        hc = h.to(self.experts_A.dtype)  # one cast shared by router and experts
+        logits = self.router(hc)
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        top_l, top_i = logits.topk(k, dim=-1)
+        if self._tracking():  # the balance loss needs every expert's probability
+            probs = F.softmax(logits.to(wide), dim=-1)
+            self.balance = switch_balance_loss(probs, top_i, E, self._token_mask(h.shape[0]))
+        # p_e / sum_S p = exp(l_e) / sum_S exp(l): the softmax over the selected logits
+        top_w = F.softmax(top_l.to(wide), dim=-1).to(hc.dtype)
+        gates = torch.zeros(h.shape[0], E, dtype=hc.dtype, device=hc.device).scatter(1, top_i, top_w)
+        # [N, d_in] @ [d_in, E * r]: a plain GEMM on the stacked A's (einsum would copy them)
+        u = (self.dropout(hc) @ self.experts_A.reshape(E * r, -1).T).reshape(-1, E, r)
+        z = (u * gates[:, :, None]).reshape(-1, E * r)
+        return self._add(out, z, self.experts_B.reshape(E * r, -1), alpha=self.scaling)
 
     def _sparse(self, xa, top_w, top_i):
         """Rank activations ``[N, E * r]`` of the top-k assignments, zero elsewhere."""
