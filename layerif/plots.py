@@ -5,19 +5,119 @@ pyplot state is created or touched, nothing is shown, and the figures render und
 backend (Agg included) with ``fig.savefig(...)``. In a notebook, ``display(fig)`` (or the
 figure as a cell's last expression with the inline backend) shows it. Inputs are pandas
 objects whose labels become the tick labels; bad input raises a one-line ``ValueError``.
+
+The book's look is set once, here: :data:`STYLE` (font sizes, resolution) is in force while a
+builder draws (``matplotlib.rc_context``, so the global rcParams are never changed), default
+figure widths are at most :data:`MAX_WIDTH_IN` (the book's content column at :data:`DPI`, so a
+figure is shown at its own size and its fonts at their point sizes), no text is smaller than
+:data:`MIN_FONT_PT`, tick labels that would overlap are thinned to every k-th, and a heatmap's
+annotations are black or white by the luminance of their cell.
 """
 from __future__ import annotations
 
+import functools
+
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._config import check
 
-__all__ = ["correlation", "grouped_bars", "heatmap", "layer_lines", "scatter"]
+__all__ = ["DPI", "MAX_WIDTH_IN", "MIN_FONT_PT", "STYLE", "contrast_ratio", "correlation",
+           "grouped_bars", "heatmap", "layer_lines", "luminance", "overlapping_ticks", "scatter",
+           "text_colour"]
 
+#: Resolution of the book's figures (inline PNGs are drawn at the figure's dpi).
+DPI = 100
+#: The book's content column (sphinx-book-theme, measured at a 1400 px window) in inches at DPI.
+MAX_WIDTH_IN = 7.2
+#: No text of a figure is smaller than this (points).
+MIN_FONT_PT = 8.0
+#: The rcParams every builder draws under.
+STYLE = {"figure.dpi": DPI, "savefig.dpi": DPI, "font.size": 10.0, "axes.titlesize": 11.0,
+         "axes.labelsize": 10.0, "xtick.labelsize": 9.0, "ytick.labelsize": 9.0,
+         "legend.fontsize": 9.0, "figure.titlesize": 11.0}
+ANNOTATION_PT = MIN_FONT_PT
 LINE_KINDS = ("line", "bar", "step")
+
+
+def luminance(rgba) -> float:
+    """Relative luminance (WCAG 2) of an sRGB colour given as floats in [0, 1]."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG contrast ratio (1 to 21) between two colours (anything matplotlib reads)."""
+    la, lb = (luminance(matplotlib.colors.to_rgba(c)) for c in (a, b))
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+def text_colour(background) -> str:
+    """``"black"`` or ``"white"``, whichever contrasts more with ``background``."""
+    return "black" if contrast_ratio("black", background) >= contrast_ratio("white", background) \
+        else "white"
+
+
+def _canvas(fig: Figure) -> FigureCanvasAgg:
+    return fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+
+
+def _overlaps(axis, renderer, gap: float = 3.0) -> list[str]:
+    """Neighbouring visible tick labels of ``axis`` whose drawn boxes are closer than ``gap``
+    pixels (overlapping or touching)."""
+    boxes = [(t.get_text(), t.get_window_extent(renderer).expanded(1.0, 1.0).padded(gap / 2))
+             for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+    return [f"{a} / {b}" for (a, ba), (b, bb) in zip(boxes, boxes[1:]) if ba.overlaps(bb)]
+
+
+def overlapping_ticks(fig: Figure) -> list[str]:
+    """Pairs of neighbouring tick labels whose drawn boxes overlap, as ``"a / b"`` (none: [])."""
+    renderer = _canvas(fig).get_renderer()
+    fig.draw_without_rendering()
+    return [pair for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for pair in _overlaps(axis, renderer)]
+
+
+def _declutter(fig: Figure, axis) -> None:
+    """Make ``axis``'s tick labels not overlap: text labels on the x axis are turned 45 degrees
+    first; then all but every k-th label is blanked, for the smallest k that is enough."""
+    renderer = _canvas(fig).get_renderer()
+    fig.draw_without_rendering()
+    if not _overlaps(axis, renderer):
+        return
+    texts = [t.get_text() for t in axis.get_ticklabels()]
+    numeric = all(t.lstrip("-").replace(".", "", 1).isdigit() for t in texts if t)
+    if axis.axis_name == "x" and not numeric:
+        axis.set_tick_params(labelrotation=45)
+        for label in axis.get_ticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+        fig.draw_without_rendering()
+    for step in range(2, len(texts) + 1):
+        if not _overlaps(axis, renderer):
+            return
+        axis.set_ticks(axis.get_ticklocs(), [t if i % step == 0 else ""
+                                             for i, t in enumerate(texts)])
+        fig.draw_without_rendering()
+
+
+def _styled(builder):
+    """Run ``builder`` under :data:`STYLE`, then fix every axis's tick font size (ticks made
+    later, at draw time, keep it) and declutter overlapping tick labels."""
+    @functools.wraps(builder)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            fig = builder(*args, **kwargs)
+            for ax in fig.axes:
+                ax.tick_params(labelsize=STYLE["xtick.labelsize"])
+                for axis in (ax.xaxis, ax.yaxis):
+                    _declutter(fig, axis)
+        return fig
+    return wrapper
 
 
 def _numeric_frame(frame, name: str = "frame") -> pd.DataFrame:
@@ -33,7 +133,9 @@ def _numeric_frame(frame, name: str = "frame") -> pd.DataFrame:
 
 
 def _figure(figsize, default: tuple[float, float]) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=figsize or default, layout="constrained")
+    """A figure of ``figsize``, else of ``default`` with its width capped at :data:`MAX_WIDTH_IN`."""
+    size = figsize or (min(float(default[0]), MAX_WIDTH_IN), float(default[1]))
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     return fig, fig.add_subplot()
 
 
@@ -49,19 +151,19 @@ def _matrix(fig: Figure, ax: Axes, frame: pd.DataFrame, cmap: str, vmin, vmax, a
     values = frame.to_numpy()
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                       interpolation="nearest")
-    ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns],
-                  rotation=90 if frame.shape[1] > 12 else 0)
+    columns = [str(c) for c in frame.columns]
+    ax.set_xticks(range(frame.shape[1]), columns,
+                  rotation=90 if max(map(len, columns)) > 3 and frame.shape[1] > 6 else 0)
     ax.set_yticks(range(frame.shape[0]), [str(r) for r in frame.index])
     fig.colorbar(image, ax=ax, label=cbar_label)
     if annotate:
-        lo, hi = image.get_clim()
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                dark = hi > lo and (v - lo) / (hi - lo) < 0.5
-                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=ANNOTATION_PT,
+                        color=text_colour(image.cmap(image.norm(v))))
 
 
+@_styled
 def heatmap(frame: pd.DataFrame, title: str = "", cbar_label: str = "", cmap: str = "viridis",
             center: float | None = None, annotate: bool = False, fmt: str = ".0f",
             xlabel: str = "layer", ylabel: str = "", figsize=None) -> Figure:
@@ -89,6 +191,7 @@ def heatmap(frame: pd.DataFrame, title: str = "", cbar_label: str = "", cmap: st
     return fig
 
 
+@_styled
 def correlation(frame: pd.DataFrame, title: str = "", cmap: str = "RdBu_r", figsize=None) -> Figure:
     """A square correlation matrix, annotated to two decimals, coloured on the fixed scale -1..1."""
     data = _numeric_frame(frame)
@@ -104,6 +207,7 @@ def correlation(frame: pd.DataFrame, title: str = "", cmap: str = "RdBu_r", figs
     return fig
 
 
+@_styled
 def layer_lines(frame: pd.DataFrame, title: str = "", ylabel: str = "", kind: str = "line",
                 xlabel: str = "layer", figsize=None) -> Figure:
     """One line, step curve or bar group per column over the index (e.g. allocations by layer).
@@ -126,8 +230,8 @@ def layer_lines(frame: pd.DataFrame, title: str = "", ylabel: str = "", kind: st
             ax.step(x, y, where="mid", label=str(column))
         else:
             ax.bar(x - 0.4 + width * (k + 0.5), y, width=width, label=str(column))
-    ax.set_xticks(x, [str(i) for i in data.index], rotation=90 if data.shape[0] > 16 else 0)
-    ax.legend(fontsize=8)
+    ax.set_xticks(x, [str(i) for i in data.index])
+    ax.legend()
     _labels(ax, title, xlabel, ylabel)
     return fig
 
@@ -152,6 +256,7 @@ def _aligned(frame, means: pd.DataFrame, name: str) -> np.ndarray:
     return data.to_numpy()
 
 
+@_styled
 def grouped_bars(means: pd.DataFrame, errors=None, title: str = "", ylabel: str = "", reference=None,
                  xlabel: str = "", figsize=None) -> Figure:
     """Bars of each group (index) side by side, one colour per series (column).
@@ -180,11 +285,12 @@ def grouped_bars(means: pd.DataFrame, errors=None, title: str = "", ylabel: str 
     if reference is not None:
         ax.axhline(float(reference[0]), color="0.3", linestyle="--", linewidth=1, label=str(reference[1]))
     ax.set_xticks(x, [str(g) for g in data.index])
-    ax.legend(fontsize=8)
+    ax.legend()
     _labels(ax, title, xlabel, ylabel)
     return fig
 
 
+@_styled
 def scatter(x, y, labels=None, title: str = "", xlabel: str = "", ylabel: str = "", diagonal: bool = False,
             figsize=None) -> Figure:
     """Points ``(x[i], y[i])``, optionally annotated with ``labels[i]`` and the line y = x.
@@ -204,13 +310,13 @@ def scatter(x, y, labels=None, title: str = "", xlabel: str = "", ylabel: str = 
     fig, ax = _figure(figsize, (5.0, 4.5))
     ax.scatter(xs, ys, s=25)
     for text, px, py in zip(labels or [], xs, ys):
-        ax.annotate(text, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=ANNOTATION_PT)
     if diagonal:
         both = np.concatenate([xs, ys])
         both = both[np.isfinite(both)]
         if both.size:
             ax.plot([both.min(), both.max()], [both.min(), both.max()], color="0.5", linestyle="--",
                     linewidth=1, label="y = x")
-            ax.legend(fontsize=8)
+            ax.legend()
     _labels(ax, title, xlabel, ylabel)
     return fig

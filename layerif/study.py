@@ -23,7 +23,9 @@ Where executed notebooks go
     ``cpu`` (the book's profile) -> ``book/executed/<name>.ipynb``, committed to git so a
     fresh clone renders the book without re-running; ``smoke`` and ``paper`` ->
     ``results/<profile>/executed/<name>.ipynb`` (git-ignored). Profiles never overwrite each
-    other's notebooks.
+    other's notebooks. The kernel runs without progress bars (:data:`QUIET_ENV`), and what
+    still reaches stderr is moved out of the executed notebook into the git-ignored
+    ``.stamps/<name>.stderr.txt`` (:func:`quiet_outputs`): the book shows results only.
 
 When a notebook runs
     Its *digest* covers the source bytes, the merged parameters, the profile and, for every
@@ -47,6 +49,7 @@ The record, and failures
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -78,6 +81,7 @@ __all__ = [
     "parameter_defaults",
     "parameter_names",
     "params_dir",
+    "quiet_outputs",
     "ran_since",
     "read_params_file",
     "render_book",
@@ -97,6 +101,11 @@ BOOK_PROFILE = "cpu"
 RENDER_FLAGS = ("-W", "-n", "--keep-going", "--all")
 #: File mode of executed notebooks (readable by all, like the sources they come from).
 EXECUTED_MODE = 0o644
+#: The kernel's environment while a notebook executes: no progress bars (tqdm's defaults and
+#: the hub's / transformers' "Loading weights"), no "IProgress not found" warning. What still
+#: reaches stderr is moved out of the notebook by :func:`quiet_outputs`.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore:IProgress not found"}
 
 
 def repo_root() -> Path:
@@ -251,11 +260,12 @@ def _execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
     running = marker.parent / f"{name}.running.ipynb"
     started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
     try:
-        papermill.execute_notebook(
-            jupytext.read(root / "notebooks" / f"{name}.md"), str(running),
-            parameters=inputs["params"], cwd=str(root / "notebooks"), kernel_name="python3",
-            progress_bar=progress, log_output=False,
-        )
+        with _environment(QUIET_ENV):
+            papermill.execute_notebook(
+                jupytext.read(root / "notebooks" / f"{name}.md"), str(running),
+                parameters=inputs["params"], cwd=str(root / "notebooks"), kernel_name="python3",
+                progress_bar=progress, log_output=False,
+            )
     except BaseException as err:
         if running.exists():
             os.replace(running, marker.with_suffix(".ipynb"))
@@ -267,11 +277,46 @@ def _execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
             "digest": rec.digest(inputs), "at": started.isoformat(timespec="seconds"),
         }, indent=2))
         raise
-    nb = nbformat.read(running, as_version=4)
+    nb, stderr = quiet_outputs(nbformat.read(running, as_version=4))
+    (marker.parent / f"{name}.stderr.txt").write_text(stderr)
     running.unlink()
     record = rec.make_record(inputs, started, time.monotonic() - clock, root,
                              f"notebooks/{name}.md")
     return rec.with_record(nb, record)
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """Set environment variables (a kernel started inside inherits them); restore on exit.
+    ``PYTHONWARNINGS`` is appended to, not replaced."""
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        old = saved[key] if key == "PYTHONWARNINGS" else None
+        os.environ[key] = f"{old},{value}" if old else value
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def quiet_outputs(nb):
+    """``(nb, text)``: the notebook without its stderr stream outputs (progress bars, library
+    warnings: the book shows results only) and the text they held, cell by cell."""
+    removed = []
+    for index, cell in enumerate(nb.cells):
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                removed.append(f"[cell {index}] {output.get('text', '')}")
+            else:
+                kept.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    return nb, "".join(removed)
 
 
 def read_params_file(path: str | Path) -> dict:

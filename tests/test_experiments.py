@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from layerif import ScoreConfig, allocate, store
 from layerif.experiments import agreement, allocation, overview, scoring, sparsity
-from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, covering, profile_reading
+from layerif.experiments.verdict import HELD, NOT_HELD, UNDERPOWERED, covering, profile_reading
 
 TASKS = ["mrpc", "openbookqa", scoring.POOL]
 
@@ -198,8 +198,9 @@ def test_expert_allocation_run_invariants(scored, model_dir):
     assert list(sweep.index) == list(allocation.BETAS) and (sweep.sum(axis=1) == 40).all()
     s = scoring.load_scores(results, model_dir, "mrpc", "datainf").aggregate("positive")
     np.testing.assert_array_equal(sweep.loc[2.5], allocate.experts(s, 40, 2.5).to_numpy())
-    totals = allocation.totals(result)
-    assert totals.loc[(model_dir, "LayerIF +ve", "mrpc")].tolist() == [20, 40]
+    totals = allocation.totals(result)  # one row per method: tasks share their totals
+    assert totals.loc[(model_dir, "LayerIF +ve")].tolist() == [20, 40]
+    assert not totals.index.duplicated().any() and totals.index.names == ["model", "method"]
 
 
 def test_sparsity_run_invariants(scored, model_dir):
@@ -214,6 +215,8 @@ def test_sparsity_run_invariants(scored, model_dir):
     assert (spread["min"] <= spread["max"]).all()
     assert spread.loc[(model_dir, "wanda", "Uniform")].tolist() == pytest.approx([0.4, 0.4])
     assert "(Wanda, 40%)" in sparsity.summary(result)
+    assert sparsity.check_line(result).endswith(": True")
+    assert sparsity.check_line(result).startswith(f"{len(ratios)} allocations")
 
 
 def test_agreement_run_invariants(scored, model_dir):
@@ -272,7 +275,7 @@ def test_agreement_verdict_rows_and_the_zero_reading():
     assert row.verdict == HELD and row.interval == "lowest -0.60, highest +0.40"
     assert row.ours == "Spearman -0.30 to 0.10 (mean -0.10) over 2 tasks"
     [row] = agreement.verdicts(agreement.Agreement({"m": t.assign(ci_high=[0.6, 0.1])}))
-    assert row.verdict == INCONCLUSIVE
+    assert row.verdict == UNDERPOWERED   # one interval crosses 0.5, none lies above it
     assert covering(t["ci_low"], t["ci_high"]) == 2
     assert covering([0.1, np.nan, -1.0], [0.5, 1.0, 0.0]) == 1   # [-1, 0] holds 0, NaN counts none
     assert "the 95% CI covers 0 for 2 of them" in agreement.summary(agreement.Agreement({"m": t}))

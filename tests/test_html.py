@@ -18,9 +18,18 @@ the HTML:
   so adding the table makes the test fail until the page is taken off the list; pages with
   nothing of the paper's to compare (``BEYOND_THE_PAPER``) are exempt.
 
+* every figure of a notebook page sits in a ``<figure>`` with a caption (myst-nb's
+  ``mystnb: figure: caption:`` cell metadata), and no notebook's prose (markdown cells of
+  ``notebooks/*.md``) types a number by hand (:func:`typed_numbers` states the rule); pages
+  still being rewritten are strict xfails (``UNCAPTIONED_YET``, ``TYPED_NUMBERS_YET``);
+* the executed notebooks keep results only: no stderr, absolute paths or object reprs.
+
 Finally each page is opened in headless Chromium (``test_pages_load_in_a_browser``): no
-console error, uncaught exception or failed load, and a screenshot that is not blank. That
-test skips, saying how to install Chromium, when no browser is found.
+console error, uncaught exception or failed load, and a screenshot that is not blank; at a
+1400 px window with every http(s) request blocked, method.html's equations are typeset by the
+MathJax the build serves, no table or printed output is wider than the content column without
+a scroll container, and no figure is shrunk below its own size. These tests skip, saying how
+to install Chromium, when no browser is found.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import html.parser
 import io
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -72,6 +82,10 @@ class Page(html.parser.HTMLParser):
         self.tables: list[list[str]] = []  # header cells of each table
         self._in_th = False
         self.text_parts: list[str] = []
+        self.figures: list[dict] = []  # per <figure>: its images and its caption's text
+        self.loose_images = 0  # <img> outside any <figure>
+        self._figure_depth = 0
+        self._in_caption = False
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -85,6 +99,15 @@ class Page(html.parser.HTMLParser):
                 self.links.append((tag, a[key]))
         if tag == "img":
             self.images.append(a.get("src") or "")
+            if self._figure_depth:
+                self.figures[-1]["images"] += 1
+            else:
+                self.loose_images += 1
+        if tag == "figure":
+            self._figure_depth += 1
+            self.figures.append({"images": 0, "caption": ""})
+        if tag == "figcaption":
+            self._in_caption = True
         classes = set((a.get("class") or "").split())
         if classes & {"traceback", "stderr", "system-message"} or (
                 "output" in classes and "error" in classes):
@@ -99,9 +122,15 @@ class Page(html.parser.HTMLParser):
     def handle_endtag(self, tag):
         if tag == "th":
             self._in_th = False
+        if tag == "figure":
+            self._figure_depth -= 1
+        if tag == "figcaption":
+            self._in_caption = False
 
     def handle_data(self, data):
         self.text_parts.append(data)
+        if self._in_caption and self.figures:
+            self.figures[-1]["caption"] += data
         if self._in_th and self.tables and self.tables[-1]:
             self.tables[-1][-1] += data
 
@@ -313,6 +342,8 @@ class Chromium:
         def wire():  # the protocol pipe is fds 3 (commands in) and 4 (replies out)
             os.dup2(to_child, 3)  # dup2's copies are inheritable; Python's other fds are not
             os.dup2(from_child, 4)
+            os.set_inheritable(3, True)  # dup2(3, 3) leaves close-on-exec set: clear it
+            os.set_inheritable(4, True)
 
         self._profile = tempfile.TemporaryDirectory(prefix="layerif-chromium-")
         self.proc = subprocess.Popen(
@@ -486,3 +517,233 @@ def test_pages_load_in_a_browser_without_errors_and_not_blank(html_dir, browser,
     assert not problems, f"screenshots in {tmp_path}:\n" + "\n".join(problems)
     if offline:
         warnings.warn(f"not checked, no network here: {sorted(offline)}")
+
+
+# ------------------------------------------------ as a reader sees it: widths, math, no network
+#: What one page looks like in the browser (measured by :data:`LAYOUT_JS`).
+LAYOUT_JS = r"""
+(() => {
+  const article = document.querySelector('article') || document.body;
+  const box = article.getBoundingClientRect();
+  const scrolls = (el) => {
+    for (let e = el.parentElement; e && e !== article.parentElement; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (['auto', 'scroll'].includes(s.overflowX) && e.getBoundingClientRect().right <= box.right + 1)
+        return true;
+    }
+    return false;
+  };
+  const clipped = [];
+  for (const el of article.querySelectorAll('table, pre')) {
+    const r = el.getBoundingClientRect();
+    const wider = el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX === 'visible';
+    if ((r.right > box.right + 1 || wider) && !scrolls(el) &&
+        !['auto', 'scroll'].includes(getComputedStyle(el).overflowX))
+      clipped.push(el.tagName.toLowerCase() + ': ' + (el.innerText || '').slice(0, 60).replace(/\s+/g, ' '));
+  }
+  const maths = [...document.querySelectorAll('.math')];
+  return {content: box.width, clipped: clipped, maths: maths.length,
+          typeset: maths.filter(m => m.querySelector('mjx-container')).length,
+          images: [...article.querySelectorAll('img')].map(i => [i.naturalWidth, i.clientWidth])};
+})()
+"""
+
+
+def page_layout(browser, url: str, settle: float = 1.5) -> dict:
+    """Open ``url`` with every http(s) request blocked and return :data:`LAYOUT_JS`'s findings."""
+    browser.call("Network.enable", session=True)
+    browser.call("Network.setBlockedURLs", session=True, urls=["http://*", "https://*"])
+    browser.open(url, settle=settle)
+    reply = browser.call("Runtime.evaluate", session=True, expression=LAYOUT_JS,
+                         returnByValue=True)
+    return reply["result"]["value"]
+
+
+@pytest.fixture(scope="module")
+def reader():
+    """Chromium at a 1400 px wide window (the width the issue was read at)."""
+    exe = find_browser()
+    if exe is None:
+        pytest.skip(INSTALL)
+    chromium = Chromium(exe, width=1400, height=1000)
+    yield chromium
+    chromium.close()
+
+
+def test_an_equation_renders_with_no_network(html_dir, reader):
+    layout = page_layout(reader, (html_dir / "book" / "method.html").as_uri(), settle=3.0)
+    assert layout["maths"] > 5, "method.html has no math: the check has nothing to look at"
+    assert layout["typeset"] == layout["maths"], (
+        f"{layout['maths'] - layout['typeset']} of {layout['maths']} formulas not typeset by "
+        "MathJax with the network blocked: is mathjax_path served from _static?")
+
+
+def test_no_table_or_printed_output_is_clipped(html_dir, reader):
+    problems = []
+    for rel in ["index.html"] + _toc_pages():
+        layout = page_layout(reader, (html_dir / rel).as_uri())
+        problems += [f"{rel}: {c}" for c in layout["clipped"]]
+    assert not problems, ("wider than the content column without a scroll container:\n"
+                          + "\n".join(problems))
+
+
+def test_figures_are_shown_at_their_own_size(html_dir, reader):
+    """A figure wider than the content column is shrunk, and its fonts with it."""
+    problems = []
+    for rel in _toc_pages():
+        layout = page_layout(reader, (html_dir / rel).as_uri())
+        problems += [f"{rel}: {natural} px drawn at {shown} px"
+                     for natural, shown in layout["images"] if shown and natural > shown * 1.05]
+    assert not problems, "figures scaled down (fonts shrink with them):\n" + "\n".join(problems)
+
+
+# ------------------------------------------------------------- captions and computed prose
+# Notebook pages other helpers are still rewriting (issue 25): their figures have no caption
+# yet, their prose still types numbers. Strict xfails: a page that meets the rule fails here
+# until it is taken off the list.
+UNCAPTIONED_YET = {"05_pruning", "07_ablation_smoothing", "08_ablation_granularity",
+                   "09_influence_validation"}
+TYPED_NUMBERS_YET = {"05_pruning", "07_ablation_smoothing", "08_ablation_granularity",
+                     "09_influence_validation", "10_summary"}
+
+
+def uncaptioned(page: Page) -> list[str]:
+    """Figures of a page that a reader meets without a caption saying what to look at."""
+    found = [f"{page.loose_images} image(s) outside a <figure>"] if page.loose_images else []
+    found += [f"figure {i} ({f['images']} image(s)) has no caption"
+              for i, f in enumerate(page.figures) if f["images"] and not f["caption"].strip()]
+    return found
+
+
+def _pages_except(waiting: set[str]) -> list:
+    return [pytest.param(f, marks=[pytest.mark.xfail(strict=True, reason="issue 25: not yet")]
+                         if Path(f).name in waiting else [])
+            for f in toc_files() if f.startswith("book/executed/")]
+
+
+@pytest.mark.parametrize("page", _pages_except(UNCAPTIONED_YET))
+def test_every_figure_has_a_caption(page, pages):
+    problems = uncaptioned(pages[f"{page}.html"])
+    assert not problems, f"{page}.html: " + "; ".join(problems)
+
+
+#: Where a digit may stand in a notebook's prose (markdown cells) outside myst-nb glue: the
+#: numbers of the paper's tables, figures, sections and appendices and of the study's
+#: notebooks ("Table 7", "Tables 1, 4", "Fig. 2", "§4.1", "App. E", "notebook 01"), names
+#: that hold digits (a word with a letter: SmolLM2-135M, Gemma-3-270M, SST-2, Q4_K_M, top-k),
+#: the paper's aggregation "Top 25%", headings, inline code, math and roles. Any other number
+#: in prose is typed by hand: it must come from the cell (glue, or a package-built Markdown).
+REFERENCE = re.compile(r"(Tables?|Figs?\.|Figures?|§|App\.|Appendix|Eqs?\.|Sec\.|Sections?"
+                       r"|notebooks?)\s*\(?\d[\d.]*(\s*(,|and|/|–|-|or)\s*\d[\d.]*)*")
+#: Names with numbers in them that are not words: the paper's aggregation and MoLA's patterns.
+NAMES = re.compile(r"Top 25%|MoLA\s*\(?[\d,]+\)?")
+#: A number with a unit is still a typed number ("54x", "135M", "3.5 s" are quantities).
+QUANTITY = re.compile(r"[-+]?\d[\d.,]*(x|×|%|M|B|k|s|min|h|pt|px)?")
+STRIPPED = [re.compile(p, re.S | re.M) for p in (
+    r"\A---\n.*?\n---\n",            # YAML front matter of a cell
+    r"^#+ .*?$",                        # headings
+    r"```.*?```|^:::.*?^:::",           # fenced blocks, directives' bodies
+    r"\{[\w:-]+\}`[^`]*`",              # roles: {glue:text}`key`, {numref}`...`
+    r"`[^`]*`",                         # inline code
+    r"\$\$.*?\$\$|\$[^$]*\$",             # math
+    r"\]\([^)]*\)",                     # link targets
+    r"<!--.*?-->",                      # comments
+)]
+
+
+def typed_numbers(markdown: str) -> list[str]:
+    """The numbers a markdown cell types by hand (see :data:`REFERENCE` for what is allowed)."""
+    text = markdown
+    for pattern in STRIPPED:
+        text = pattern.sub(" ", text)
+    text = NAMES.sub(" ", REFERENCE.sub(" ", text))
+    words = [w.strip(".") for w in re.findall(r"[\w.%+×-]*\d[\w.%+×-]*", text)]
+    return [w for w in words if not re.search(r"[A-Za-z]", w) or QUANTITY.fullmatch(w)]
+
+
+def test_the_prose_rule_tells_typed_numbers_from_names_and_references():
+    prose = ("Table 7 and Tables 1, 4 (Fig. 2, §4.1, App. E, notebook 01) on SmolLM2-135M, "
+             "Gemma-3-270M and SST-2 (Q4_K_M); LayerIF Top 25%; `n_train = 32`; $\\beta = 2.5$; "
+             "{glue:text}`acc:.1f` points. The paper's 80 / 160 experts, 0.3 and 25x smaller.")
+    assert typed_numbers(prose) == ["80", "160", "0.3", "25x"]
+    assert typed_numbers("## 03 · Table 4 heading 12\nno numbers here") == []
+    assert typed_numbers("MoLA 2468 and MoLA(3,5,7,8); notebooks (05, 07, 08); 135M params") == \
+        ["135M"]
+
+
+@pytest.mark.parametrize("name", [pytest.param(
+    n, marks=[pytest.mark.xfail(strict=True, reason="issue 25: not yet")]
+    if n in TYPED_NUMBERS_YET else []) for n in study.list_notebooks(CHECKOUT)])
+def test_no_number_is_typed_in_notebook_prose(name):
+    import jupytext
+
+    nb = jupytext.read(CHECKOUT / "notebooks" / f"{name}.md")
+    found = {i: typed_numbers(c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"}
+    found = {i: words for i, words in found.items() if words}
+    assert not found, (f"notebooks/{name}.md types numbers in prose (glue them or print them "
+                       f"from a package function): {found}")
+
+
+def test_the_layout_check_finds_a_clipped_table(reader, tmp_path):
+    cells = "".join(f"<td>column{i:02d}-wide-cell</td>" for i in range(40))
+    page = ("<html><body><article style='width:600px'>"
+            "<div id='a'><table><tr>{cells}</tr></table></div>"
+            "<div style='overflow-x:auto'><table><tr>{cells}</tr></table></div>"
+            "<pre>{line}</pre><pre style='white-space:pre-wrap'>{line}</pre>"
+            "</article></body></html>").format(cells=cells, line="x " * 400)
+    (tmp_path / "p.html").write_text(page.replace("x x", "xx"))
+    layout = page_layout(reader, (tmp_path / "p.html").as_uri(), settle=0.2)
+    assert layout["content"] == 600
+    # the bare table and the unwrapped line are clipped; the scrolled table and wrapped text not
+    assert [c.split(":")[0] for c in layout["clipped"]] == ["table", "pre"]
+
+
+# ------------------------------------------------------- what the executed notebooks keep
+REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>")
+ABSOLUTE = re.compile(r"(?<![\w.])/(home|work|tmp|root|Users|private|var)/[\w.-]+")
+
+
+def output_clutter(nb) -> list[str]:
+    """What a notebook's outputs show that is not a result: stderr (progress bars, library
+    warnings), absolute paths of the machine that ran it, and object reprs."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                found.append(f"cell {index}: stderr {output.get('text', '')[:50]!r}")
+                continue
+            texts = [output.get("text", "")] + [v for k, v in output.get("data", {}).items()
+                                                  if k.startswith("text/") and isinstance(v, str)]
+            for text in texts:
+                found += [f"cell {index}: path {m.group(0)!r}" for m in ABSOLUTE.finditer(text)]
+                found += [f"cell {index}: repr {m.group(0)!r}" for m in REPR.finditer(text)]
+    return found
+
+
+def test_quiet_outputs_moves_stderr_out_and_the_clutter_check_sees_it():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="\rLoading weights: 100%"),
+        nbformat.v4.new_output("stream", name="stdout", text="result 1.0"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "<Styler at 0x7f5a2>"}),
+        nbformat.v4.new_output("display_data", data={"text/plain": "/work/main/results/x"})])])
+    assert output_clutter(nb) == ["cell 0: stderr '\\rLoading weights: 100%'",
+                                  "cell 0: repr '<Styler at 0x7f5a2>'",
+                                  "cell 0: path '/work/main'"]
+    quiet, removed = study.quiet_outputs(nb)
+    assert removed == "[cell 0] \rLoading weights: 100%"
+    assert [o.get("name", o["output_type"]) for o in quiet.cells[0].outputs] == [
+        "stdout", "execute_result", "display_data"]
+
+
+@pytest.mark.parametrize("name", study.list_notebooks(CHECKOUT))
+def test_executed_notebooks_show_results_only(name):
+    import nbformat
+
+    path = CHECKOUT / "book" / "executed" / f"{name}.ipynb"
+    if not path.exists():
+        pytest.skip(f"{path} not executed")
+    problems = output_clutter(nbformat.read(path, as_version=4))
+    assert not problems, (f"{name}: outputs that are not results (re-run it: `layerif run "
+                          f"{name} --profile cpu`):\n" + "\n".join(problems[:10]))

@@ -146,3 +146,87 @@ def test_no_pyplot_figures(task_by_layer, means):
     plots.scatter([1, 2], [2, 1])
     plots.correlation(pd.DataFrame(np.eye(2)))
     assert plt.get_fignums() == before == []
+
+
+# ------------------------------------------------------------- readable at the book's width
+def _book_sized_figures():
+    rng = np.random.default_rng(1)
+    blocks = pd.DataFrame(rng.integers(1, 11, size=(9, 30)).astype(float),
+                          index=[f"LayerIF +ve · task{i}" for i in range(9)],
+                          columns=pd.Index(range(30), name="layer"))
+    corr = pd.DataFrame(np.eye(9), index=[f"task {i}" for i in range(9)],
+                        columns=[f"task {i}" for i in range(9)])
+    strip = pd.DataFrame({"ours": rng.normal(size=96)}, index=[f"block {i}" for i in range(96)])
+    return {"heatmap": plots.heatmap(blocks, annotate=True, title="experts per block"),
+            "correlation": plots.correlation(corr, title="Spearman"),
+            "layer_lines": plots.layer_lines(blocks.T, kind="step", ylabel="experts"),
+            "grouped_bars": plots.grouped_bars(strip, errors=strip.abs() * 0 + 0.1),
+            "scatter": plots.scatter(rng.normal(size=5), rng.normal(size=5), labels=list("abcde"))}
+
+
+def _text_sizes(fig) -> list[float]:
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text"))
+             if t.get_visible() and t.get_text()]
+    return [t.get_fontsize() for t in texts]
+
+
+def _overlapping(fig) -> list[tuple[str, str]]:
+    """Neighbouring visible tick labels closer than 2 px (checked independently
+    of the package: from the Agg renderer's extents after a full draw)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            shown = [t for t in labels if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer).padded(1.0) for t in shown]  # >= 2 px apart
+            found += [(a.get_text(), b.get_text()) for a, b, ba, bb in
+                      zip(shown, shown[1:], boxes, boxes[1:])
+                      if min(ba.x1, bb.x1) > max(ba.x0, bb.x0) and min(ba.y1, bb.y1) > max(ba.y0, bb.y0)]
+    return found
+
+
+@pytest.mark.parametrize("name", ["heatmap", "correlation", "layer_lines", "grouped_bars", "scatter"])
+def test_figures_fit_the_book_and_their_text_is_legible(name):
+    fig = _book_sized_figures()[name]
+    image = render(fig)
+    # shown at its own size in the book's content column: no down-scaling of its fonts
+    assert image.shape[1] <= plots.MAX_WIDTH_IN * plots.DPI + 1
+    assert fig.get_dpi() == plots.DPI
+    sizes = _text_sizes(fig)
+    assert sizes and min(sizes) >= plots.MIN_FONT_PT, sorted(set(sizes))
+    assert _overlapping(fig) == []
+
+
+def test_style_does_not_leak_into_global_rcparams(task_by_layer):
+    before = dict(matplotlib.rcParams)
+    plots.heatmap(task_by_layer)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_contrast_ratio_matches_wcag_reference_values():
+    # WCAG 2 reference values: black on white 21:1, #777777 on white 4.48:1, equal colours 1:1
+    assert plots.contrast_ratio("black", "white") == pytest.approx(21.0)
+    assert plots.contrast_ratio("#777777", "white") == pytest.approx(4.48, abs=0.01)
+    assert plots.contrast_ratio("#123456", "#123456") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cmap", ["viridis", "magma", "RdBu_r"])
+def test_heatmap_annotations_contrast_with_their_cells(cmap):
+    values = pd.DataFrame(np.linspace(0.0, 1.0, 24).reshape(3, 8))
+    fig = plots.heatmap(values, annotate=True, fmt=".2f", cmap=cmap)
+    ax = fig.axes[0]
+    image = ax.images[0]
+    for text in ax.texts:
+        j, i = (int(round(c)) for c in text.get_position())
+        cell = image.cmap(image.norm(values.iat[i, j]))
+        other = "white" if text.get_color() == "black" else "black"
+        # the chosen colour is the better of black and white, and readable (WCAG AA large text)
+        assert plots.contrast_ratio(text.get_color(), cell) >= plots.contrast_ratio(other, cell)
+        assert plots.contrast_ratio(text.get_color(), cell) >= 3.0
+    # hand-checked ends: viridis and magma are darkest at their low end, lightest at the top
+    if cmap != "RdBu_r":
+        assert [ax.texts[0].get_color(), ax.texts[-1].get_color()] == ["white", "black"]

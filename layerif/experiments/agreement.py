@@ -18,10 +18,11 @@ from scipy.stats import spearmanr
 from .. import allocate, paper, plots, stats, store
 from ..scores import LayerScores, aggregate_values
 from .scoring import fingerprint, load_scores
+from .prose import bullets
 from .verdict import Verdict, agreement_verdict, covering
 
 __all__ = ["NOTEBOOK", "STAND_INS", "Agreement", "agreement_table", "allocation_agreement",
-           "comparison", "figures", "run", "study_agreement", "summary", "table", "verdicts"]
+           "comparison", "conclusion", "figures", "run", "study_agreement", "summary", "table", "verdicts"]
 
 NOTEBOOK = "06_ablation_hessian_free"
 STAND_INS = {"sst2": "Cola", "sciq": "Text Science Q"}   # ours -> the paper's task
@@ -131,9 +132,13 @@ def comparison(result: Agreement) -> pd.DataFrame:
 
 def figures(result: Agreement) -> list:
     """Per model: the allocations' Spearman per task with its bootstrap interval."""
-    return [plots.grouped_bars(pd.DataFrame({"ours": t["spearman"]}), reference=0.0,
-                               errors=(pd.DataFrame({"ours": t["ci_low"]}),
-                                       pd.DataFrame({"ours": t["ci_high"]})),
+    def named(frame):  # the paper's task names, our stand-ins in brackets, as in the table
+        return frame.rename(index=lambda t: t.split(":")[0]).rename(
+            index=lambda t: f"{STAND_INS[t]} ({t})" if t in STAND_INS else t)
+
+    return [plots.grouped_bars(named(pd.DataFrame({"ours": t["spearman"]})), reference=0.0,
+                               errors=(named(pd.DataFrame({"ours": t["ci_low"]})),
+                                       named(pd.DataFrame({"ours": t["ci_high"]}))),
                                title=f"{m}: Spearman(Hessian-free, DataInf) allocations",
                                ylabel="Spearman across blocks")
             for m, t in result.tables.items()]
@@ -151,6 +156,11 @@ def summary(result: Agreement) -> str:
         f"to {reported.max():.2f} (mean {reported.mean():.2f})." for m, t in result.tables.items())
 
 
+def conclusion(result: Agreement):
+    """:func:`summary` as rendered Markdown."""
+    return bullets(summary(result))
+
+
 def verdicts(result: Agreement, level: float = 0.05) -> list[Verdict]:
     """Table 3: Hessian-free and DataInf allocations show little to no agreement, per model,
     by :func:`.verdict.agreement_verdict` (the saved intervals are 95%: ``level`` is accepted
@@ -161,7 +171,8 @@ def verdicts(result: Agreement, level: float = 0.05) -> list[Verdict]:
         f"Spearman {printed.min():.2f} to {printed.max():.2f} (mean {printed.mean():.2f})",
         f"Spearman {t['spearman'].min():.2f} to {t['spearman'].max():.2f} "
         f"(mean {t['spearman'].mean():.2f}) over {len(t)} tasks",
-        "per task bootstrap over training examples: all below 0.5 = disagree, any above = agree",
+        "per task bootstrap over training examples: all below 0.5 = disagree, any above = agree, "
+        "else underpowered",
         np.nan, f"lowest {t['ci_low'].min():+.2f}, highest {t['ci_high'].max():+.2f}",
         agreement_verdict(t), NOTEBOOK, float(t["spearman"].mean()))
         for m, t in result.tables.items()]

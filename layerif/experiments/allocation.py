@@ -16,10 +16,11 @@ from .. import allocate, baselines, plots, store
 from ..data import calibration_tokens
 from ..models import load_model, model_id
 from ..prune import owl_outlier_ratios
+from .prose import bullets
 from .scoring import aggregated_scores, fingerprint, load_scores
 
 __all__ = ["AGGREGATION_LABELS", "BETAS", "EPSILON", "NOTEBOOK", "Experts", "allocation_distances",
-           "beta_sweep", "block_alpha", "distance_summary", "distance_table", "distances_summary",
+           "beta_sweep", "block_alpha", "conclusion", "distance_figures", "distance_summary", "distance_table", "distances_summary",
            "expert_allocations", "fig4_figures", "fig4_rows", "mola_for", "outlier_ratios", "run",
            "study_experts", "sweep_figures", "sweep_range", "totals", "verdicts"]
 
@@ -181,8 +182,16 @@ def run(params: dict, profile: str = "smoke", results=None) -> Experts:
 
 
 def totals(result: Experts) -> pd.DataFrame:
-    """Experts in all of each allocation: index (model, method, task), columns per block."""
-    return pd.concat(result.experts, names=["model"])[["total"]].unstack("per_block")
+    """Experts in all of each allocation, once per distinct total: index (model, method),
+    columns experts per block (every task of a method has the same total; MoLA's patterns
+    exist at their own budgets only, so a MoLA row is blank at the others)."""
+    frame = pd.concat(result.experts, names=["model"])["total"]
+    frame = frame.groupby(["model", "method", "per_block"]).agg(["min", "max"])
+    if not (frame["min"] == frame["max"]).all():
+        raise ValueError("totals are invalid: tasks of one method differ in their total")
+    out = frame["min"].unstack("per_block")
+    out.columns = [f"{c:g} per block" for c in out.columns]
+    return out.astype("Int64")
 
 
 def fig4_figures(result: Experts) -> list:
@@ -195,6 +204,14 @@ def fig4_figures(result: Experts) -> list:
 def distance_table(result: Experts) -> pd.DataFrame:
     """:func:`allocation_distances` of every model, index (model, allocation)."""
     return pd.concat(result.distances, names=["model"])
+
+
+def distance_figures(result: Experts) -> list:
+    """:func:`allocation_distances` at 5 experts per block as an annotated heatmap per model."""
+    return [plots.heatmap(d, title=f"{m}: mean |difference| in experts per block",
+                          cbar_label="experts per block", annotate=True, fmt=".1f",
+                          cmap="viridis", xlabel="", ylabel="")
+            for m, d in result.distances.items()]
 
 
 def sweep_figures(result: Experts) -> list:
@@ -212,6 +229,15 @@ def sweep_range(result: Experts) -> pd.DataFrame:
 def distances_summary(result: Experts) -> pd.DataFrame:
     """:func:`distance_summary` of every model, one row each."""
     return pd.DataFrame({m: distance_summary(d) for m, d in result.distances.items()}).T
+
+
+def conclusion(result: Experts):
+    """What the numbers say, per model: how far apart the tasks' allocations are, beside
+    AlphaLoRA and the uniform allocation (mean |difference| in experts per block)."""
+    lines = [f"{m}: LayerIF's allocations differ between tasks by {r.iloc[0]:.2f} experts per "
+             f"block on average, from AlphaLoRA's by {r.iloc[1]:.2f}, from the uniform one by "
+             f"{r.iloc[2]:.2f}." for m, r in distances_summary(result).iterrows()]
+    return bullets(lines)
 
 
 def verdicts(result: Experts, level: float = 0.05) -> list:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AVERAGE", "BASE", "FAMILIES", "LORA", "MoEResult", "PAPER_COLUMNS", "PAPER_TABLES",
            "RUN_COLUMNS", "SHOWN", "TASK_ROWS", "accuracy_table", "budget_figures", "budget_note",
-           "budget_table", "chance_check", "loss_curves", "loss_figures", "model_tables",
+           "accuracy_shown", "budget_table", "chance_check", "identical_allocations", "seed_counts",
+           "stand_in", "table7_comparison", "loss_curves", "loss_figures", "model_tables",
            "notebook_tables", "paired_by_task", "paper_comparison", "runs_frame", "seed_spread",
            "table", "usage_table", "versus"]
 
@@ -65,6 +66,41 @@ def accuracy_table(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0) ->
     table.loc[AVERAGE] = table.mean(axis=0, skipna=False)
     table.columns.name = None
     return table
+
+
+def seed_counts(runs: Mapping[MoESetting, MoERun], per_block: float = 5.0) -> pd.DataFrame:
+    """Seeds behind each cell of :func:`accuracy_table` (task x method)."""
+    frame = runs_frame(_at(runs, per_block))["accuracy"]
+    return frame.groupby(["task", "method"], sort=False).size().unstack("method")
+
+
+def accuracy_shown(result: "MoEResult", mark: str = "†") -> pd.DataFrame:
+    """Table 1 / 4 as shown: accuracy (%) to one decimal per (model, task) and method, a
+    cell that is a mean over several seeds marked ``mark`` (the others are one seed), a
+    method the model did not run blank, each model's Average over its tasks."""
+    parts = {}
+    for model, t in result.models.items():
+        acc, seeds = t["accuracy"], t["seeds"].reindex_like(t["accuracy"])
+        shown = acc.mul(100).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        parts[model] = shown.where(~(seeds > 1), shown + mark)
+    return pd.concat(parts, names=["model"]).fillna("")
+
+
+def identical_allocations(allocations: pd.DataFrame, settings) -> pd.DataFrame:
+    """Runs whose experts per block are the same allocation (e.g. LayerIF +ve and LayerIF
+    All when nearly every influence is helpful): among the rows of ``allocations`` (index
+    method, task, per_block) that are in ``settings`` (the ``(method, task, per_block)``
+    trained), one row per (task, per_block) with the identical methods joined by " = "."""
+    rows = allocations.drop(columns="total")
+    rows = rows[[key in set(settings) for key in rows.index]]
+    found = {}
+    for (task, pb), group in rows.groupby(level=["task", "per_block"], sort=False):
+        keys = group.apply(lambda r: tuple(r.astype(int)), axis=1)
+        for _, same in keys.groupby(keys):
+            if len(same) > 1:
+                found[(task, pb)] = " = ".join(same.index.get_level_values("method"))
+    index = pd.MultiIndex.from_tuples(list(found), names=["task", "per_block"])
+    return pd.DataFrame({"identical allocations": list(found.values())}, index=index)
 
 
 def chance_check(runs: Mapping[MoESetting, MoERun], level: float = 0.05) -> pd.DataFrame:
@@ -138,7 +174,8 @@ def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines=None,
 
 
 def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, tuple[str, ...]],
-           per_blocks=None, seed_spread_value: float = np.nan, n_boot: int = 2000) -> pd.DataFrame:
+           per_blocks=None, seed_spread_value: float = np.nan, n_boot: int = 2000,
+           effects: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The paper's Table 7: ``ours`` against each baseline family across tasks and budgets.
 
     A family is one or more methods (``{"MoLA": ("MoLA 2468", "MoLA 5555", ...)}``); per
@@ -146,7 +183,10 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
     and over seeds. Columns: average accuracy over the cells both have, the difference, the
     paper's paired t-test over the cells, and a paired bootstrap over the examples of all
     cells (each example's correctness averaged over the family's methods and the seeds),
-    with its 95% interval; ``seed spread`` repeats the mean seed-to-seed range for scale.
+    with its 95% interval; ``seed spread`` repeats the mean seed-to-seed range for scale;
+    ``MDE (t over settings)`` is the smallest difference the paired t-test over the cells
+    detects with 80% power (:mod:`layerif.power`). With ``effects`` (family -> an accuracy
+    difference, a fraction), ``n needed (t over settings)``: the cells that would detect it.
     ``per_blocks`` defaults to every budget run.
     """
     if per_blocks is None:
@@ -167,7 +207,8 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
             continue
         a = np.array([cells[ours][k] for k in common])
         b = np.array([cells[name][k] for k in common])
-        t = stats.paired_t(a, b) if len(common) >= 2 else None
+        effect = None if effects is None else effects.get(name)
+        t = stats.paired_t(a, b, effect=effect) if len(common) >= 2 else None
         ea = pd.concat([pooled[ours][k]["correct"] for k in common]).to_numpy()
         eb = pd.concat([pooled[name][k]["correct"] for k in common]).to_numpy()
         boot = stats.bootstrap_diff_ci(ea, eb, paired=True, n_boot=n_boot)
@@ -175,7 +216,10 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
                       "t-test p (per setting)": t.pvalue if t else np.nan, "settings": len(common),
                       "bootstrap CI low": boot.ci_low, "bootstrap CI high": boot.ci_high,
                       "bootstrap p": boot.pvalue, "examples": len(ea),
-                      "seed spread": seed_spread_value}
+                      "seed spread": seed_spread_value,
+                      "MDE (t over settings)": t.mde if t else np.nan}
+        if effects is not None:
+            rows[name]["n needed (t over settings)"] = t.n_needed if t else np.nan
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "method"
     return out
@@ -270,6 +314,7 @@ class MoEResult:
     table7_paper: pd.DataFrame
     sizes: str
     ours: str
+    identical: pd.DataFrame = None
 
 
 #: The per-model tables of :class:`MoEResult`, in the notebook's order.
@@ -283,7 +328,7 @@ def model_tables(model: str, runs: Mapping, ours: str, n_eval: int, task: str) -
     spread = seed_spread(runs)
     noise = float(spread["range"].mean()) if len(spread) else np.nan
     accuracy = accuracy_table(runs, 5.0)
-    return {"accuracy": accuracy, "spread": spread, "noise": noise,
+    return {"accuracy": accuracy, "seeds": seed_counts(runs, 5.0), "spread": spread, "noise": noise,
             "comparison": paper_comparison(accuracy, PAPER_TABLES.get(model, "table1"), TASK_ROWS,
                                            f"{model}; {n_eval} held-out examples per task"),
             "chance": chance_check(runs), "table7": versus(runs, ours, FAMILIES, None, noise),
@@ -292,18 +337,41 @@ def model_tables(model: str, runs: Mapping, ours: str, n_eval: int, task: str) -
             "usage": usage_table(runs), "curves": loss_curves(runs, task)}
 
 
-def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: str) -> MoEResult:
+def stand_in(models, table_id: str) -> str | None:
+    """The model of ``models`` that stands in for the paper's model of ``table_id`` (by
+    :data:`PAPER_TABLES` and the model each paper table names), or None: Table 7 is
+    Mistral-7B's, so SmolLM2 (Table 1's stand-in), never Gemma-3-270M (Table 4's)."""
+    wanted = paper.entry(table_id)["model"]
+    return next((m for m in models if m in PAPER_TABLES
+                 and paper.entry(PAPER_TABLES[m])["model"] == wanted), None)
+
+
+def table7_comparison(table7: pd.DataFrame, ours: str, model: str) -> pd.DataFrame:
+    """Our Table 7 beside the paper's: average accuracy (%) and the paired t-test's p per
+    baseline family. p-values are not subtracted (no difference), and the reference row
+    LayerIF, which has no p in either, is left out of the p-value rows."""
+    mine = table7[["average accuracy", "t-test p (per setting)"]].rename(
+        index={ours: "LayerIF"},
+        columns={"average accuracy": "Average Accuracy", "t-test p (per setting)": "p-value"})
+    mine["Average Accuracy"] *= 100
+    out = paper.compare(mine, "table7", note=f"{model}; averages over the settings run here")
+    out.loc[out.index.get_level_values("column") == "p-value", "difference"] = np.nan
+    return out.dropna(subset=["paper", "ours"], how="all")
+
+
+def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: str,
+                    identical: pd.DataFrame | None = None) -> MoEResult:
     """Notebook 03's result from its runs (model -> ``{MoESetting: MoERun}``), run log and
     parameters (``ours``, ``n_eval``, each plan's first task for the loss curves)."""
     ours = params.get("ours", "LayerIF +ve")
     models = {m: model_tables(m, r, ours, params["n_eval"], params["plans"][m]["tasks"][0])
               for m, r in runs.items()}
-    first = next(iter(models))  # its Table 7 beside the paper's (ours is the paper's "LayerIF")
-    average = models[first]["table7"][["average accuracy"]].rename(
-        index={ours: "LayerIF"}, columns={"average accuracy": "Average Accuracy"})
-    return MoEResult(runs, models, log, paper.compare(
-        average, "table7", scale=100, note=f"{first}; averages over the settings run here"),
-        sizes, ours)
+    model = stand_in(models, "table7")  # Table 7 is Mistral-7B's: its stand-in's runs
+    table7 = (table7_comparison(models[model]["table7"], ours, model) if model is not None
+              else pd.DataFrame())
+    if identical is None:
+        identical = pd.DataFrame({"identical allocations": pd.Series(dtype=object)})
+    return MoEResult(runs, models, log, table7, sizes, ours, identical)
 
 
 def table(result: MoEResult, name: str) -> pd.DataFrame:

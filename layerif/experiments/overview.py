@@ -10,10 +10,12 @@ import pandas as pd
 from .. import data
 from ..models import describe, load_model, transformer_blocks
 
-__all__ = ["NOTEBOOK", "Overview", "block_check", "example_table", "model_row", "overlap_check",
+__all__ = ["NOTEBOOK", "PAPER_MODELS", "Overview", "block_check", "conclusion", "example_table", "model_row", "overlap_check",
            "run", "verdicts"]
 
 NOTEBOOK = "00_model_and_data"
+#: The paper's model each embedded model stands in for: (name, parameters in billions, blocks).
+PAPER_MODELS = {"smollm2-135m": ("Mistral-7B-v0.1", 7.24, 32), "gemma3-270m": ("Gemma-7B", 8.54, 28)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,20 @@ def block_check(result: Overview) -> str:
 def overlap_check(result: Overview) -> str:
     """The tasks read and their training texts found in the test split, in all."""
     return f"tasks: {len(result.overlaps)} | train/test overlaps: {int(result.overlaps.sum())}"
+
+
+def conclusion(result: Overview):
+    """What the numbers say, per model: its size and depth beside the paper model it stands
+    in for (:data:`PAPER_MODELS`), as rendered Markdown."""
+    from .prose import bullets
+
+    lines = []
+    for name, row in result.models.iterrows():
+        paper, billions, blocks = PAPER_MODELS.get(name, ("(no paper model)", float("nan"), 0))
+        lines.append(f"{name} stands in for {paper}: {row['parameters (M)']:.0f}M parameters, "
+                     f"{billions * 1e3 / row['parameters (M)']:.0f}x fewer than its "
+                     f"{billions:g}B, in {row['blocks']} blocks against its {blocks}.")
+    return bullets(lines)
 
 
 def verdicts(result: Overview, level: float = 0.05) -> list:

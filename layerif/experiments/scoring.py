@@ -18,10 +18,11 @@ from .. import data, distributed, plots, stats, store
 from .._config import check
 from ..models import load_model
 from ..scores import LayerScores, ScoreConfig, layer_scores, score_identity
+from .prose import bullets
 from .verdict import Verdict, interval, profile_reading, profile_verdict
 
 __all__ = ["NOTEBOOK", "POOL", "PRUNING_TASKS", "Profiles", "aggregated_scores",
-           "check_sizes", "fingerprint", "label_examples", "load_scores", "profile_figures",
+           "check_sizes", "conclusion", "fingerprint", "label_examples", "load_scores", "profile_figures",
            "profile_interval", "profile_similarity", "pruning_pool", "run", "score_frame",
            "score_tasks", "scores_dir", "similarity_figures", "summary", "task_examples",
            "task_label", "verdicts"]
@@ -261,7 +262,7 @@ def run(params: dict, profile: str = "smoke", results=None) -> Profiles:
     profiles = {m: score_frame(r, "positive", normalise=True) for m, r in runs.items()}
     similar = {m: profile_similarity(f) for m, f in profiles.items()}
     first = next(iter(runs))
-    return Profiles(pd.concat(runs, names=["model"]), profiles,
+    return Profiles(pd.concat(runs, names=["model"]).drop(columns="path"), profiles,
                     {m: corr for m, (corr, _) in similar.items()},
                     pd.DataFrame({m: row for m, (_, row) in similar.items()}).T,
                     load_scores(results, first, runs[first].index[0][0], "datainf").table())
@@ -287,6 +288,11 @@ def summary(result: Profiles) -> str:
         f"{m}: {int(r['tasks'])} tasks, mean Spearman between task profiles "
         f"{r['mean pairwise Spearman']:.2f} (range {r['min']:.2f} to {r['max']:.2f}): "
         f"{profile_reading(r['mean pairwise Spearman'])}." for m, r in result.summary.iterrows())
+
+
+def conclusion(result: Profiles):
+    """:func:`summary` as rendered Markdown."""
+    return bullets(summary(result))
 
 
 def profile_interval(profiles: pd.DataFrame, n_boot: int = 1000, seed: int = 0,

@@ -10,9 +10,10 @@ import pandas as pd
 from .. import allocate, baselines, plots, store
 from ..models import describe, load_model
 from .allocation import EPSILON, block_alpha, outlier_ratios
+from .prose import bullets
 from .scoring import POOL, fingerprint, load_scores
 
-__all__ = ["CHECKS", "NOTEBOOK", "Sparsity", "checks", "figures", "global_sparsity", "run",
+__all__ = ["CHECKS", "NOTEBOOK", "Sparsity", "check_line", "checks", "conclusion", "figures", "global_sparsity", "run",
            "sparsity_allocations", "spread", "study_sparsity", "summary", "verdicts"]
 
 NOTEBOOK = "04_sparsity_allocation"
@@ -133,6 +134,19 @@ def summary(result: Sparsity) -> str:
             f"{lif.corr(w.loc['OWL'], method='spearman'):.2f}; smoothing changes the raw ratios "
             f"by {(lif - raw).abs().mean():.3f} on average.")
     return "\n".join(lines)
+
+
+def conclusion(result: Sparsity):
+    """:func:`summary` as rendered Markdown."""
+    return bullets(summary(result))
+
+
+def check_line(result: Sparsity, tolerance: float = 1e-6) -> str:
+    """One line: does every allocation's parameter-weighted sparsity equal the target?"""
+    frame = checks(result)["global sparsity"]
+    worst = float((frame - result.target).abs().max().max())
+    return (f"{frame.size} allocations; parameter-weighted sparsity equals the target "
+            f"{result.target:g} within {tolerance:g}: {worst <= tolerance}")
 
 
 def verdicts(result: Sparsity, level: float = 0.05) -> list:
