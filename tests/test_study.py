@@ -226,7 +226,8 @@ def test_failed_run_keeps_previous_notebook_marked_failed(root):
     assert out.read_bytes() == before
     folder = out.parent
     left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert left == [".stamps/toy.failed.ipynb", ".stamps/toy.failed.json", "toy.ipynb"]
+    assert left == [".stamps/toy.failed.ipynb", ".stamps/toy.failed.json",
+                    ".stamps/toy.stderr.txt", "toy.ipynb"]  # the kept run's stderr, out of the book
     row = study.status("cpu", root).loc["toy"]
     assert row["state"] == "failed" and "x=99 is the planted failure" in row["message"]
     # Same inputs as the kept notebook, yet it re-runs: a failed attempt is never skipped.
