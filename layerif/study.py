@@ -65,6 +65,9 @@ import yaml
 
 from . import notebook_record as rec
 from . import store
+from .notebook_params import (cell_params, check_param_types, list_notebooks, load_params,  # noqa: F401
+                              needs_of, notebook_source, parameter_defaults, parameter_names,
+                              read_params_file)
 from ._config import check
 
 log = logging.getLogger(__name__)
@@ -132,52 +135,6 @@ def executed_dir(profile: str, root: str | Path | None = None) -> Path:
     return results_dir(profile, root) / "executed"
 
 
-def list_notebooks(root: str | Path | None = None) -> list[str]:
-    """Notebook names (file stems under ``notebooks/``) in run order."""
-    folder = Path(root or repo_root()) / "notebooks"
-    return sorted(p.stem for p in folder.glob("*.md"))
-
-
-def _source(name: str, root: Path) -> Path:
-    source = root / "notebooks" / f"{name}.md"
-    check(source.exists(), "name", name, f"a notebook: one of {list_notebooks(root)}")
-    return source
-
-
-def load_params(name: str, profile: str, root: str | Path | None = None) -> dict:
-    """The papermill parameters of notebook ``name`` for ``profile`` (``{}`` if no file).
-
-    ``profile`` itself is always injected, so notebooks know where to write results.
-    """
-    _check_profile(profile)
-    path = Path(root or repo_root()) / "params" / profile / f"{name}.yaml"
-    params = {}
-    if path.exists():
-        params = yaml.safe_load(path.read_text()) or {}
-        check(isinstance(params, dict), str(path), params, "a mapping of parameter names to values")
-    params.setdefault("profile", profile)
-    return params
-
-
-def needs_of(name: str, root: str | Path | None = None) -> list[str]:
-    """The notebooks ``name`` reads results from (its front matter's ``layerif.needs``).
-
-    Raises:
-        ValueError: ``needs`` is not a list of names of notebooks earlier in run order.
-    """
-    import jupytext
-
-    root = Path(root or repo_root())
-    meta = jupytext.read(_source(name, root)).metadata.get("layerif", {})
-    needs = meta.get("needs", []) if isinstance(meta, dict) else meta
-    order = list_notebooks(root)
-    earlier = order[: order.index(name)]
-    ok = isinstance(needs, list) and all(isinstance(n, str) and n in earlier for n in needs)
-    check(ok, f"notebooks/{name}.md layerif.needs", needs,
-          f"a list of notebooks earlier in run order (from {earlier})")
-    return list(needs)
-
-
 def _failure_marker(out_dir: Path, name: str) -> Path:
     return out_dir / ".stamps" / f"{name}.failed.json"
 
@@ -190,7 +147,7 @@ def _current_inputs(name: str, profile: str, root: Path, out_dir: Path,
     refs = {n: rec.upstream_ref(rec.read_record(out_dir / f"{n}.ipynb"))
             for n in needs_of(name, root)}
     missing = [n for n, ref in refs.items() if ref is None]
-    return rec.make_inputs(_source(name, root).read_bytes(), profile, merged, refs), missing
+    return rec.make_inputs(notebook_source(name, root).read_bytes(), profile, merged, refs), missing
 
 
 def run_notebook(
@@ -317,116 +274,6 @@ def quiet_outputs(nb):
         if cell.cell_type == "code":
             cell.outputs = kept
     return nb, "".join(removed)
-
-
-def read_params_file(path: str | Path) -> dict:
-    """The parameters in a YAML file (``--params FILE``): a mapping of names to values.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not YAML, or not a non-empty mapping with string keys.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--params {str(path)!r} does not exist: expected a YAML file "
-                                "of parameter names and values, e.g. 'n_examples: 20'")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        params = f"unreadable YAML ({str(err).splitlines()[0]})"
-    ok = isinstance(params, dict) and params and all(isinstance(k, str) for k in params)
-    check(ok, f"--params {str(path)!r}", params,
-          "a YAML mapping of parameter names to values, e.g. 'n_examples: 20'")
-    return params
-
-
-def _parameter_assignments(name: str, root: str | Path | None = None) -> list[tuple]:
-    """``(name, value node)`` of every assignment in notebook ``name``'s parameters cell."""
-    import ast
-
-    import jupytext
-
-    nb = jupytext.read(_source(name, Path(root or repo_root())))
-    out = []
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            for node in ast.parse(cell.source).body:
-                targets = node.targets if isinstance(node, ast.Assign) else (
-                    [node.target] if isinstance(node, ast.AnnAssign) else [])
-                out += [(t.id, node.value) for t in targets if isinstance(t, ast.Name)]
-    return out
-
-
-def parameter_names(name: str, root: str | Path | None = None) -> list[str]:
-    """The names assigned in notebook ``name``'s cell tagged ``parameters``, in order."""
-    return list(dict.fromkeys(n for n, _ in _parameter_assignments(name, root)))
-
-
-def parameter_defaults(name: str, root: str | Path | None = None) -> dict:
-    """The literal values the parameters cell assigns (``{name: value}``; a name assigned
-    an expression that is not a literal is left out)."""
-    import ast
-
-    out = {}
-    for key, node in _parameter_assignments(name, root):
-        try:
-            out[key] = ast.literal_eval(node) if node is not None else None
-        except ValueError:
-            out.pop(key, None)
-    return out
-
-
-_TYPE_NAMES = {bool: "a bool", int: "an int", float: "a number", str: "a string",
-               list: "a list", tuple: "a list", dict: "a mapping"}
-
-
-def _type_name(value) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _fits(value, like) -> bool:
-    """``value`` (from YAML) has the type of the parameter cell's ``like``: bools only for
-    bools, ints or floats for numbers, lists for lists or tuples (element by element when
-    ``like``'s elements share one type), mappings for dicts; anything fits None."""
-    if like is None:
-        return True
-    if isinstance(like, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(like, bool)
-    if isinstance(like, (int, float)):
-        return isinstance(value, int) or (isinstance(value, float) and isinstance(like, float))
-    if isinstance(like, (list, tuple)):
-        if not isinstance(value, list):
-            return False
-        kinds = {type(x) for x in like}
-        return len(kinds) != 1 or all(_fits(x, like[0]) for x in value)
-    if isinstance(like, dict):
-        return isinstance(value, dict)
-    return isinstance(value, type(like))
-
-
-def check_param_types(name: str, profile: str, params: dict, where: str,
-                      root: str | Path | None = None) -> None:
-    """Raise ``ValueError`` naming the first parameter whose value's type differs from its
-    default's in the parameters cell (the profile's value where the cell's is None), e.g.
-    ``models: smollm2-135m`` where a list is expected, before anything runs."""
-    defaults = parameter_defaults(name, root)
-    profile_values = load_params(name, profile, root)
-    for key, value in params.items():
-        like = defaults.get(key)
-        like = profile_values.get(key) if like is None else like
-        check(_fits(value, like), f"{where} {key}", value,
-              f"{_type_name(like)} like the default {like!r} of {name}'s parameters cell")
-
-
-def cell_params(name: str, namespace: dict, root: str | Path | None = None) -> dict:
-    """Notebook ``name``'s parameters as its cells see them: ``{name: namespace[name]}`` for
-    every name its ``parameters`` cell assigns (papermill's injected values included).
-
-    A notebook passes ``globals()``; the result is what its experiment's ``run`` takes."""
-    names = parameter_names(name, root)
-    absent = [n for n in names if n not in namespace]
-    check(not absent, "namespace", sorted(namespace)[:8], f"a namespace defining {absent}")
-    return {n: namespace[n] for n in names}
 
 
 def params_dir(profile: str, params: dict, root: str | Path | None = None) -> Path:
