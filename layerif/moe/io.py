@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import store
+from ..block_csv import read_block_column
 from ..models import model_id
 from .attach import MoEConfig, attach, moe_layers, moe_table
 
@@ -39,33 +40,10 @@ def read_experts(path: str | Path) -> pd.Series:
         ValueError: not such a CSV, a non-integer block index, or a count that is not a
             whole number >= 1 (2.5, NaN, text): the message names the file and the row.
     """
-    path = Path(path)
-    what = f"--allocation {str(path)!r}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} does not exist: expected a CSV of experts per block "
-                                "(as `layerif allocate experts ... --out FILE` writes)")
-    try:
-        frame = pd.read_csv(path, index_col=0)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} is not a readable CSV ({str(err).splitlines()[0]}): "
-                         "expected columns layer,experts") from None
-    if "experts" not in frame.columns and frame.shape[1] != 1:
-        raise ValueError(f"{what} has columns {[frame.index.name] + list(frame.columns)}: "
-                         "expected the block index first, then an 'experts' column (or a "
-                         "single column of counts)")
-    if len(frame) == 0:
-        raise ValueError(f"{what} has no rows: expected one expert count per block")
-    if not pd.api.types.is_integer_dtype(frame.index.dtype):
-        raise ValueError(f"{what} is indexed by {list(frame.index)[:6]}: expected block "
-                         "indices 0..L-1 in the first column")
-    column = frame["experts" if "experts" in frame.columns else frame.columns[0]]
-    values = pd.to_numeric(column, errors="coerce")
-    for layer, raw, value in zip(frame.index, column, values):
-        if not (value >= 1 and float(value).is_integer()):  # NaN, 2.5, 0, text fail
-            raise ValueError(f"{what} row {layer} has experts {raw!r}: expected a whole "
-                             "number >= 1 of experts per block")
-    return pd.Series(values.to_numpy(dtype=int), index=pd.Index(frame.index.astype(int),
-                     name="layer"), name="experts").sort_index()
+    values = read_block_column(path, "experts", lambda v: v >= 1 and v.is_integer(),
+                               "a whole number >= 1 of experts per block",
+                               "layerif allocate experts")
+    return values.astype(int)
 
 
 def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -20,6 +20,7 @@ import pandas as pd
 from torch import nn
 
 from .. import store
+from ..block_csv import read_block_column
 from ..evaluate.run import NONFINITE_OK, evaluation_table
 from ..evaluate.suite import EvalConfig
 from .config import PruneConfig
@@ -70,38 +71,9 @@ def read_allocation(path: str | Path) -> pd.Series:
         ValueError: not a CSV of that form, a non-integer block index, or a ratio outside
             ``[0, 1)``.
     """
-    path = Path(path)
-    what = f"--allocation {str(path)!r}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} does not exist: expected a CSV of per-block ratios "
-                                "(as `layerif allocate sparsity ... --out FILE` writes)")
-    try:
-        frame = pd.read_csv(path, index_col=0)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} is not a readable CSV ({str(err).splitlines()[0]}): "
-                         "expected columns layer,sparsity") from None
-    if "sparsity" in frame.columns:
-        column = frame["sparsity"]
-    elif frame.shape[1] == 1:
-        column = frame.iloc[:, 0]
-    else:
-        raise ValueError(f"{what} has columns {[frame.index.name] + list(frame.columns)}: "
-                         "expected the block index first, then a 'sparsity' column (or a "
-                         "single column of ratios)")
-    if len(frame) == 0:
-        raise ValueError(f"{what} has no rows: expected one ratio per block")
-    if not pd.api.types.is_integer_dtype(frame.index.dtype):
-        raise ValueError(f"{what} is indexed by {list(frame.index)[:6]}: expected block "
-                         "indices 0..L-1 in the first column")
-    values = pd.to_numeric(column, errors="coerce")
-    for layer, (raw, value) in enumerate(zip(column, values)):
-        if not (0.0 <= value < 1.0):  # NaN fails too
-            raise ValueError(f"{what} row {frame.index[layer]} has sparsity {raw!r}: expected "
-                             "ratios in [0, 1)")
-    ratios = pd.Series(values.to_numpy(dtype=float), index=frame.index.astype(int),
-                       name="sparsity").sort_index()
-    ratios.index.name = "layer"
-    return ratios
+    values = read_block_column(path, "sparsity", lambda v: 0.0 <= v < 1.0,
+                               "ratios in [0, 1)", "layerif allocate sparsity")
+    return values.astype(float)
 
 
 def _check_allocation(allocation) -> pd.Series | float:
