@@ -16,7 +16,7 @@ from layerif.experiments import moe_tables as tables
 from layerif.experiments import scoring
 from layerif.experiments import moe as moe_study
 from layerif.experiments.moe import BASE, LORA, MoERun, MoESetting, MoEStudy, grid
-from layerif.experiments.verdict import decide
+from layerif.experiments.verdict import UNTESTABLE
 from layerif.moe.usage import load_summary, router_load
 from layerif.train import TrainConfig, collate
 
@@ -201,9 +201,10 @@ def test_notebook_verdicts_restate_table7_with_the_one_rule():
     r = t7.loc["AlphaLora"]
     diff = r["LayerIF +ve - baseline"]
     assert rows[0].ours == f"{100 * diff:+.1f} points over 4 settings (seed spread {100 * noise:.1f})"
-    assert rows[0].p == r["bootstrap p"] and rows[0].statistic == diff
+    assert rows[0].p == r["bootstrap p"] and rows[0].statistic == pytest.approx(100 * diff)
     assert rows[0].interval == f"[{100 * r['bootstrap CI low']:+.2f}, {100 * r['bootstrap CI high']:+.2f}] points"
-    assert rows[0].verdict == decide(diff, [r["bootstrap p"], r["t-test p (per setting)"]], 0.05, noise)
+    # every gold label is 0, so the bar is "always answer 0" (100%): no task can rank the methods
+    assert rows[0].verdict == UNTESTABLE and "chance bar" in rows[0].test
     assert rows[0].paper == "82.28 vs 79.30 (table7, Average Accuracy)"  # the paper's Table 7
     paired = result.models["m"]["paired"]
     assert f"m: per task and baseline (one seed, McNemar), {int((paired['McNemar p'] < 0.05).sum())} of " \
@@ -331,3 +332,57 @@ def test_cli_sizes_and_recipe_come_from_the_profile_params():
         == (2, 1e-3, 8, 1, 2, 128)
     with pytest.raises(ValueError, match="params="):
         moe_study.single_run("smollm2-135m", "csqa", "MoLA 5555", params={"profile": "cpu"})
+
+
+# ----------------------------------------------------- issue 25: the right paper numbers, flagged
+def test_table7_is_compared_with_the_mistral_stand_in_whatever_the_order():
+    names = {"t1": "sst2", "t2": "csqa"}
+    runs = {MoESetting(s.method, names[s.task], s.per_block, s.seed): r for s, r in _runs().items()}
+    params = {"plans": {m: {"tasks": ["sst2"]} for m in ("gemma3-270m", "smollm2-135m")},
+              "n_eval": 30}
+    # Gemma first (alphabetical): Table 7 (Mistral-7B) must still pair with SmolLM2 (Table 1)
+    result = tables.notebook_tables({"gemma3-270m": runs, "smollm2-135m": runs}, pd.DataFrame(),
+                                    params, "sizes")
+    assert tables.stand_in(["gemma3-270m", "smollm2-135m"], "table7") == "smollm2-135m"
+    assert tables.stand_in(["gemma3-270m", "smollm2-135m"], "table4") == "gemma3-270m"
+    t7 = result.table7_paper
+    assert set(t7["note"].str.split(";").str[0]) == {"smollm2-135m"}
+    p_rows = t7.xs("p-value", level="column")
+    ours = result.models["smollm2-135m"]["table7"]
+    # every p-value shown was computed (no NaN), none is subtracted from the paper's
+    assert p_rows["ours"].notna().all() and p_rows["difference"].isna().all()
+    assert p_rows.loc["AlphaLora", "ours"] == pytest.approx(ours.loc["AlphaLora", "t-test p (per setting)"])
+    assert "LayerIF" not in p_rows.index
+    acc = t7.xs("Average Accuracy", level="column")
+    assert acc.loc["LayerIF", "ours"] == pytest.approx(100 * ours.loc["LayerIF +ve", "average accuracy"])
+    # Gemma's verdict rows quote Table 4 (Gemma-7B), SmolLM2's Table 7 (Mistral-7B)
+    rows = {(r.model, r.claim): r for r in moe_study.verdicts(result)}
+    gemma = rows[("gemma3-270m", "LayerIF allocation beats AlphaLora (LoRA-MoE)")]
+    assert gemma.paper == "87.81 vs 86.55 (table4, Average)" and gemma.where == "Table 4"
+    assert rows[("smollm2-135m", "LayerIF allocation beats Mola (LoRA-MoE)")].paper == \
+        "82.28 vs 78.97 (table7, Average Accuracy)"
+
+
+def test_seed_counts_are_marked_and_identical_allocations_found():
+    names = {"t1": "sst2", "t2": "csqa"}
+    runs = {MoESetting(s.method, names[s.task], s.per_block, s.seed): r for s, r in _runs().items()}
+    params = {"plans": {"m": {"tasks": ["sst2"]}}, "n_eval": 30}
+    result = tables.notebook_tables({"m": runs}, pd.DataFrame(), params, "sizes")
+    shown = tables.accuracy_shown(result)
+    two = tables.accuracy_table(runs, 5.0).loc["sst2", "AlphaLoRA"]  # seeds 0 and 1
+    assert shown.loc[("m", "sst2"), "AlphaLoRA"] == f"{100 * two:.1f}†"
+    assert shown.loc[("m", tables.AVERAGE), "AlphaLoRA"].endswith("†") is False
+    assert result.models["m"]["seeds"].loc["sst2", "AlphaLoRA"] == 2
+    one = {MoESetting(s.method, s.task, s.per_block, 0): r for s, r in runs.items() if s.seed == 0}
+    single = tables.notebook_tables({"m": one}, pd.DataFrame(), params, "sizes")
+    assert "†" not in "".join(tables.accuracy_shown(single).to_numpy().ravel())
+    alloc = pd.DataFrame([[1, 2, 3], [1, 2, 3], [2, 2, 2], [1, 2, 3]],
+                         index=pd.MultiIndex.from_tuples(
+                             [("LayerIF +ve", "a", 5.0), ("LayerIF All", "a", 5.0),
+                              ("LayerIF Top 25%", "a", 5.0), ("LayerIF All", "b", 5.0)],
+                             names=["method", "task", "per_block"]), columns=[0, 1, 2])
+    alloc["total"] = alloc.sum(axis=1)
+    found = tables.identical_allocations(alloc, set(alloc.index))
+    assert found["identical allocations"].to_dict() == {("a", 5.0): "LayerIF +ve = LayerIF All"}
+    # only trained settings count
+    assert tables.identical_allocations(alloc, {("LayerIF +ve", "a", 5.0)}).empty

@@ -79,8 +79,53 @@ def test_untestable_reason_at_chance_and_made_worse():
         V.untestable_reason([1, 0, 1])
 
 
-def test_verdict_rows_accept_the_new_verdicts_and_keep_inconclusive():
-    for v in V.FIVE_VERDICTS + (V.INCONCLUSIVE,):
+def test_verdict_rows_accept_the_five_verdicts_only():
+    for v in V.FIVE_VERDICTS:
         row = V.Verdict("c", "m", "w", "p", "o", "t", 0.5, "[0, 1]", v, "10")
         assert row.verdict == v
-    assert V.FIVE_VERDICTS == ("held", "not held", "ruled out at this scale", "underpowered", "untestable here")
+    assert V.FIVE_VERDICTS == V.VERDICTS == ("held", "not held", "ruled out at this scale", "underpowered",
+                                             "untestable here")
+    with pytest.raises(ValueError, match="^verdict="):
+        V.Verdict("c", "m", "w", "p", "o", "t", 0.5, "[0, 1]", "inconclusive at this scale", "10")
+
+
+def test_untestable_carries_no_power_figures():
+    got = V.decide_effect(-1.0, 1.0, 3.0, mde=4.0, n_needed=900.0, untestable="dense model at chance")
+    assert got.verdict == V.UNTESTABLE and math.isnan(got.mde) and math.isnan(got.n_needed)
+    assert got.effect == 3.0
+
+
+def test_decided_builds_the_row_from_the_decision():
+    decision = V.decide_effect(-2.5, 0.4, 3.0, mde=4.4, n_needed=4.0)
+    row = V.decided(decision, -2.5, 0.4, unit="points", n_unit="settings", claim="c", model="m",
+                    where="w", paper="p", ours="o", test="t", p=0.2, notebook="n", statistic=-1.0)
+    assert row.verdict == V.RULED_OUT and row.interval == "[-2.50, +0.40] points"
+    assert (row.effect, row.ci_low, row.ci_high, row.mde, row.n_needed) == (3.0, -2.5, 0.4, 4.4, 4.0)
+    shown = V.verdict_table([row]).iloc[0]
+    assert list(shown.index) == V.COLUMNS
+    assert (shown["paper effect d"], shown["MDE"], shown["n needed"]) == ("+3 points", "4.4 points", "4 settings")
+    unreachable = V.decided(V.decide_effect(-2.0, 5.0, 3.0, mde=math.inf, n_needed=math.inf), -2.0, 5.0,
+                            unit="points", n_unit="examples", claim="c", model="m", where="w", paper="p",
+                            ours="o", test="t", p=0.2, notebook="n")
+    shown = V.verdict_table([unreachable]).iloc[0]
+    assert (shown["MDE"], shown["n needed"], shown["verdict"]) == ("none at this n", "unreachable", V.UNDERPOWERED)
+
+
+def test_rows_with_nan_fields_compare_equal():
+    a = V.Verdict("c", "m", "w", "p", "o", "t", float("nan"), "[0, 1]", V.HELD, "10", statistic=float("nan"))
+    b = V.Verdict("c", "m", "w", "p", "o", "t", float("nan"), "[0, 1]", V.HELD, "10", statistic=float("nan"))
+    assert a == b and a != V.Verdict("c", "m", "w", "p", "o", "t", 0.5, "[0, 1]", V.HELD, "10")
+
+
+def test_tally_counts_the_five_per_notebook_against_a_hand_count():
+    verdicts = [V.HELD, V.HELD, V.RULED_OUT, V.UNTESTABLE, V.NOT_HELD, V.UNDERPOWERED, V.UNTESTABLE]
+    books = ["01", "03", "03", "03", "05", "05", "05"]
+    rows = [V.Verdict("c", "m", "w", "p", "o", "t", 0.5, "[0, 1]", v, b) for v, b in zip(verdicts, books)]
+    counts = V.tally(rows)
+    assert list(counts.columns) == list(V.VERDICTS) and list(counts.index) == ["01", "03", "05", "all"]
+    for book in ("01", "03", "05"):
+        for v in V.VERDICTS:
+            want = sum(1 for vv, bb in zip(verdicts, books) if vv == v and bb == book)
+            assert counts.at[book, v] == want
+    assert counts.loc["all"].tolist() == [2, 1, 1, 1, 2]
+    assert V.tally(V.verdict_table(rows)).equals(counts)

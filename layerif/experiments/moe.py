@@ -34,7 +34,7 @@ from typing import Mapping
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import baselines, paper, store
+from .. import baselines, store
 from .._config import check
 from ..evaluate.choices import choice_logliks
 from ..models import load_model, model_id
@@ -43,10 +43,12 @@ from ..moe.io import read_experts
 from ..moe.usage import load_summary, router_load
 from ..train import TrainConfig, collate, finetune, tokenize_texts
 from . import moe_tables as tables
+from . import moe_verdicts
 from .allocation import block_alpha, expert_allocations
 from .moe_tables import BASE, LORA, MoEResult
 from .scoring import aggregated_scores, label_examples
-from .verdict import Verdict, decide, interval
+from .prose import bullets
+from .verdict import Verdict
 
 __all__ = ["BASE", "KIND", "LORA", "NOTEBOOK", "MoEResult", "MoERun", "MoESetting", "MoEStudy",
            "grid", "method_folder", "recipe", "run", "single_run", "summary",
@@ -272,40 +274,42 @@ def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
     check(len(params["plans"]) > 0, "plans", params["plans"], "at least one model's plan")
     results = Path(results or store.results_dir(profile))
     moe_config, train_config = recipe(params)
-    runs, logs = {}, {}
+    runs, logs, identical = {}, {}, {}
     for model, plan in params["plans"].items():
         study = MoEStudy(results, model, params["labels"], moe_config, train_config,
-                         params["n_train"], params["n_eval"])
+                         params["n_train"], params["n_eval"], progress=False)
         runs[model], logs[model] = study.run_all(grid(**plan)), study.log
+        trained = {(s.method, s.task, s.per_block) for s in runs[model]}
+        identical[model] = tables.identical_allocations(study.allocations(), trained)
     log = pd.concat(logs, names=["model", "run"])
     cold = log[["train_seconds", "eval_seconds"]].to_numpy().sum() / 60
     sizes = (f"{len(log)} runs of {', '.join(runs)}; {params['n_train']} training and "
-             f"{params['n_eval']} held-out examples per task; adapter {moe_config}; recipe "
-             f"{train_config}; cold cost of the runs (stored training + evaluation seconds): "
-             f"{cold:.1f} min")
-    return tables.notebook_tables(runs, log, params, sizes)
+             f"{params['n_eval']} held-out examples per task; cold cost of the runs (stored "
+             f"training + evaluation seconds): {cold:.1f} min")
+    return tables.notebook_tables(runs, log, params, sizes,
+                                  pd.concat(identical, names=["model"]))
+
+
+def recipe_table(params: Mapping) -> pd.DataFrame:
+    """The adapter and the fine-tuning recipe every method gets, one row per setting
+    (``part``: adapter | training; the fields of :class:`MoEConfig` and :class:`TrainConfig`
+    that define a run, i.e. without progress bars)."""
+    moe_config, train_config = recipe(params)
+    rows = [("adapter", k, v) for k, v in moe_config.identity().items()]
+    rows += [("training", k, v) for k, v in train_config.identity().items()]
+    rows += [("data", "training examples per task", params["n_train"]),
+             ("data", "held-out examples per task", params["n_eval"])]
+    frame = pd.DataFrame(rows, columns=["part", "setting", "value"]).set_index(["part", "setting"])
+    frame["value"] = frame["value"].map(lambda v: "all" if v is None else str(v))
+    return frame
 
 
 def verdicts(result: MoEResult, level: float = 0.05) -> list[Verdict]:
     """Tables 1 / 4 / 7 and Fig. 2: LayerIF's experts beat each baseline family of Table 7, per
-    model, by :func:`.verdict.decide` on the paired bootstrap and the paired t-test of
-    :func:`.moe_tables.versus`, beyond the mean seed-to-seed range."""
-    rows, ours = [], result.ours
-    best = paper.table("table7")
-    for model, found in result.models.items():
-        noise = found["noise"]
-        for family, r in found["table7"].drop(index=ours).iterrows():
-            diff, p_t, p_b = r[f"{ours} - baseline"], r["t-test p (per setting)"], r["bootstrap p"]
-            rows.append(Verdict(
-                f"LayerIF allocation beats {family} (LoRA-MoE)", model, "Tables 1, 4, 7; Fig. 2",
-                f"{best.at['LayerIF', 'Average Accuracy']:.2f} vs "
-                f"{best.at[family, 'Average Accuracy']:.2f} (table7, Average Accuracy)",
-                f"{100 * diff:+.1f} points over {int(r['settings'])} settings "
-                f"(seed spread {100 * noise:.1f})",
-                "paired bootstrap over examples (and paired t over settings)", float(p_b),
-                interval(r["bootstrap CI low"], r["bootstrap CI high"], 100, " points"),
-                decide(diff, [p_b, p_t], level, noise), NOTEBOOK, float(diff)))
-    return rows
+    model, by the paper's d (:func:`.verdict.decide_effect` on the paired bootstrap interval;
+    MDE and n needed from the paired t over settings; tasks the comparison cannot test left
+    out): :func:`.moe_verdicts.verdicts`."""
+    return moe_verdicts.verdicts(result, level)
 
 
 def summary(result: MoEResult, level: float = 0.05) -> str:
@@ -315,7 +319,15 @@ def summary(result: MoEResult, level: float = 0.05) -> str:
     paired = {m: t["paired"] for m, t in result.models.items() if len(t["paired"])}
     lines += [f"{m}: per task and baseline (one seed, McNemar), {int((p['McNemar p'] < level).sum())}"
               f" of {len(p)} differences significant at {level}." for m, p in paired.items()]
+    lines += [f"{m}: {t} at {pb:g} experts per block: {names} give the same experts per "
+              "block, so their rows are one allocation trained twice."
+              for (m, t, pb), names in result.identical["identical allocations"].items()]
     return "\n".join(lines)
+
+
+def conclusion(result: MoEResult, level: float = 0.05):
+    """:func:`summary` as rendered Markdown."""
+    return bullets(summary(result, level))
 
 
 def recipe(params: Mapping) -> tuple[MoEConfig, TrainConfig]:
