@@ -60,7 +60,6 @@ NO_COMPARISON_TABLE_YET = {
     "01_layer_scores": "Fig. 1 prints no numbers: the claim is discussed in prose",
     "02_expert_allocation": "Fig. 4 prints no numbers: no paper | ours table yet",
     "04_sparsity_allocation": "the paper prints no per-block sparsities: no table yet",
-    "08_ablation_granularity": "the per-block vs per-matrix claim is printed as text",
 }
 
 
@@ -601,10 +600,9 @@ def test_figures_are_shown_at_their_own_size(html_dir, reader):
 # Notebook pages other helpers are still rewriting (issue 25): their figures have no caption
 # yet, their prose still types numbers. Strict xfails: a page that meets the rule fails here
 # until it is taken off the list.
-UNCAPTIONED_YET = {"05_pruning", "07_ablation_smoothing", "08_ablation_granularity",
-                   "09_influence_validation"}
-TYPED_NUMBERS_YET = {"05_pruning", "07_ablation_smoothing", "08_ablation_granularity",
-                     "09_influence_validation", "10_summary"}
+# (Empty since part 2: 05, 07-10 meet both rules once executed from the current sources.)
+UNCAPTIONED_YET: set[str] = set()
+TYPED_NUMBERS_YET: set[str] = set()
 
 
 def uncaptioned(page: Page) -> list[str]:
@@ -682,6 +680,29 @@ def test_no_number_is_typed_in_notebook_prose(name):
     found = {i: words for i, words in found.items() if words}
     assert not found, (f"notebooks/{name}.md types numbers in prose (glue them or print them "
                        f"from a package function): {found}")
+
+
+def glued_text(notebook: Path, key: str) -> str:
+    """The text of the HTML that ``notebook`` (executed) glues under ``key`` (myst-nb glue),
+    whitespace collapsed; "" when it glues nothing under that key."""
+    import nbformat
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            scrap = output.get("metadata", {}).get("scrapbook", {})
+            if scrap.get("name") == key:
+                html = output["data"][scrap.get("mime_prefix", "") + "text/html"]
+                return " ".join(Page(html).text.split())
+    return ""
+
+
+def test_the_landing_page_shows_notebook_10s_computed_summary(pages):
+    """Cross-document glue (``{glue}`` with ``:doc:``): the landing page pastes the summary
+    notebook 10 computed, word for word, so it never types a number of its own."""
+    summary = glued_text(CHECKOUT / "book" / "executed" / "10_summary.ipynb", "study_summary")
+    assert "claim rows" in summary, "notebook 10 glues no study_summary: re-execute it"
+    landing = " ".join(pages["book/intro.html"].text.split())
+    assert summary in landing, "book/intro.md does not show notebook 10's glued summary"
 
 
 def test_the_layout_check_finds_a_clipped_table(reader, tmp_path):

@@ -13,7 +13,8 @@ from layerif.experiments import approximation, retraining, validation
 from layerif.experiments import influence_validation as iv
 from layerif.experiments import validation_verdicts as vv
 from layerif.experiments import verdict as rules
-from layerif.experiments.verdict import HELD, INCONCLUSIVE, NOT_HELD, verdict_table
+from layerif.experiments.verdict import (HELD, NOT_HELD, RULED_OUT, UNDERPOWERED, UNTESTABLE,
+                                         verdict_table)
 from layerif.gradients import attached_lora, example_losses
 from test_blocks import restricted_losses
 
@@ -175,7 +176,7 @@ def _agreement(di: float, hf: float) -> pd.DataFrame:
 
 @pytest.mark.parametrize("di, hf, verdict, closer", [
     (0.93, 0.5, HELD, "DataInf"), (0.89, 0.5, NOT_HELD, "DataInf"),
-    (0.04, 0.58, NOT_HELD, "Hessian-free"), (np.nan, 0.58, INCONCLUSIVE, "DataInf")])
+    (0.04, 0.58, NOT_HELD, "Hessian-free"), (np.nan, 0.58, UNTESTABLE, "DataInf")])
 def test_approximation_verdict_uses_0_9_at_the_default_damping(di, hf, verdict, closer):
     row = vv.approximation_verdict(_agreement(di, hf), 0.1, "m").iloc[0]
     assert list(row.index) == vv.COLUMNS and row["verdict"] == verdict and row["model"] == "m"
@@ -203,7 +204,7 @@ def test_loo_verdicts_follow_the_interval_per_block():
     table = vv.loo_verdicts(_loo({-1: (0.1, 0.99), 3: (-0.9, -0.2), 5: (-0.3, 0.8),
                                   7: (np.nan, np.nan)}))
     assert list(table["subject"]) == ["block -1", "block 3", "block 5", "block 7"]
-    assert list(table["verdict"]) == [HELD, NOT_HELD, INCONCLUSIVE, INCONCLUSIVE]
+    assert list(table["verdict"]) == [HELD, NOT_HELD, UNDERPOWERED, UNTESTABLE]
     assert "DataInf predicts leave-one-out retraining of block -1 here (CI excludes 0)" in table["sentence"][0]
     assert "OPPOSITE" in table["sentence"][1] and "CI includes 0" in table["sentence"][2]
     assert table["sentence"][0].count("Best predictor: exact") == 1  # 0.9 > DataInf's 0.545
@@ -224,7 +225,7 @@ def test_gain_verdicts_one_row_per_task_and_method():
                               "csqa": _gains(0.2, 0.9)})
     assert list(table["subject"]) == ["sst2, datainf", "sst2, hessian_free", "mrpc, datainf",
                                       "mrpc, hessian_free", "csqa, datainf", "csqa, hessian_free"]
-    assert list(table["verdict"]) == [NOT_HELD, HELD, INCONCLUSIVE, HELD, HELD, HELD]
+    assert list(table["verdict"]) == [NOT_HELD, HELD, UNDERPOWERED, HELD, HELD, HELD]
     assert "ranks blocks OPPOSITE to the gain (CI below 0)" in table["sentence"][0]
     assert "no evidence" in table["sentence"][2] and "as the paper reads it" in table["sentence"][4]
     only = vv.gain_verdicts({"sst2": _gains(-1.0, -0.13)}, ("datainf",))
@@ -243,16 +244,17 @@ def _stability(ranks) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.mark.parametrize("ranks, subsets, verdicts", [
     ([0.81, 0.92], (0.8, 0.95), [HELD, HELD]),
-    ([0.71, 0.87], (0.26, 0.77), [INCONCLUSIVE, INCONCLUSIVE]),
+    ([0.71, 0.87], (0.26, 0.77), [RULED_OUT, RULED_OUT]),   # a case falls short of 0.8
     ([0.1, 0.45], (0.1, 0.49), [NOT_HELD, NOT_HELD]),
-    ([0.79, 0.99], (0.49, 0.5), [INCONCLUSIVE, INCONCLUSIVE])])
+    ([0.79, 0.99], (0.49, 0.5), [RULED_OUT, RULED_OUT]),
+    ([0.9, 0.95], (np.nan, 0.9), [HELD, UNTESTABLE])])
 def test_stability_verdicts_need_every_case_past_the_threshold(ranks, subsets, verdicts):
     sub = {"mean_pairwise_spearman": np.mean(subsets), "min_pairwise_spearman": subsets[0],
            "max_pairwise_spearman": subsets[1], "mean_experts_moved": 0.2, "n_subsets": 4}
     table = vv.stability_verdicts({"a": _stability(ranks)}, sub, "m")
     assert list(table["model"]) == ["a", "m"] and list(table["verdict"]) == verdicts
     assert table.loc[0, "value"] == pytest.approx(np.mean(ranks))
-    assert (table.loc[1, "low"], table.loc[1, "high"]) == subsets
+    assert [table.loc[1, "low"], table.loc[1, "high"]] == pytest.approx(list(subsets), nan_ok=True)
     assert "changes in 50% of replicates" in table.loc[0, "sentence"]
 
 
@@ -261,20 +263,22 @@ def test_stability_verdicts_need_every_case_past_the_threshold(ranks, subsets, v
     ([0.95, 0.85, 0.92], HELD, "from n = 32 on"),    # 16 falls below: settled only from 32
     ([0.96, 0.91, 0.93], HELD, "from n = 8 on"),
     ([0.2, 0.3, 0.4], NOT_HELD, "no smaller n reaches it"),
-    ([0.6, 0.95, 0.7], INCONCLUSIVE, "no smaller n reaches it")])
+    ([0.6, 0.95, 0.7], RULED_OUT, "no smaller n reaches it"),
+    ([0.6, 0.95, np.nan], UNTESTABLE, "no smaller n reaches it")])
 def test_sweep_verdict_reads_the_largest_smaller_n(rhos, verdict, enough):
     sweep = pd.DataFrame({"spearman": [*rhos, 1.0], "reference_n": 64},
                          index=pd.Index([8, 16, 32, 64], name="n_train"))
     row = vv.sweep_verdict(sweep).iloc[0]
-    assert row["verdict"] == verdict and row["value"] == rhos[-1] and enough in row["sentence"]
-    assert (row["low"], row["high"]) == (min(rhos), max(rhos))
+    assert row["verdict"] == verdict and row["value"] == pytest.approx(rhos[-1], nan_ok=True)
+    assert enough in row["sentence"]
+    assert (row["low"], row["high"]) == (np.nanmin(rhos), np.nanmax(rhos))
 
 
 def test_sweep_verdict_on_a_real_sweep_table():
     s = pd.Series([-5.0, -1.0, -3.0, -2.0, -4.0])
     sweep = validation.sweep_table({8: s.iloc[::-1].reset_index(drop=True), 16: s})
     row = vv.sweep_verdict(sweep).iloc[0]
-    assert row["value"] == pytest.approx(0.8) and row["verdict"] == INCONCLUSIVE
+    assert row["value"] == pytest.approx(0.8) and row["verdict"] == RULED_OUT
     with pytest.raises(ValueError, match="sweep="):
         vv.sweep_verdict(sweep.loc[[16]])
 
@@ -283,43 +287,58 @@ def test_sweep_verdict_on_a_real_sweep_table():
 
 @pytest.mark.parametrize("low, high, kw, expected", [
     (0.1, 0.9, {}, HELD),                 # a correlation's CI above 0
-    (0.0, 0.9, {}, INCONCLUSIVE),         # touching 0 is not above it
+    (0.0, 0.9, {}, UNDERPOWERED),         # touching 0 is not above it; the CI reaches above
     (-0.9, -0.1, {}, NOT_HELD),           # below 0
-    (-0.9, 0.0, {}, INCONCLUSIVE),        # touching 0 is not below it
-    (-0.5, 0.5, {}, INCONCLUSIVE),        # includes 0
-    (np.nan, np.nan, {}, INCONCLUSIVE),   # undefined
+    (-0.9, 0.0, {}, RULED_OUT),           # touching 0 is not below it; nothing above 0
+    (-0.5, 0.5, {}, UNDERPOWERED),        # includes 0
+    (np.nan, np.nan, {}, UNTESTABLE),     # undefined
+    (np.nan, 0.5, {}, UNTESTABLE),        # half undefined, and the defined end decides nothing
     (np.nan, -0.2, {}, NOT_HELD),         # only the defined end decides
     (0.9, 0.95, {"at_least": 0.9, "below": 0.5}, HELD),        # reaching the threshold holds
-    (0.85, 0.99, {"at_least": 0.9, "below": 0.5}, INCONCLUSIVE),
+    (0.85, 0.99, {"at_least": 0.9, "below": 0.5}, UNDERPOWERED),
+    (0.85, 0.99, {"at_least": 0.9, "below": 0.5, "over": "cases"}, RULED_OUT),  # 0.85 falls short
+    (0.6, 0.85, {"at_least": 0.9, "below": 0.5}, RULED_OUT),   # a CI wholly short of 0.9
     (0.2, 0.49, {"at_least": 0.9, "below": 0.5}, NOT_HELD),
-    (0.2, 0.5, {"at_least": 0.9, "below": 0.5}, INCONCLUSIVE),   # below is strict
+    (0.2, 0.5, {"at_least": 0.9, "below": 0.5}, RULED_OUT),    # below is strict
     (0.3, 0.3, {"above": 0.25, "below": 0.1}, HELD),            # a strict threshold other than 0
 ])
 def test_interval_verdict_every_branch(low, high, kw, expected):
     assert rules.interval_verdict(low, high, **kw) == expected
 
 
-def _old_rules(low, high, value):
-    """Notebook 09's four rules as written before they became one (validation_verdicts)."""
-    finite = np.isfinite
-    ci = HELD if finite(low) and low > 0 else NOT_HELD if finite(high) and high < 0 else INCONCLUSIVE
-    stable = (HELD if finite(low) and low >= 0.8 else NOT_HELD if finite(high) and high < 0.5
-              else INCONCLUSIVE)
-    approx = INCONCLUSIVE if not finite(value) else HELD if value >= 0.9 else NOT_HELD
-    sweep = INCONCLUSIVE if not finite(value) else (
-        HELD if value >= 0.9 else NOT_HELD if value < 0.5 else INCONCLUSIVE)
-    return ci, stable, approx, sweep
+def _set_reading(low, high, claimed, opposite, over):
+    """The threshold rule read on the interval as a set of points (an independent reference):
+    every point claimed -> held, every point opposite -> not held; a CI with some claimed
+    point -> underpowered; else ruled out. An undefined end: the defined end alone (as a
+    one-point set) can still be held / not held, else untestable."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        if np.isfinite(low) and claimed(low):
+            return HELD
+        if np.isfinite(high) and opposite(high):
+            return NOT_HELD
+        return UNTESTABLE
+    points = np.linspace(low, high, 4001) if low <= high else np.array([low, high])
+    if all(claimed(x) for x in points):
+        return HELD
+    if all(opposite(x) for x in points):
+        return NOT_HELD
+    return UNDERPOWERED if over == "ci" and any(claimed(x) for x in points) else RULED_OUT
 
 
-def test_interval_verdict_gives_the_four_old_rules_on_every_input():
+def test_interval_verdict_equals_reading_the_interval_as_a_set_of_points():
     grid = [np.nan, -1.0, -0.1, 0.0, 0.1, 0.49, 0.5, 0.79, 0.8, 0.89, 0.9, 0.95, 1.0]
-    for low, high in itertools.product(grid, grid):
-        ci, stable, approx, sweep = _old_rules(low, high, low)
-        assert rules.interval_verdict(low, high) == ci
-        assert rules.interval_verdict(low, high, at_least=vv.STABLE, below=vv.UNSTABLE) == stable
-        assert rules.interval_verdict(low, low, at_least=vv.APPROX_HOLDS,
-                                      below=vv.APPROX_HOLDS) == approx
-        assert rules.interval_verdict(low, low, at_least=vv.SETTLED, below=vv.UNSTABLE) == sweep
+    rules_kw = [({}, lambda x: x > 0, lambda x: x < 0),
+                ({"at_least": vv.STABLE, "below": vv.UNSTABLE}, lambda x: x >= 0.8, lambda x: x < 0.5),
+                ({"at_least": vv.APPROX_HOLDS, "below": vv.APPROX_HOLDS}, lambda x: x >= 0.9,
+                 lambda x: x < 0.9)]
+    for (kw, claimed, opposite), over in itertools.product(rules_kw, ("ci", "cases")):
+        for low, high in itertools.product(grid, grid):
+            if np.isfinite(low) and np.isfinite(high) and low > high:
+                continue
+            want = _set_reading(low, high, claimed, opposite, over)
+            assert rules.interval_verdict(low, high, over=over, **kw) == want, (low, high, kw, over)
+    with pytest.raises(ValueError, match="^over="):
+        rules.interval_verdict(0.1, 0.2, over="range")
 
 
 # ------------------------------------------------------------------ notebook 09's run and rows
@@ -345,13 +364,14 @@ def test_verdicts_are_the_parts_rows_with_datainf_gains_only():
                                    "-0.09 (mrpc, datainf)", "+0.86 (resampled training examples)",
                                    "+0.79 (resampled training examples)",
                                    "+0.55 (disjoint validation subsets)", "+0.93 (n = 16 vs 32)"]
-    assert list(table["verdict"]) == [NOT_HELD, HELD, NOT_HELD, INCONCLUSIVE, HELD, INCONCLUSIVE,
-                                      INCONCLUSIVE, HELD]
+    assert list(table["verdict"]) == [NOT_HELD, HELD, NOT_HELD, UNDERPOWERED, HELD, RULED_OUT,
+                                      RULED_OUT, HELD]
     assert list(table["model"]) == ["m", "m", "m", "m", "a", "b", "m", "m"]
     assert table.loc[1, "interval"] == "[+0.10, +0.99] (bootstrap CI over examples)"
     assert table.loc[0, "interval"] == "[-0.06, +0.09] (range over the damping sweep)"
     assert table.loc[2, "where"] == iv.WHERE["gain"][0] and table.loc[2, "paper"] == "read, not measured"
-    assert table.loc[1, "test"].endswith("; held: CI above 0; not held: below 0; else inconclusive")
+    assert table.loc[1, "test"].endswith("; held: CI above 0; not held: below 0; else underpowered "
+                                         "(CI contains 0)")
     assert table["p-value"].isna().all() and (table["notebook"] == iv.NOTEBOOK).all()
     # notebook 09's own table keeps both methods of part 3
     frame = iv.verdict_frame(result)
@@ -361,7 +381,7 @@ def test_verdicts_are_the_parts_rows_with_datainf_gains_only():
 
 def test_undefined_intervals_read_undefined():
     row = iv.verdicts(_result({-1: (np.nan, np.nan)}))[1]
-    assert row.interval == "undefined (bootstrap CI over examples)" and row.verdict == INCONCLUSIVE
+    assert row.interval == "undefined (bootstrap CI over examples)" and row.verdict == UNTESTABLE
 
 
 def test_summary_prints_the_numbers_then_the_verdicts():

@@ -17,10 +17,12 @@ from .. import paper, plots, store
 from . import pruning, pruning_tables as tables
 from .pruning import DENSE, PruningRun, Setting
 from .scoring import POOL
+from .prose import bullets
+from . import pruning_verdicts as pv
 from .verdict import Verdict
 
-__all__ = ["LABEL", "NOTEBOOK", "GranularityStudy", "aggregation_table", "block_vs_matrix", "figures",
-           "run", "settings", "summary", "verdicts"]
+__all__ = ["LABEL", "NOTEBOOK", "GranularityStudy", "aggregation_table", "block_vs_matrix", "conclusion",
+           "figure_note", "figures", "run", "settings", "summary", "verdicts"]
 
 NOTEBOOK = "08_ablation_granularity"
 LABEL = f"{POOL}--all-linear"  # the pool's scores of all seven matrices, beside notebook 01's
@@ -79,51 +81,84 @@ def run(params: dict, profile: str = "smoke", results=None) -> GranularityStudy:
 
 
 def block_vs_matrix(result: GranularityStudy) -> pd.DataFrame:
-    """Per pruner: average accuracy per block and per matrix, McNemar, perplexities, margin."""
-    return tables.by_model(result.granularity).round(4)
+    """Per pruner: average accuracy per block and per matrix, their difference in accuracy
+    points (the unit of notebook 10's row), McNemar, perplexities, margin."""
+    out = tables.by_model(result.granularity)
+    points = 100 * (out["per block"] - out["per matrix"])
+    out = out.drop(columns="% change (block vs matrix)").round(4)
+    out.insert(2, "block - matrix (points)", points.round(2))
+    return tables.readable_perplexity(out)
+
+
+def _pruner(result: GranularityStudy) -> tuple[str, float]:
+    """The pruner and sparsity whose ratios :func:`figures` draws."""
+    return result.params["methods"][-1], result.params["sparsity"]
 
 
 def figures(result: GranularityStudy) -> list:
-    """Per model: the last pruner's sparsity per matrix type across depth, and per block."""
-    method, sp = result.params["methods"][-1], result.params["sparsity"]
+    """Per model: the :func:`_pruner`'s sparsity per matrix type across depth, and per block."""
+    method, sp = _pruner(result)
     return [plots.layer_lines(table, title=f"{model} · {method} {sp:.0%}: sparsity per matrix type",
                               ylabel="sparsity") for model, table in result.ratios.items()]
 
 
+def figure_note(result: GranularityStudy):
+    """What the figures below show, naming their pruner (Markdown)."""
+    method, sp = _pruner(result)
+    return bullets([f"The figures below show the {method} allocations at {sp:.0%} sparsity: one line "
+                    "per matrix type (per-matrix scores) and the per-block allocation."])
+
+
 def aggregation_table(result: GranularityStudy) -> pd.DataFrame:
     """LayerIF's three aggregations and Uniform: accuracy, margin, perplexity, vs "+ve"."""
-    return tables.by_model(result.aggregations).round(4)
+    return tables.readable_perplexity(tables.by_model(result.aggregations).round(4))
 
 
 def _lines(granularity: pd.DataFrame, aggregations: pd.DataFrame, level: float) -> list[str]:
-    mean = granularity["% change (block vs matrix)"].mean()
+    points = 100 * (granularity["per block"] - granularity["per matrix"]).mean()
     sig = int((granularity["McNemar p"] < level).sum())
     ppl = int((granularity["perplexity per block"] < granularity["perplexity per matrix"]).sum())
     best = aggregations.drop(index="Uniform")["average accuracy"].idxmax()
     low = aggregations["McNemar p vs +ve"].drop(index="LayerIF (positive)").min()
-    perplexities = ", ".join(f"{k}: {v:.1f}" for k, v in aggregations["perplexity"].items())
-    return [f"Per block vs per matrix: {mean:+.2f}% average accuracy (paper: "
-            f"+{paper.claims('sec5_per_block')[0]['value']}%), significant for {sig} of "
-            f"{len(granularity)} pruners; per block has the lower perplexity for {ppl} of {len(granularity)}.",
+    perplexities = ", ".join(f"{k}: {tables.perplexity_text(v)}" for k, v in aggregations["perplexity"].items())
+    return [f"Per block minus per matrix: {points:+.1f} accuracy points, averaged over the pruners "
+            f"(the paper: per matrix {paper.claims('sec5_per_block')[0]['value']}% worse), significant "
+            f"for {sig} of {len(granularity)} pruners; per block has the lower perplexity for {ppl} of "
+            f"{len(granularity)}.",
             f"Aggregations: the highest average accuracy is {best}; differences to +ve have McNemar p "
             f"from {low:.3g} upward, perplexities {perplexities}."]
 
 
+def _summary_lines(result: GranularityStudy, level: float) -> list[str]:
+    return [f"{model}: {line}" for model, g in result.granularity.items()
+            for line in _lines(g, result.aggregations[model], level)]
+
+
 def summary(result: GranularityStudy, level: float = 0.05) -> str:
-    """What the numbers say, one bullet per finding and model."""
-    return "\n".join(f"• {model}: {line}" for model, g in result.granularity.items()
-                     for line in _lines(g, result.aggregations[model], level))
+    """What the numbers say, one bullet per finding and model (plain text)."""
+    return "\n".join(f"• {line}" for line in _summary_lines(result, level))
+
+
+def conclusion(result: GranularityStudy, level: float = 0.05):
+    """What the numbers say, as rendered Markdown bullets."""
+    return bullets(_summary_lines(result, level))
 
 
 def verdicts(result: GranularityStudy, level: float = 0.05) -> list[Verdict]:
-    """§5: per-block scores beat per-matrix ones, the pruners' examples pooled."""
+    """§5: per-block scores beat per-matrix ones, the pruners' examples pooled, by the one rule
+    of :mod:`.pruning_verdicts`; d is the text's "2.14% average improvement in accuracy" read
+    as accuracy points (as a relative change it would be smaller)."""
     sp, methods, rows = result.params["sparsity"], result.params["methods"], []
-    claim = paper.claims("sec5_per_block")[0]
+    claim, source = paper.claims("sec5_per_block")[0], paper.entry("sec5_per_block")["model"]
     for model, evals in result.evals.items():
-        block, matrix = ([evals[Setting(m, "LayerIF", sp, scores=LABEL, granularity=g)] for m in methods]
-                         for g in ("block", "matrix"))
-        rows.append(tables.paired_verdict(
-            f"per-block scores beat per-matrix scores ({sp:.0%})", model, "Sec. 5 (per matrix vs per block)",
-            f"+{claim['value']}% accuracy ({paper.entry('sec5_per_block')['model']})",
-            block, matrix, methods, NOTEBOOK, level))
+        block, matrix = (pv.pooled([evals[Setting(m, "LayerIF", sp, scores=LABEL, granularity=g)]
+                                    for m in methods], methods) for g in ("block", "matrix"))
+        found = pv.comparison(block, matrix, float(claim["value"]), level, evals.get(Setting(DENSE)))
+        rows.append(pv.row(
+            found, claim=f"per-block scores beat per-matrix scores ({sp:.0%})", model=model,
+            where="Sec. 5 (per matrix vs per block)", paper_value=f"+{claim['value']}% accuracy ({source})",
+            ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} paired examples",
+            notebook=NOTEBOOK,
+            note=f"d: the text's +{claim['value']}% read as accuracy points (as a relative change it "
+                 "would be smaller)"))
     return rows

@@ -18,11 +18,12 @@ from .. import plots, store
 from .._config import check
 from . import approximation, retraining, validation
 from . import validation_verdicts as vv
+from .prose import bullets
 from .verdict import Verdict, interval
 
 __all__ = ["NOTEBOOK", "Result", "WHERE", "figure_agreement", "figure_gain_lines",
-           "figure_gain_rho", "figure_loo", "figure_stability", "figure_sweep", "parts", "run",
-           "summary", "verdict_frame", "verdicts"]
+           "figure_gain_rho", "figure_loo", "figure_stability", "figure_sweep", "parts", "conclusion",
+           "retrainings", "run", "sizes", "summary", "verdict_frame", "verdicts"]
 
 NOTEBOOK = "09_influence_validation"
 #: Each part's standing against the paper: (where, the paper's number) of its claim rows.
@@ -174,6 +175,37 @@ def summary(result: Result, part: str) -> str:
     return "\n".join([*lines, *rows.loc[rows["part"] == part, "sentence"]])
 
 
+def conclusion(result: Result, part: str):
+    """:func:`summary` of ``part`` as rendered Markdown bullets."""
+    return bullets(summary(result, part))
+
+
+def retrainings(params: dict) -> int:
+    """Part 2's trainings: per seed and block, one on all examples and one without each."""
+    loo = params["loo"]
+    return len(loo["seeds"]) * len(loo["blocks"]) * (loo["n_train"] + 1)
+
+
+def sizes(params: dict):
+    """Every part's size, from the notebook's parameters (Markdown bullets)."""
+    a, loo, g = params["approx"], params["loo"], params["gain"]
+    return bullets([
+        f"Approximation, validation subsets and n sweep: {a['task']}, {a['n_train']} training "
+        f"examples (n sweep {', '.join(map(str, [*a['sizes'], a['n_train']]))}), {a['n_val']} "
+        f"validation examples in {a['val_subsets']} disjoint subsets, {a['max_length']} tokens, "
+        f"damping {', '.join(f'{d:g}' for d in a['dampings'])}.",
+        f"Leave one out: {loo['task']}, {loo['n_train']} training examples each left out once, "
+        f"{loo['n_val']} validation examples, blocks {loo['blocks']}, {len(loo['seeds'])} seeds, "
+        f"{loo['steps']} full-batch Adam steps per training: {retrainings(params)} trainings.",
+        f"Block-alone fine-tuning: {', '.join(params['gain_tasks'])}, blocks "
+        f"{', '.join(map(str, g['blocks']))} ({len(g['blocks'])} blocks), {g['steps']} full-batch "
+        f"Adam steps on {g['n_train']} examples each.",
+        f"Stability: {params['n_boot']} bootstrap replicates of notebook 01's matrices for "
+        f"{len(params['stability_tasks'])} tasks and {len(params['stability_models'])} models.",
+        "Wall time: the run record of this notebook (notebook 10's reproduction table) keeps it; "
+        "the parts' own seconds are not stored, so none is given here."])
+
+
 # -- figures -------------------------------------------------------------------------------
 def figure_agreement(result: Result):
     """Part 1: pooled Spearman of each method with the exact inverse over the damping sweep."""
@@ -195,9 +227,10 @@ def figure_gain_rho(result: Result):
     """Part 3: Spearman(|S_l|, gain) per method and aggregation, one bar per task."""
     table = {k: pd.DataFrame({t: g[k] for t, g in result.gain_tables.items()})
              for k in ("spearman", "ci_low", "ci_high")}
-    names = [f"{m} {a}" for m, a in table["spearman"].index]
+    short = {"datainf": "DataInf", "hessian_free": "H-free", "positive": "+ve"}
+    names = [f"{short.get(m, m)} {short.get(a, a)}" for m, a in table["spearman"].index]
     rho, low, high = (table[k].set_axis(names) for k in ("spearman", "ci_low", "ci_high"))
-    return plots.grouped_bars(rho, errors=(low.fillna(rho), high.fillna(rho)), reference=0.0,
+    return plots.grouped_bars(rho, errors=(low.fillna(rho), high.fillna(rho)), reference=(0.0, "no correlation"),
                               ylabel="Spearman(|S_l|, gain) across blocks",
                               title="Block-alone fine-tuning gain vs |S_l|")
 
@@ -208,15 +241,18 @@ def figure_gain_lines(result: Result):
                              ylabel="validation-loss gain", title="Gain of fine-tuning one block")
 
 
-def figure_stability(result: Result):
-    """Part 4: the first model's block scores on the first task with bootstrap intervals."""
-    model, task = next(iter(result.stability)), result.stability_tasks[0]
-    b = result.stability[model][0].loc[task]
-    return plots.grouped_bars(
-        b[["score"]], errors=(b[["score_low"]].set_axis(["score"], axis=1),
-                              b[["score_high"]].set_axis(["score"], axis=1)),
-        xlabel="layer", ylabel="'+ve' score S_l (95% bootstrap CI)",
-        title=f"{model}, {task}: block scores over resampled training examples")
+def figure_stability(result: Result) -> list:
+    """Part 4: per model (one panel each), the block scores on the first task with bootstrap
+    intervals."""
+    task, out = result.stability_tasks[0], []
+    for model, (boot, _) in result.stability.items():
+        b = boot.loc[task]
+        out.append(plots.grouped_bars(
+            b[["score"]], errors=(b[["score_low"]].set_axis(["score"], axis=1),
+                                  b[["score_high"]].set_axis(["score"], axis=1)),
+            xlabel="layer", ylabel="'+ve' score S_l (95% CI)",
+            title=f"{model}, {task}: block scores over resampled training examples"))
+    return out
 
 
 def figure_sweep(result: Result):

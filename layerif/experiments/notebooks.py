@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import store, study
 from . import agreement, granularity, influence_validation, moe, pruning_study, scoring, smoothing
-from .verdict import verdict_table
+from .verdict import tally, verdict_table
 
 __all__ = ["NOTEBOOKS", "claims_table", "styled", "tally"]
 
@@ -62,8 +62,3 @@ def claims_table(profile: str = "cpu", level: float = 0.05, results: str | Path 
 def styled(table: pd.DataFrame):
     """The claims table as notebook 10 shows it (p-values to 3 digits, a dash for none)."""
     return table.style.hide(axis="index").format({"p-value": "{:.3g}"}, na_rep="—")
-
-
-def tally(table: pd.DataFrame) -> pd.DataFrame:
-    """Verdicts counted per notebook."""
-    return table.groupby(["verdict", "notebook"]).size().unstack("verdict", fill_value=0)

@@ -14,12 +14,14 @@ import pandas as pd
 
 from .. import paper, plots, store
 from . import pruning, pruning_tables as tables
+from .prose import bullets
 from .pruning import DENSE, Setting
-from .verdict import HELD, INCONCLUSIVE, Verdict, decide, interval
+from . import pruning_verdicts as pv
+from .verdict import Verdict, interval, interval_verdict
 
-__all__ = ["NOTEBOOK", "PruningStudy", "above_chance_table", "dense_table", "fig3", "paired_table",
-           "paper_tables", "run", "settings", "settings_table", "specific_table", "summary",
-           "table8_table", "table8_vs_paper", "verdicts"]
+__all__ = ["NOTEBOOK", "PruningStudy", "above_chance_table", "conclusion", "dense_table", "fig3",
+           "paired_table", "paper_tables", "run", "settings", "settings_table", "specific_sizes",
+           "specific_table", "summary", "table8_table", "table8_vs_paper", "verdicts"]
 
 NOTEBOOK = "05_pruning"
 TABLE_IDS = ("table2", "table5")  # the first model stands for Mistral-7B, the second for Gemma-7B
@@ -110,8 +112,9 @@ def paper_tables(result: PruningStudy) -> pd.DataFrame:
 def settings_table(result: PruningStudy) -> pd.DataFrame:
     """Every setting: accuracy per task and averages (%), margin (nats) and perplexity."""
     kept = ["margin", "margin stderr", "perplexity"]
-    return tables.by_model({m: (t.drop(columns=[*kept, "n per task"]) * 100).round(1).join(t[kept].round(2))
-                            for m, t in result.acc.items()})
+    return tables.readable_perplexity(tables.by_model(
+        {m: (t.drop(columns=[*kept, "n per task"]) * 100).round(1).join(t[kept].round(2))
+         for m, t in result.acc.items()}))
 
 
 def above_chance_table(result: PruningStudy) -> pd.DataFrame:
@@ -120,7 +123,12 @@ def above_chance_table(result: PruningStudy) -> pd.DataFrame:
     return tables.by_model({m: pd.concat(
         {"average (above chance) %": tables.method_by_allocation(t, tables.AVERAGE_ABOVE, sp) * 100,
          "perplexity": tables.method_by_allocation(t, "perplexity", sp)}, axis=1).round(2)
-        for m, t in result.acc.items()})
+        for m, t in result.acc.items()}).pipe(_readable_columns)
+
+
+def _readable_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`~.pruning_tables.readable_perplexity` on a frame with two column levels."""
+    return table.apply(lambda col: col.map(tables.perplexity_text) if col.name[0] == "perplexity" else col)
 
 
 def paired_table(result: PruningStudy) -> pd.DataFrame:
@@ -128,17 +136,27 @@ def paired_table(result: PruningStudy) -> pd.DataFrame:
     return tables.by_model(result.paired).round(4)
 
 
-def fig3(result: PruningStudy) -> list:
-    """Fig. 3: SparseGPT's mean accuracy and perplexity across sparsities, per allocation."""
-    figures = []
+def fig3(result: PruningStudy, level: float = 0.05) -> list:
+    """Fig. 3: SparseGPT's mean accuracy of the seven tasks across sparsities per allocation,
+    with its ``1 - level`` normal interval (from the tasks' standard errors) and the dense
+    model's as a reference; then the held-out perplexity. Both y-axes start at zero."""
+    from scipy.stats import norm
+
+    figures, z = [], float(norm.ppf(1 - level / 2))
     for model in result.table8:
-        sub = result.acc[model].xs("sparsegpt", level="method")
-        curve = sub["average"].unstack("allocation").sort_index() * 100
+        acc = result.acc[model]
+        sub = acc.xs("sparsegpt", level="method")
+        curve = sub[tables.AVERAGE].unstack("allocation").sort_index() * 100
+        half = sub[f"{tables.AVERAGE} stderr"].unstack("allocation").sort_index() * 100 * z
+        dense = 100 * float(acc.xs(DENSE, level="method")[tables.AVERAGE].iloc[0])
         ppl = sub["perplexity"].unstack("allocation").sort_index()
-        figures += [plots.layer_lines(curve, title=f"{model} · SparseGPT: mean accuracy of the seven tasks",
-                                      ylabel="accuracy (%)", xlabel="sparsity"),
-                    plots.layer_lines(ppl, title=f"{model} · SparseGPT: held-out perplexity",
-                                      ylabel="perplexity", xlabel="sparsity")]
+        bars = plots.grouped_bars(curve, errors=half, reference=(dense, "dense model"),
+                                  ylabel="accuracy (%)", xlabel="sparsity",
+                                  title=f"{model} · SparseGPT: mean accuracy of the seven tasks")
+        lines = plots.layer_lines(ppl, title=f"{model} · SparseGPT: held-out perplexity",
+                                  ylabel="perplexity", xlabel="sparsity")
+        lines.axes[0].set_ylim(bottom=0)
+        figures += [bars, lines]
     return figures
 
 
@@ -158,13 +176,39 @@ def table8_table(result: PruningStudy) -> pd.DataFrame:
     return tables.by_model(result.table8).round(4)
 
 
+def specific_sizes(result: PruningStudy):
+    """How many examples the own-scores table and the seven-task tables use (Markdown)."""
+    lines = [f"{model}: each task of the table below is scored on "
+             f"{', '.join(f'{n:.0f}' for n in sorted(set(t['n'])))} held-out examples; the "
+             f"seven-task tables above use {result.acc[model]['n per task'].min():.0f} per task."
+             for model, t in result.specific.items()]
+    return bullets(lines)
+
+
 def specific_table(result: PruningStudy) -> pd.DataFrame:
     """Each task pruned with its own scores, the pooled scores and uniformly."""
     return tables.by_model(result.specific).round(4)
 
 
-def summary(result: PruningStudy, level: float = 0.05) -> str:
-    """What the numbers say, one bullet per finding."""
+def _paired_lines(model: str, frame: pd.DataFrame, above: list, sparsity: float, level: float) -> list[str]:
+    """LayerIF against the baselines at ``sparsity``: every count from one :func:`~.pruning_tables.wins`."""
+    w = tables.wins(frame, level)
+    lines = [f"{model}: LayerIF vs {w['comparisons']} (pruner, baseline) pairs at the same examples: "
+             f"higher accuracy in {w['higher accuracy']}, significantly better in "
+             f"{w['significantly better']}, significantly worse in {w['significantly worse']} "
+             f"(McNemar, {level}); gold-margin interval above 0 in {w['margin CI above 0']}, below 0 in "
+             f"{w['margin CI below 0']}; lower perplexity in {w['lower perplexity']}. Tasks where the "
+             f"dense model is above chance: {', '.join(above) or 'none'}."]
+    if w["significantly better"] == 0 and w["margin CI above 0"] == 0:
+        worse = w["significantly worse"] + w["margin CI below 0"]
+        lines.append(f"{model}: LayerIF's advantage at {sparsity:.0%} is not reproduced at this scale: "
+                     "no comparison is significantly in its favour on accuracy or margin"
+                     + (f", and {w['significantly worse']} on accuracy and {w['margin CI below 0']} on "
+                        "margin are significantly against it." if worse else "."))
+    return lines
+
+
+def _summary_lines(result: PruningStudy, level: float) -> list[str]:
     lines = []
     for model, table in result.acc.items():
         w = tables.perplexity_wins(table)
@@ -173,17 +217,7 @@ def summary(result: PruningStudy, level: float = 0.05) -> str:
                      f"(exchangeable allocations would give 1 in 4: binomial p = {w['p']:.3g}; the "
                      "settings share scores and text, so this is descriptive).")
     for model, frame in result.paired.items():
-        w = tables.wins(frame, level)
-        lines.append(
-            f"{model}: LayerIF vs {w['comparisons']} (pruner, baseline) pairs at the same examples: "
-            f"higher accuracy in {w['higher accuracy']}, significantly better in "
-            f"{w['significantly better']}, significantly worse in {w['significantly worse']} "
-            f"(McNemar, {level}); gold-margin interval above 0 in {w['margin CI above 0']}, below 0 in "
-            f"{w['margin CI below 0']}; lower perplexity in {w['lower perplexity']}. Tasks where the "
-            f"dense model is above chance: {', '.join(result.above[model]) or 'none'}.")
-        if w["significantly better"] == 0 and w["margin CI above 0"] == 0:
-            lines.append(f"{model}: LayerIF's advantage at 50% is not reproduced at this scale "
-                         "(no comparison significant on accuracy or margin).")
+        lines += _paired_lines(model, frame, result.above[model], result.params["sparsity"], level)
     for model, t in result.table8.items():
         for base, row in t.drop(index=t.index[0]).iterrows():
             lines.append(
@@ -195,15 +229,27 @@ def summary(result: PruningStudy, level: float = 0.05) -> str:
         better = t["own scores"] > t["pooled scores"]
         sig = int(((t["McNemar p (own vs pooled)"] < level) & better).sum())
         lines.append(f"{model}: a task's own scores beat the pooled vector on {int(better.sum())} of "
-                     f"{len(t)} tasks, significantly on {sig}.")
-    return "\n".join(f"• {line}" for line in lines)
+                     f"{len(t)} tasks ({', '.join(f'{n:.0f}' for n in sorted(set(t['n'])))} examples "
+                     f"each), significantly on {sig}.")
+    return lines
+
+
+def summary(result: PruningStudy, level: float = 0.05) -> str:
+    """What the numbers say, one bullet per finding (plain text)."""
+    return "\n".join(f"• {line}" for line in _summary_lines(result, level))
+
+
+def conclusion(result: PruningStudy, level: float = 0.05):
+    """What the numbers say, as rendered Markdown bullets."""
+    return bullets(_summary_lines(result, level))
 
 
 # ------------------------------------------------------------------ the claims (notebook 10)
 
 def verdicts(result: PruningStudy, level: float = 0.05) -> list[Verdict]:
     """Tables 2 / 5 (LayerIF vs each baseline, pruners pooled), Table 8 (SparseGPT across
-    sparsities), and two beyond the paper: lowest perplexity, a task's own scores."""
+    sparsities), and two beyond the paper: lowest perplexity, a task's own scores. Each
+    comparison by the one rule of :mod:`.pruning_verdicts` (accuracy points, the paper's d)."""
     return (_beats_baselines(result, level) + _table8(result, level) + _perplexity(result, level)
             + _own_vs_pooled(result, level))
 
@@ -213,50 +259,75 @@ def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
     for model, table_id in zip(result.params["models"], TABLE_IDS):
         evals = result.evals[model]
         for base in BASELINES:
-            rows.append(tables.paired_verdict(
-                f"LayerIF sparsity beats {base} at {sp:.0%}", model, f"{table_id} (Fig. 3)",
-                tables.paper_pair(table_id, "LayerIF", base, "Average"),
-                [evals[Setting(m, "LayerIF", sp)] for m in methods],
-                [evals[Setting(m, base, sp)] for m in methods], methods, NOTEBOOK, level))
+            a = pv.pooled([evals[Setting(m, "LayerIF", sp)] for m in methods], methods)
+            b = pv.pooled([evals[Setting(m, base, sp)] for m in methods], methods)
+            found = pv.comparison(a, b, pv.paper_d(table_id, "LayerIF", base, "Average"), level,
+                                  evals[Setting(DENSE)])
+            rows.append(pv.row(
+                found, claim=f"LayerIF sparsity beats {base} at {sp:.0%}", model=model,
+                where=f"{table_id} (Fig. 3)", notebook=NOTEBOOK,
+                paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
+                ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} "
+                     "paired examples",
+                note="d: the table's Average difference"))
     return rows
 
 
 def _table8(result: PruningStudy, level: float) -> list[Verdict]:
-    rows, printed = [], paper.table("table8")
+    rows, printed, sps = [], paper.table("table8"), result.params["fig3_sparsities"]
     for model, t8 in result.table8.items():
+        evals = result.evals[model]
         for base, r in t8.drop(index="LayerIF").iterrows():
-            diff, p_t = r["LayerIF - baseline"], r["t-test p (per setting)"]
-            rows.append(Verdict(
-                f"LayerIF beats {base} across sparsities (SparseGPT)", model, "Table 8, Fig. 3",
-                tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
+            a = pv.pooled([evals[Setting("sparsegpt", "LayerIF", s)] for s in sps], sps)
+            b = pv.pooled([evals[Setting("sparsegpt", base, s)] for s in sps], sps)
+            found = pv.comparison(a, b, pv.paper_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
+                                  level, evals[Setting(DENSE)])
+            rows.append(pv.row(
+                found, claim=f"LayerIF beats {base} across sparsities (SparseGPT)", model=model,
+                where="Table 8, Fig. 3", notebook=NOTEBOOK,
+                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
                 + f", p = {printed.at[TABLE8_ROWS[base], 'p-value']:.5f}",
-                f"{100 * diff:+.2f} points over {int(r['settings'])} settings, "
-                f"{int(r['examples'])} examples", "paired t over settings (and McNemar over examples)",
-                float(p_t), interval(r["margin CI low"], r["margin CI high"], 1, " nats margin"),
-                decide(diff, [p_t, r["McNemar p (per example)"]], level), NOTEBOOK, float(diff)))
+                ours=f"{100 * r['LayerIF - baseline']:+.2f} points over {int(r['settings'])} settings, "
+                     f"{int(r['examples'])} examples",
+                note=f"d: the table's Average Accuracy difference; the paper's paired t over settings "
+                     f"here: p = {r['t-test p (per setting)']:.3g}"))
     return rows
 
 
 def _perplexity(result: PruningStudy, level: float) -> list[Verdict]:
+    """Not in the paper, a rate claim: LayerIF's model is the lowest of the four allocations in
+    more than 1 in 4 settings, decided on the Clopper-Pearson interval of the win rate by
+    :func:`.verdict.interval_verdict` (no d: a threshold claim)."""
     rows = []
     for model in result.params["models"]:
         w = tables.perplexity_wins(result.acc[model])
+        lo, hi = pv.rate_interval(w["wins"], w["settings"], level)
         rows.append(Verdict(
             "LayerIF's pruned model has the lowest perplexity (not in the paper)", model,
             "beyond the paper", "not in paper",
             f"lowest in {w['wins']} of {w['settings']} (pruner, sparsity) settings",
-            "one-sided binomial against 1 in 4 (settings not independent)", float(w["p"]), "",
-            HELD if w["p"] < level else INCONCLUSIVE, NOTEBOOK))
+            "one-sided binomial against 1 in 4 (settings not independent); held: win-rate "
+            "interval above 1/4, not held: below, else underpowered", float(w["p"]),
+            f"{interval(lo, hi)} (win rate, Clopper-Pearson)",
+            interval_verdict(lo, hi, above=0.25, below=0.25), NOTEBOOK, w["wins"] / max(w["settings"], 1),
+            ci_low=lo, ci_high=hi))
     return rows
 
 
 def _own_vs_pooled(result: PruningStudy, level: float) -> list[Verdict]:
+    """Not in the paper, a sign claim: d is the paper's LayerIF-over-Uniform gain at 50%
+    (Table 2's Average, +0.29 points), the size of effect the paper credits to the allocation."""
     ts, sp, rows = result.params["task_specific"], result.params["sparsity"], []
+    d = pv.paper_d("table2", "LayerIF", "Uniform", "Average")
     for model, by_task in result.specific_evals.items():
-        own = [by_task[t][_own_scores(result.params, t)[0]] for t in ts["tasks"]]
-        pool = [by_task[t][_own_scores(result.params, t)[1]] for t in ts["tasks"]]
-        rows.append(tables.paired_verdict(
-            f"a task's own scores prune it better than the pooled vector ({ts['method']} {sp:.0%})",
-            model, "beyond the paper (it prunes every task with one vector)", "not in paper",
-            own, pool, ts["tasks"], NOTEBOOK, level))
+        own = pv.pooled([by_task[t][_own_scores(result.params, t)[0]] for t in ts["tasks"]], ts["tasks"])
+        pool = pv.pooled([by_task[t][_own_scores(result.params, t)[1]] for t in ts["tasks"]], ts["tasks"])
+        found = pv.comparison(own, pool, d, level, result.evals[model][Setting(DENSE)])
+        rows.append(pv.row(
+            found, claim=f"a task's own scores prune it better than the pooled vector ({ts['method']} {sp:.0%})",
+            model=model, where="beyond the paper (it prunes every task with one vector)",
+            paper_value="not in paper", notebook=NOTEBOOK,
+            ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} paired examples",
+            note=f"d: the paper's LayerIF gain over Uniform (table2, Average, {d:+.2f}), the effect it "
+                 "credits to the allocation (the paper makes no claim here)"))
     return rows

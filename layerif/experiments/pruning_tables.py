@@ -5,7 +5,8 @@ comparison between two allocations is paired: the models are scored on the same 
 so accuracy differences are tested with McNemar's test and margin differences with a paired
 bootstrap (:mod:`layerif.stats`). Accuracies are fractions here; notebooks scale by 100 for
 the paper's percentages. Notebooks 05, 07 and 08 (:mod:`.pruning_study`, :mod:`.smoothing`,
-:mod:`.granularity`) build their tables and verdict rows (:func:`paired_verdict`) from these.
+:mod:`.granularity`) build their tables from these, their verdict rows with
+:mod:`.pruning_verdicts`.
 """
 from __future__ import annotations
 
@@ -18,14 +19,31 @@ from .. import paper, stats
 from ..evaluate.suite import Evaluation, summarize
 from .pruning import ALLOCATIONS, Setting
 from .scoring import POOL
-from .verdict import Verdict, decide, interval
 
 __all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "by_model", "dense_check", "fixed_choice_tasks",
-           "granularity_table", "method_by_allocation", "paired_comparison", "paired_verdict",
+           "granularity_table", "method_by_allocation", "paired_comparison",
            "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "wins",
-           "aggregation_table", "perplexity_wins"]
+           "aggregation_table", "perplexity_wins", "DIVERGED", "perplexity_text", "readable_perplexity"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
+#: A perplexity above this is shown as "diverged" (the dense models here are below a hundred:
+#: beyond it the digits say only that the pruned model no longer predicts the text).
+DIVERGED = 1e4
+
+
+def perplexity_text(value: float) -> str:
+    """A perplexity to the digits it carries (three significant), or "diverged (> 1e+04)"."""
+    if not np.isfinite(value):
+        return "—" if np.isnan(value) else "diverged"
+    return f"diverged (> {DIVERGED:.0e})" if value > DIVERGED else f"{value:.3g}"
+
+
+def readable_perplexity(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with every column whose name holds "perplexity" (and not "%", "ratio" or
+    "change") shown through :func:`perplexity_text`."""
+    cols = [c for c in table.columns if "perplexity" in str(c)
+            and not any(k in str(c) for k in ("%", "ratio", "change", "/"))]
+    return table.assign(**{c: table[c].map(perplexity_text) for c in cols})
 
 
 def fixed_choice_tasks(examples: Mapping[str, list]) -> list[str]:
@@ -305,19 +323,3 @@ def paper_pair(table_id: str, ours: str, base: str, column: str) -> str:
     """The paper's two numbers of a comparison: ``58.10 vs 56.41 (table2, Average)``."""
     t = paper.table(table_id)
     return f"{t.at[ours, column]:.2f} vs {t.at[base, column]:.2f} ({table_id}, {column})"
-
-
-def paired_verdict(claim: str, model: str, where: str, paper_value: str, ours: list, theirs: list,
-                   keys, notebook: str, level: float = 0.05) -> Verdict:
-    """``ours`` against ``theirs`` (one evaluation per key each), their examples pooled into one
-    paired comparison: McNemar's exact test decides (:func:`.verdict.decide`); the interval is
-    the gold margin's paired bootstrap."""
-    pooled = [Evaluation(pd.concat([e.examples for e in side], keys=list(keys)), float("nan"))
-              for side in (ours, theirs)]
-    pair = paired_comparison(*pooled)
-    diff = pair["acc difference"]
-    return Verdict(claim, model, where, paper_value,
-                   f"{100 * diff:+.1f} accuracy points over {pair['n']} paired examples",
-                   "McNemar exact (pooled examples); margin: paired bootstrap", float(pair["McNemar p"]),
-                   interval(pair["margin CI low"], pair["margin CI high"], 1, " nats margin"),
-                   decide(diff, [pair["McNemar p"]], level), notebook, statistic=float(diff))

@@ -12,9 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import notebook_record, study
+from .. import notebook_record, store, study
+from .prose import bullets
 
-__all__ = ["COLUMNS", "params_text", "reproduction_table", "total_wall_time"]
+__all__ = ["COLUMNS", "RUNNING", "SHOWN", "cold_cost", "params_text", "reproduction_table", "shown",
+           "total_wall_time", "totals"]
+
+#: The state of the notebook that shows the table (its own record is the previous execution's).
+RUNNING = "this notebook (running)"
+#: The columns :func:`shown` keeps (no parameters blob: each notebook's page shows its own).
+SHOWN = ["state", "started", "wall_min", "commit", "dirty", "layerif_version", "machine", "message"]
 
 COLUMNS = ["state", "profile", "params", "started", "wall_min", "commit", "dirty",
            "layerif_version", "machine", "message"]
@@ -36,7 +43,8 @@ def _machine(record: dict) -> str:
     return text
 
 
-def reproduction_table(profile: str = "cpu", root: str | Path | None = None) -> pd.DataFrame:
+def reproduction_table(profile: str = "cpu", root: str | Path | None = None,
+                       running: str | None = None) -> pd.DataFrame:
     """One row per notebook (index: name, in run order) for ``profile``.
 
     Columns: ``state`` (``current`` | ``stale`` | ``missing`` | ``failed``, from
@@ -44,11 +52,16 @@ def reproduction_table(profile: str = "cpu", root: str | Path | None = None) -> 
     profile's file when never executed), ``started`` (UTC), ``wall_min`` (wall time in
     minutes), ``commit`` (12 digits), ``dirty`` (uncommitted changes at the time), the
     ``layerif_version``, the ``machine`` and ``message`` (what to run when not current).
+    ``running``: the notebook showing the table; its row is :data:`RUNNING` with no record
+    (what it would read is its own previous execution).
     """
     states = study.status(profile, root)
     rows = {}
     for name, st in states.iterrows():
-        record = notebook_record.read_record(st["path"]) or {}
+        if name == running:
+            st = st.copy()
+            st["state"], st["message"] = RUNNING, ""
+        record = (notebook_record.read_record(st["path"]) or {}) if name != running else {}
         params = record.get("params") or study.load_params(name, profile, root)
         wall = record.get("wall_s")
         rows[name] = {"state": st["state"], "profile": record.get("profile", profile),
@@ -69,3 +82,46 @@ def total_wall_time(table: pd.DataFrame) -> dict:
     recorded = table["wall_min"].notna()
     return {"minutes": float(table.loc[recorded, "wall_min"].sum()), "recorded": int(recorded.sum()),
             "notebooks": len(table), "machines": sorted(set(table["machine"].dropna()))}
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`reproduction_table` as notebook 10 shows it: :data:`SHOWN` columns."""
+    return table[SHOWN]
+
+
+def cold_cost(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """Per kind of stored result (the first folder under the profile's results): how many
+    results there are, how many record their compute seconds (``extra.*_seconds`` of the
+    manifest, measured when the result was computed), and those seconds summed (minutes)."""
+    base = Path(results or store.results_dir(profile))
+    rows = {}
+    for path in sorted(base.rglob(store.MANIFEST)):
+        kind = path.relative_to(base).parts[0]
+        extra = json.loads(path.read_text()).get("extra") or {}
+        secs = [float(v) for k, v in extra.items() if k.endswith("seconds") and v is not None]
+        row = rows.setdefault(kind, {"results": 0, "with seconds": 0, "minutes": 0.0})
+        row["results"] += 1
+        row["with seconds"] += bool(secs)
+        row["minutes"] += sum(secs) / 60
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=["results", "with seconds", "minutes"])
+    out.index.name = "result kind"
+    return out.round({"minutes": 1})
+
+
+def totals(table: pd.DataFrame, cold: pd.DataFrame):
+    """The wall time of the last executions beside the cold cost, as Markdown bullets."""
+    wall = total_wall_time(table)
+    timed = cold[cold["with seconds"] > 0]
+    untimed = cold[cold["with seconds"] < cold["results"]]
+    kinds = ", ".join(f"{k}: {m:.1f} min over {n}" for k, m, n in
+                      zip(timed.index, timed["minutes"], timed["with seconds"]))
+    missing = ", ".join(f"{k} ({r - n} of {r})" for k, r, n in
+                        zip(untimed.index, untimed["results"], untimed["with seconds"])) or "none"
+    return bullets([
+        f"Last executions: {wall['minutes']:.1f} min over the {wall['recorded']} of "
+        f"{wall['notebooks']} notebooks with a record. Each loaded what earlier executions had "
+        "saved, so this is the cost of a re-run on a full store, not of the study.",
+        f"Cold cost: {timed['minutes'].sum():.1f} min of compute recorded by the stored results "
+        f"themselves ({kinds} results; some belong to earlier parameters).",
+        f"Not recorded (results saved without their seconds, so the cold cost is a lower bound): "
+        f"{missing}."])

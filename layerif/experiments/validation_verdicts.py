@@ -8,14 +8,18 @@ are in ``interval``), the rule (``criterion``), a verdict among
 Notebook 10 shows the same rows as :class:`~.verdict.Verdict` rows
 (:func:`.influence_validation.verdicts`).
 
-Every verdict is :func:`.verdict.interval_verdict` of the part's interval, by part:
+Every verdict is :func:`.verdict.interval_verdict` of the part's interval (the study's five
+verdicts; the rule for threshold claims is stated in :mod:`.verdict`), by part:
 
 1. the approximation holds when DataInf's '+ve' block scores rank blocks as the exact
-   inverse's do (Spearman >= :data:`APPROX_HOLDS` at the default damping), else not;
+   inverse's do (Spearman >= :data:`APPROX_HOLDS` at the default damping), else not
+   (one value: untestable only when undefined);
 2. and 3. a correlation "predicts" when its bootstrap interval lies above 0, predicts the
-   opposite when it lies below 0, and is inconclusive when it includes 0;
+   opposite when it lies below 0, and is underpowered when it includes 0 (a confidence
+   interval: more examples or blocks could decide);
 4. and 5. a ranking is stable (or settled) when its agreement reaches a threshold in every
-   case, unstable when it stays below :data:`UNSTABLE` in every case, else inconclusive.
+   case, unstable when it stays below :data:`UNSTABLE` in every case, else ruled out at this
+   scale (a range over cases: some case falls short of the threshold).
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from .._config import check
-from .verdict import DISTINCT, HELD, INCONCLUSIVE, NOT_HELD, SHARED, interval_verdict
+from .verdict import (DISTINCT, HELD, NOT_HELD, RULED_OUT, SHARED, UNDERPOWERED, UNTESTABLE,
+                      interval_verdict)
 
 __all__ = ["APPROX_HOLDS", "COLUMNS", "SETTLED", "STABLE", "UNSTABLE", "approximation_verdict",
            "gain_verdicts", "loo_verdicts", "stability_verdicts", "sweep_verdict"]
@@ -54,8 +59,8 @@ def approximation_verdict(agreement: pd.DataFrame, damping: float, model: str = 
     di, hf = default.loc["datainf", "scores_positive"], default.loc["hessian_free", "scores_positive"]
     sweep = agreement.xs("datainf", level="method")["scores_positive"]
     value = float(di)
-    verdict = interval_verdict(value, value, at_least=APPROX_HOLDS, below=APPROX_HOLDS)
-    word = {HELD: "holds", NOT_HELD: "does NOT hold", INCONCLUSIVE: "cannot be judged (undefined)"}
+    verdict = interval_verdict(value, value, at_least=APPROX_HOLDS, below=APPROX_HOLDS, over="cases")
+    word = {HELD: "holds", NOT_HELD: "does NOT hold", UNTESTABLE: "cannot be judged (undefined)"}
     closer = "Hessian-free" if hf > di else "DataInf"
     sentence = (f"Verdict: at the block level the DataInf approximation {word[verdict]} here "
                 f"(criterion: Spearman of '+ve' block scores with exact >= {APPROX_HOLDS} at the "
@@ -75,7 +80,10 @@ _NAMES = {"datainf": "DataInf", "hessian_free": "Hessian-free", "exact": "the ex
           "positive": "+ve"}
 _PREDICTS = {HELD: ("predicts", "CI excludes 0"),
              NOT_HELD: ("predicts the OPPOSITE of", "CI below 0"),
-             INCONCLUSIVE: ("does NOT reliably predict", "CI includes 0")}
+             UNDERPOWERED: ("does NOT reliably predict", "CI includes 0"),
+             RULED_OUT: ("does NOT predict", "CI reaches 0, not above it"),
+             UNTESTABLE: ("cannot be judged on", "no CI")}
+_CI_CRITERION = "held: CI above 0; not held: below 0; else underpowered (CI contains 0)"
 
 
 def loo_verdicts(loo_table: pd.DataFrame, predictor: str = "datainf", model: str = "") -> pd.DataFrame:
@@ -101,14 +109,16 @@ def loo_verdicts(loo_table: pd.DataFrame, predictor: str = "datainf", model: str
                          f"(seed mean, {int(r['n'])} examples)",
             "value": float(r["spearman"]), "low": float(r["ci_low"]), "high": float(r["ci_high"]),
             "interval": "bootstrap CI over examples",
-            "criterion": "held: CI above 0; not held: below 0; else inconclusive",
+            "criterion": _CI_CRITERION,
             "verdict": verdict, "sentence": sentence})
     return _frame(rows)
 
 
 _GAIN = {HELD: "predicts the gain, as the paper reads it (CI above 0)",
          NOT_HELD: "ranks blocks OPPOSITE to the gain (CI below 0)",
-         INCONCLUSIVE: "shows no evidence of predicting the gain (CI includes 0)"}
+         UNDERPOWERED: "shows no evidence of predicting the gain (CI includes 0)",
+         RULED_OUT: "shows no evidence of predicting the gain (CI reaches 0, not above it)",
+         UNTESTABLE: "cannot be judged (no CI)"}
 
 
 def gain_verdicts(gain_tables: dict, methods=("datainf", "hessian_free"),
@@ -134,14 +144,15 @@ def gain_verdicts(gain_tables: dict, methods=("datainf", "hessian_free"),
                              f"|S_l| ('{aggregation}') with the block-alone gain",
                 "value": float(r["spearman"]), "low": float(r["ci_low"]),
                 "high": float(r["ci_high"]), "interval": "bootstrap CI over blocks",
-                "criterion": "held: CI above 0; not held: below 0; else inconclusive",
+                "criterion": _CI_CRITERION,
                 "verdict": verdict, "sentence": sentence})
     return _frame(rows)
 
 
-_STABLE = {HELD: "stable", NOT_HELD: "NOT stable", INCONCLUSIVE: "neither clearly stable nor unstable"}
+_STABLE = {HELD: "stable", NOT_HELD: "NOT stable", RULED_OUT: "neither clearly stable nor unstable",
+           UNTESTABLE: "undefined"}
 _STABILITY_CRITERION = (f"held: every case >= {STABLE}; not held: every case < {UNSTABLE}; "
-                        "else inconclusive")
+                        "else ruled out at this scale (a case falls short)")
 
 
 def stability_verdicts(stability: dict, subsets: dict, model: str = "") -> pd.DataFrame:
@@ -153,7 +164,7 @@ def stability_verdicts(stability: dict, subsets: dict, model: str = "") -> pd.Da
     for m, (blocks, summary) in stability.items():
         rank = summary["rank_stability"].astype(float)
         changed = blocks.groupby(level="task")["experts_changed"].mean().mean()
-        verdict = interval_verdict(rank.min(), rank.max(), at_least=STABLE, below=UNSTABLE)
+        verdict = interval_verdict(rank.min(), rank.max(), at_least=STABLE, below=UNSTABLE, over="cases")
         rows.append({
             "part": "stability", "model": m, "subject": "resampled training examples",
             "statistic": f"mean Spearman between bootstrap replicates' block scores, {len(rank)} tasks",
@@ -165,7 +176,7 @@ def stability_verdicts(stability: dict, subsets: dict, model: str = "") -> pd.Da
                 f"{summary['experts_moved'].mean():.1%} of experts move. Verdict: the ranking is "
                 f"{_STABLE[verdict]} under resampled training examples."), "verdict": verdict})
     low, high = subsets["min_pairwise_spearman"], subsets["max_pairwise_spearman"]
-    verdict = interval_verdict(low, high, at_least=STABLE, below=UNSTABLE)
+    verdict = interval_verdict(low, high, at_least=STABLE, below=UNSTABLE, over="cases")
     rows.append({
         "part": "stability", "model": model, "subject": "disjoint validation subsets",
         "statistic": f"pairwise Spearman of the block scores, {subsets['n_subsets']} subsets",
@@ -189,13 +200,13 @@ def sweep_verdict(sweep: pd.DataFrame, model: str = "") -> pd.DataFrame:
     smaller = sweep.drop(index=ref, errors="ignore")["spearman"].astype(float).sort_index()
     check(len(smaller) > 0, "sweep", f"{len(sweep)} rows", "a size smaller than the largest")
     value = float(smaller.iloc[-1])
-    verdict = interval_verdict(value, value, at_least=SETTLED, below=UNSTABLE)
+    verdict = interval_verdict(value, value, at_least=SETTLED, below=UNSTABLE, over="cases")
     below = smaller.index[~(smaller >= SETTLED)]
     after = smaller.index[smaller.index > below.max()] if len(below) else smaller.index
     enough = (f"from n = {int(after.min())} on every n reaches it" if len(after)
               else "no smaller n reaches it")
     word = {HELD: "have settled", NOT_HELD: "have NOT settled",
-            INCONCLUSIVE: "have not clearly settled"}
+            RULED_OUT: "have not clearly settled", UNTESTABLE: "cannot be judged (undefined)"}
     sentence = (f"Verdict: the block scores {word[verdict]} before n = {ref} (criterion: Spearman "
                 f"with n = {ref} >= {SETTLED} at n = {int(smaller.index[-1])}, below {UNSTABLE} = "
                 f"not settled); {enough}.")
@@ -205,5 +216,5 @@ def sweep_verdict(sweep: pd.DataFrame, model: str = "") -> pd.DataFrame:
         "statistic": f"Spearman of DataInf's block scores at n = {int(smaller.index[-1])} with n = {ref}",
         "value": value, "low": float(smaller.min()), "high": float(smaller.max()),
         "interval": "range over the smaller n",
-        "criterion": f"held: >= {SETTLED}; not held: < {UNSTABLE}; else inconclusive",
+        "criterion": f"held: >= {SETTLED}; not held: < {UNSTABLE}; else ruled out at this scale",
         "verdict": verdict, "sentence": sentence}])
