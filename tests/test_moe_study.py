@@ -386,3 +386,18 @@ def test_seed_counts_are_marked_and_identical_allocations_found():
     assert found["identical allocations"].to_dict() == {("a", 5.0): "LayerIF +ve = LayerIF All"}
     # only trained settings count
     assert tables.identical_allocations(alloc, {("LayerIF +ve", "a", 5.0)}).empty
+
+
+def test_paper_comparison_shows_no_difference_where_every_trained_model_is_at_chance():
+    # Issue 25: "-59-point gaps" on CSQA, where the models are at chance, read as effects.
+    idx = pd.MultiIndex.from_tuples(
+        [("csqa", "Base model", 5.0), ("csqa", "AlphaLoRA", 5.0), ("mrpc", "Base model", 5.0),
+         ("mrpc", "AlphaLoRA", 5.0)], names=["task", "method", "per_block"])
+    chance = pd.DataFrame({"above bar": [False, False, False, True]}, index=idx)
+    assert tables.tasks_at_chance(chance) == ["csqa"]
+    acc = pd.DataFrame({"AlphaLoRA": [0.20, 0.70]}, index=["csqa", "mrpc"])
+    out = tables.paper_comparison(acc, "table1", tables.TASK_ROWS, "n", ["csqa"])
+    common, mrpc = out.xs("Common Q", level="row"), out.xs("MRPC", level="row")
+    assert common["ours"].iloc[0] == pytest.approx(20.0) and common["difference"].isna().all()
+    assert "at chance" in common["note"].iloc[0]
+    assert mrpc["difference"].iloc[0] == pytest.approx(70.0 - mrpc["paper"].iloc[0])

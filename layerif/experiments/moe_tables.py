@@ -25,6 +25,7 @@ __all__ = ["AVERAGE", "BASE", "FAMILIES", "LORA", "MoEResult", "PAPER_COLUMNS", 
            "accuracy_shown", "budget_table", "chance_check", "identical_allocations", "seed_counts",
            "stand_in", "table7_comparison", "loss_curves", "loss_figures", "model_tables",
            "notebook_tables", "paired_by_task", "paper_comparison", "runs_frame", "seed_spread",
+           "tasks_at_chance",
            "table", "usage_table", "versus"]
 
 #: The two rows that are not allocations: the model without fine-tuning, and one LoRA per
@@ -288,17 +289,31 @@ PAPER_COLUMNS = {"AlphaLoRA": "AlphaLora", "MoLA 2468": "MoLA(2468)", "MoLA 5555
 
 
 def paper_comparison(table: pd.DataFrame, table_id: str, task_rows: Mapping[str, str],
-                     note: str) -> pd.DataFrame:
+                     note: str, at_chance=()) -> pd.DataFrame:
     """:func:`layerif.paper.compare` of an :func:`accuracy_table` (fractions) with the paper's
     Table 1 or 4 (percent): the methods the paper printed, the tasks run here, no average
-    (ours averages fewer tasks than the paper's); cells we did not run are dropped."""
+    (ours averages fewer tasks than the paper's); cells we did not run are dropped. On the
+    tasks in ``at_chance`` (no trained model above the chance bar) ours is kept but the
+    difference is left empty: a model at chance is not a smaller effect, it is no signal."""
     printed = paper.table(table_id).columns
     columns = {c: PAPER_COLUMNS[c] for c in table.columns
                if c in PAPER_COLUMNS and PAPER_COLUMNS[c] in printed}
     ours = table.drop(index=AVERAGE, errors="ignore")[list(columns)]
     rows = {k: v for k, v in task_rows.items() if k in ours.index}
     out = paper.compare(ours, table_id, rows=rows, columns=columns, note=note, scale=100)
-    return out.dropna(subset=["ours"])
+    out = out.dropna(subset=["ours"])
+    blank = out.index.get_level_values("row").isin([rows[t] for t in at_chance if t in rows])
+    out.loc[blank, "difference"] = np.nan
+    out.loc[blank, "note"] = out.loc[blank, "note"] + "; at chance here: no difference shown"
+    return out
+
+
+def tasks_at_chance(chance: pd.DataFrame, base: str = BASE) -> list[str]:
+    """Tasks of a :func:`chance_check` on which no trained method (every method but ``base``)
+    clears the bar: they cannot rank allocations, and a gap to the paper there is noise."""
+    trained = chance[chance.index.get_level_values("method") != base]
+    above = trained["above bar"].groupby(level="task").any()
+    return sorted(above.index[~above])
 
 
 @dataclass(frozen=True)
@@ -327,11 +342,12 @@ def model_tables(model: str, runs: Mapping, ours: str, n_eval: int, task: str) -
     whose loss curves are shown."""
     spread = seed_spread(runs)
     noise = float(spread["range"].mean()) if len(spread) else np.nan
-    accuracy = accuracy_table(runs, 5.0)
+    accuracy, chance = accuracy_table(runs, 5.0), chance_check(runs)
     return {"accuracy": accuracy, "seeds": seed_counts(runs, 5.0), "spread": spread, "noise": noise,
             "comparison": paper_comparison(accuracy, PAPER_TABLES.get(model, "table1"), TASK_ROWS,
-                                           f"{model}; {n_eval} held-out examples per task"),
-            "chance": chance_check(runs), "table7": versus(runs, ours, FAMILIES, None, noise),
+                                           f"{model}; {n_eval} held-out examples per task",
+                                           tasks_at_chance(chance)),
+            "chance": chance, "table7": versus(runs, ours, FAMILIES, None, noise),
             "paired": paired_by_task(runs, ours), "frames": runs_frame(runs),
             "fig2": budget_table(runs, {"LayerIF": (ours,), **FAMILIES}),
             "usage": usage_table(runs), "curves": loss_curves(runs, task)}
