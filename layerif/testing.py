@@ -9,9 +9,10 @@ import string
 
 import torch
 
-__all__ = ["char_tokenizer", "tiny_llama", "tiny_model"]
+__all__ = ["char_tokenizer", "shared_model", "tiny_llama", "tiny_model"]
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+_LOADED: dict = {}
 
 
 def char_tokenizer():
@@ -78,3 +79,22 @@ def tiny_llama(
 def tiny_model(n_layers: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)``: :func:`tiny_llama` with the matching :func:`char_tokenizer`."""
     return tiny_llama(n_layers=n_layers, seed=seed, dtype=dtype), char_tokenizer()
+
+
+def shared_model(name: str = "smollm2-135m", device="cpu", dtype=torch.float32):
+    """``layerif.load_model(name, device=device, dtype=dtype)``, loaded once per process: later
+    calls with the same model, resolved device and dtype return the same ``(model, tokenizer)``.
+
+    For tests that only read the model (a test that changes its weights or modules works on a
+    ``copy.deepcopy``); loading SmolLM2 or Gemma-3 costs seconds, mostly in the tokenizer. Only
+    embedded models: a local folder's weights can change under the same path.
+    """
+    from .models import EMBEDDED_MODELS, load_model, resolve_device, resolve_dtype
+
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"name={name!r} is invalid: expected an embedded model, one of "
+                         f"{sorted(EMBEDDED_MODELS)}")
+    key = (name, str(resolve_device(device)), resolve_dtype(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = load_model(name, device=device, dtype=dtype)
+    return _LOADED[key]

@@ -29,10 +29,44 @@ def tiny64():
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The real embedded SmolLM2-135M on CPU (slow tests only)."""
-    from layerif import load_model
+    """The real embedded SmolLM2-135M on CPU (slow tests only), loaded once per session and
+    shared: a test that changes it works on a ``copy.deepcopy``."""
+    from layerif.testing import shared_model
 
-    return load_model("smollm2-135m", device="cpu")
+    return shared_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_64(smollm2):
+    """A float64 copy of :func:`smollm2` (``model.double()``), made once per session and shared
+    by the tests that only read it (float64 references)."""
+    import copy
+
+    model, tokenizer = smollm2
+    return copy.deepcopy(model).to(torch.float64), tokenizer
+
+
+@pytest.fixture
+def load_once(monkeypatch):
+    """Every ``load_model`` of ``layerif.experiments`` served by ``layerif.testing.shared_model``
+    for embedded models (each model loaded once per session instead of once per notebook run);
+    for tests whose code only reads the models, as the read-only claims table does."""
+    import importlib
+    import pkgutil
+
+    import layerif.experiments
+    from layerif.models import EMBEDDED_MODELS, load_model
+    from layerif.testing import shared_model
+
+    def load(name="smollm2-135m", device="auto", dtype=torch.float32, device_map=None, **kwargs):
+        if name not in EMBEDDED_MODELS or device_map is not None or kwargs:
+            return load_model(name, device=device, dtype=dtype, device_map=device_map, **kwargs)
+        return shared_model(name, device=device, dtype=dtype)
+
+    for info in pkgutil.iter_modules(layerif.experiments.__path__):
+        module = importlib.import_module(f"layerif.experiments.{info.name}")
+        if getattr(module, "load_model", None) is load_model:
+            monkeypatch.setattr(module, "load_model", load)
 
 
 @pytest.fixture

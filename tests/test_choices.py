@@ -3,7 +3,6 @@
 Checked against stock lm-eval on the real SmolLM2-135M (seven tasks) and Gemma-3-270M, and
 against an independent float64 brute force (one unbatched forward per (context, choice)).
 """
-import copy
 import math
 import os
 
@@ -42,7 +41,7 @@ def _assert_same_as_lm_eval(model, tokenizer, named, batch_size=4, tol=1e-4):
 
 
 @pytest.mark.slow
-def test_equals_lm_eval_on_smollm2_seven_tasks(smollm2):
+def test_equals_lm_eval_on_smollm2_seven_tasks(smollm2, smollm2_64):
     """float32 on the seven tasks; float64 on three, where only token ids and pairing can differ.
 
     In float32 the two differ by up to ~5e-4 on HellaSwag's long sums: lm-eval's own float32
@@ -61,7 +60,7 @@ def test_equals_lm_eval_on_smollm2_seven_tasks(smollm2):
     assert all(c.startswith(" ") for c in wino.choices) and len(tail) > 3
     ours = _assert_same_as_lm_eval(model, tokenizer, named, tol=1e-3)
     assert set(ours.index.get_level_values("task")) == set(PAPER_TASKS)
-    model64 = copy.deepcopy(model).to(torch.float64)
+    model64 = smollm2_64[0]  # copy.deepcopy(model).to(torch.float64), shared
     short = {t: named[t][:2] for t in ("hellaswag", "winogrande", "arc_easy")}
     _assert_same_as_lm_eval(model64, tokenizer, short, tol=1e-9)
 

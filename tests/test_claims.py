@@ -119,7 +119,7 @@ def test_styled_shows_p_values_to_three_digits_and_a_dash_for_none():
 
 
 @pytest.mark.slow
-def test_claims_table_equals_the_committed_notebook_10():
+def test_claims_table_equals_the_committed_notebook_10(load_once):
     """Notebook 10's table from the committed results/cpu, every notebook's run() read-only,
     against its snapshot (tests/data/claims_cpu.csv): same rows, same strings. The snapshot
     was regenerated when the five verdicts came (issue 22) after checking that every row

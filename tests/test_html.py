@@ -577,20 +577,26 @@ def test_an_equation_renders_with_no_network(html_dir, reader):
         "MathJax with the network blocked: is mathjax_path served from _static?")
 
 
-def test_no_table_or_printed_output_is_clipped(html_dir, reader):
+@pytest.fixture(scope="module")
+def layouts(html_dir, reader) -> dict[str, dict]:
+    """:func:`page_layout` of the index and every toc page, measured once for the checks below."""
+    return {rel: page_layout(reader, (html_dir / rel).as_uri()) for rel in ["index.html"] + _toc_pages()}
+
+
+def test_no_table_or_printed_output_is_clipped(layouts):
     problems = []
     for rel in ["index.html"] + _toc_pages():
-        layout = page_layout(reader, (html_dir / rel).as_uri())
+        layout = layouts[rel]
         problems += [f"{rel}: {c}" for c in layout["clipped"]]
     assert not problems, ("wider than the content column without a scroll container:\n"
                           + "\n".join(problems))
 
 
-def test_figures_are_shown_at_their_own_size(html_dir, reader):
+def test_figures_are_shown_at_their_own_size(layouts):
     """A figure wider than the content column is shrunk, and its fonts with it."""
     problems = []
     for rel in _toc_pages():
-        layout = page_layout(reader, (html_dir / rel).as_uri())
+        layout = layouts[rel]
         problems += [f"{rel}: {natural} px drawn at {shown} px"
                      for natural, shown in layout["images"] if shown and natural > shown * 1.05]
     assert not problems, "figures scaled down (fonts shrink with them):\n" + "\n".join(problems)

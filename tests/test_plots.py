@@ -189,9 +189,15 @@ def _overlapping(fig) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.fixture(scope="module")
+def book_sized_figures():
+    """:func:`_book_sized_figures`, built once (each test below reads a different one)."""
+    return _book_sized_figures()
+
+
 @pytest.mark.parametrize("name", ["heatmap", "correlation", "layer_lines", "grouped_bars", "scatter"])
-def test_figures_fit_the_book_and_their_text_is_legible(name):
-    fig = _book_sized_figures()[name]
+def test_figures_fit_the_book_and_their_text_is_legible(name, book_sized_figures):
+    fig = book_sized_figures[name]
     image = render(fig)
     # shown at its own size in the book's content column: no down-scaling of its fonts
     assert image.shape[1] <= plots.MAX_WIDTH_IN * plots.DPI + 1
