@@ -57,7 +57,6 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 # Notebook pages whose comparison with the paper is prose or printed text, not a table yet.
 NO_COMPARISON_TABLE_YET = {
-    "01_layer_scores": "Fig. 1 prints no numbers: the claim is discussed in prose",
     "02_expert_allocation": "Fig. 4 prints no numbers: no paper | ours table yet",
     "04_sparsity_allocation": "the paper prints no per-block sparsities: no table yet",
 }
