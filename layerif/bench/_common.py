@@ -50,3 +50,23 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a wall-clock reading is the work's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn):
+    """``(fn(), seconds, memory)``: ``fn`` timed between device syncs inside a
+    :class:`PeakMemory`, which is returned for its ``peak`` and ``start``."""
+    import time
+
+    with PeakMemory(device) as memory:
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return out, seconds, memory

@@ -23,6 +23,7 @@ import torch
 from ..evaluate.choices import encode_pair, lm_eval_docs
 from ..evaluate.zero_shot import PAPER_TASKS, zero_shot
 from ..models import load_model, resolve_device
+from ._common import sync
 
 GOAL = 1.5
 
@@ -55,16 +56,12 @@ def reference_forward(model, sequences, batch_size, pad):
         model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _timed(device, fn):
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - t0
 
 

@@ -25,16 +25,14 @@ import time
 
 import torch
 
+from ._common import sync
+
 GOALS = {"weights": 4.0, "lora": 2.5, "loop_speedup": 10.0, "rss_gb": 8.0, "shared": 1.2}
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _examples(args):
@@ -87,11 +85,11 @@ def plain_epoch(model, batches, device) -> float:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(True)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for ids, att, mask, _ in batches:
         example_losses(model, ids.to(device), att.to(device), mask.to(device)).sum().backward()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     for p, flag in flags:
@@ -103,10 +101,10 @@ def timed_scores(model, tok, train, val, config, device, progress, methods=None)
     """``(seconds, result)`` of one :func:`layerif.scores.layer_scores` call."""
     from layerif.scores import layer_scores
 
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     result = layer_scores(model, tok, train, val, config, progress=progress, methods=methods)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, result
 
 
@@ -144,7 +142,7 @@ def block_loop(model, tokenizer, train, val, blocks, max_length, n_examples, dev
         params = [u.param for u in units if u.layer == block]
         for p, _ in flags:
             p.requires_grad_(any(p is q for q in params))
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         rows = []
         for ids, att, mask, _ in singles:
@@ -154,7 +152,7 @@ def block_loop(model, tokenizer, train, val, blocks, max_length, n_examples, dev
         vals = [torch.stack([r[k] for r in rows[n_train:]] or [torch.zeros_like(rows[0][k])])
                 for k in range(len(params))]
         influence.datainf(stacks, vals)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
         del rows, stacks, vals
     for p, flag in flags:

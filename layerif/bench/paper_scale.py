@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
 
 import pandas as pd
 import torch
 
 from ..models import resolve_device, transformer_blocks
 from . import shapes
-from ._common import PeakMemory
+from ._common import timed
 
 __all__ = ["COLUMNS", "PAPER", "STAGES", "TINY", "OwnSeconds", "Sizes", "embedded_tokenizer", "main",
            "measure", "run"]
@@ -68,10 +67,6 @@ TINY = Sizes(n_train=6, n_val=2, train_steps=1, grad_accum=2, train_len=32, choi
              ppl=(2, 32), calibration=(4, 32))
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class OwnSeconds(float):
     """Returned by a stage that times itself (a training stage: its steps, not the attach)."""
@@ -79,12 +74,7 @@ class OwnSeconds(float):
 
 def _timed(device, fn) -> tuple[float, float]:
     """``(seconds, GB)`` of ``fn()``; an :class:`OwnSeconds` it returns replaces the wall time."""
-    with PeakMemory(device) as mem:
-        _sync(device)
-        t0 = time.perf_counter()
-        own = fn()
-        _sync(device)
-        seconds = time.perf_counter() - t0
+    own, seconds, mem = timed(device, fn)
     used = mem.peak if device.type == "cuda" else mem.peak - mem.start
     return (float(own) if isinstance(own, OwnSeconds) else seconds), used / 2**30
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 
 from ..models import load_model, resolve_device
 from ..prune import prune_model
-from ._common import PeakMemory
+from ._common import timed
 
 GOALS = {"wanda": 2.0, "sparsegpt": 10.0}
 
@@ -40,10 +39,6 @@ def forward_all(model, tokens, batch_size):
         model(input_ids=tokens[start:start + batch_size].to(device), use_cache=False)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _synthetic_smollm2(device, dtype):
     """A Llama with SmolLM2-135M's shapes and random weights: timing only, no checkpoint."""
@@ -63,13 +58,8 @@ def _synthetic_smollm2(device, dtype):
 
 
 def _timed(device, fn):
-    with PeakMemory(device) as mem:
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        elapsed = time.perf_counter() - t0
-    return out, elapsed, mem.peak
+    out, elapsed, memory = timed(device, fn)
+    return out, elapsed, memory.peak
 
 
 def measure(model, calibration, held_out, methods, sparsity=0.5, batch_size=8):
