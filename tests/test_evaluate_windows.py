@@ -2,7 +2,6 @@
 tiny Llama; their save/load round trip; evaluations saved before windows were kept."""
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from layerif import stats, store
+from layerif.data import Example
 from layerif.evaluate.perplexity import perplexity, window_nll
 from layerif.evaluate.suite import EvalConfig, Evaluation, evaluate_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu" / "pruning"
 
 
-@dataclass
-class _Example:
-    id: str
-    prompt: str
-    choices: list
-    label: int
-    text: str
-
-
 def _examples():
     specs = [("The sky is", ["blue", "green grass", "red"], 0), ("Cats say", ["moo", "meow"], 1),
              ("Fire is", ["cold", "hot", "wet"], 1), ("One, two,", ["three", "ten"], 0)]
-    return [_Example(str(i), p, c, y, f"{p} {c[y]}") for i, (p, c, y) in enumerate(specs)]
+    return [Example(str(i), p, c, y, f"{p} {c[y]}") for i, (p, c, y) in enumerate(specs)]
 
 
 def _tokens(rows=5, length=17, seed=0):
