@@ -109,6 +109,8 @@ def test_per_matrix_setting_prunes_each_matrix_at_its_ratio(setup):
 def test_profiles_are_valid_configs(profile, name):
     params = study.load_params(name, profile)
     prune, evaluation = PruneConfig(**params["prune"]), EvalConfig(**params["evaluation"])
+    if name == "05_pruning":
+        EvalConfig(tasks=(), **params["nll"])         # the per-window NLL test's windows
     if profile == "paper":
         assert (prune.n_samples, prune.seq_len) == (128, 2048)  # the paper's calibration
         assert evaluation.n_examples is None                      # full test sets
@@ -150,20 +152,33 @@ def test_notebook_05_run(setup):
     params = {**SIZES, "models": [model], "methods": ["magnitude", "wanda"], "sparsity": 0.5,
               "fig3_models": [], "fig3_sparsities": [0.5],
               "task_specific": {"models": [model], "tasks": ["arc_easy"], "method": "wanda",
-                                "n_train": 4, "n_val": 4, "n_examples": 3}}
+                                "n_train": 4, "n_val": 4, "n_examples": 3},
+              "nll": {"ppl_samples": 2, "ppl_len": 16}}   # the evaluation's own windows: reused
     result = pruning_study.run(params, results=results)
     evals = result.evals[model]
+    assert result.windows[model] == {s: e for s, e in evals.items() if s.method != "dense"}
     assert len(evals) == 1 + 2 * 4 and result.acc[model][pruning_study.tables.AVERAGE].between(0, 1).all()
     _invariants(result.log, evals)
     rows = pruning_study.verdicts(result)
     assert [r.claim for r in rows][:3] == [f"LayerIF sparsity beats {b} at 50%" for b in ("Uniform", "AlphaPruning", "OWL")]
-    assert len(rows) == 3 + 1 + 1 and all(r.notebook == "05_pruning" for r in rows)
+    assert len(rows) == 3 + 3 + 1 + 1 and all(r.notebook == "05_pruning" for r in rows)
     ppl = result.acc[model]["perplexity"].drop(index="dense", level="method").unstack("allocation")
     wins = int((ppl.idxmin(axis=1) == "LayerIF").sum())
-    assert rows[3].p == pytest.approx(sps.binomtest(wins, 2, 0.25, alternative="greater").pvalue)
+    assert rows[6].p == pytest.approx(sps.binomtest(wins, 2, 0.25, alternative="greater").pvalue)
+    # the NLL rows: LayerIF - Uniform per window, the two pruners averaged, by scipy
+    per_token = {s: e.windows["nll_sum"] / e.windows["n_tokens"] for s, e in evals.items() if s.method != "dense"}
+    w = {a: sum(per_token[pruning.Setting(m, a, 0.5)] for m in ("magnitude", "wanda")) / 2
+         for a in ("LayerIF", "Uniform")}
+    assert rows[3].p == pytest.approx(sps.ttest_rel(w["LayerIF"], w["Uniform"]).pvalue)
+    assert rows[3].statistic == pytest.approx(float((w["LayerIF"] - w["Uniform"]).mean()))
     again = _read_only_again(pruning_study, params, results, "05_pruning")
     pd.testing.assert_frame_equal(pruning_study.paired_table(again), pruning_study.paired_table(result))
     assert pruning_study.verdicts(again) == rows and pruning_study.summary(again) == pruning_study.summary(result)
+    # other windows than the evaluation's: each pruned setting on perplexity only, stored
+    more = pruning_study.run({**params, "nll": {"ppl_samples": 3, "ppl_len": 16}}, results=results)
+    assert all(e.windows.shape == (3, 2) and e.examples.empty for e in more.windows[model].values())
+    assert (results / "pruning" / store.slug(model) / "ppl-only-ppl3x16").is_dir()
+    assert len(pruning_study.window_table(more)) == 2 * 3
 
 
 def test_notebook_07_run(setup):

@@ -121,10 +121,15 @@ def test_notebook_05_rows_use_the_tables_d_and_the_dense_model():
             base = [1] * (60 if alloc == "LayerIF" else 50) + [0] * (40 if alloc == "LayerIF" else 50)
             evals[Setting(m, alloc, sp)] = _eval({t: base for t in TASKS}, 10 * k + j)
     params = {"models": ["m"], "methods": methods, "sparsity": sp, "task_specific": {}, "fig3_sparsities": []}
+    windows = {s: _windows(0.1 if s.allocation == "LayerIF" else 0.0, seed=i)
+               for i, s in enumerate(s for s in evals if s.method != DENSE)}
     result = pruning_study.PruningStudy(params, "", {"m": evals}, pd.DataFrame(), {}, {},
-                                        {"m": tables.accuracy_table(evals)}, {}, {}, {}, {})
+                                        {"m": tables.accuracy_table(evals)}, {}, {}, {}, {}, {"m": windows})
     rows = pruning_study.verdicts(result)
-    assert len(rows) == 3 + 1       # three baselines, the perplexity row (no Table 8, no own scores)
+    assert len(rows) == 3 + 3 + 1   # three baselines on accuracy and on NLL, the perplexity row
+    for row in rows[3:6]:           # LayerIF's windows 0.1 nats per token above every baseline's
+        assert row.unit == "nats" and row.n_unit == "windows" and row.verdict == V.NOT_HELD
+        assert row.statistic == pytest.approx(0.1, abs=0.02) and row.effect < 0
     t2 = paper.table("table2")
     for row, base in zip(rows[:3], ("Uniform", "AlphaPruning", "OWL")):
         assert row.effect == pytest.approx(t2.at["LayerIF", "Average"] - t2.at[base, "Average"])
@@ -158,3 +163,60 @@ def test_smoothing_row_pools_cells_and_scales_the_papers_relative_change():
     assert row.effect == pytest.approx(printed.mean() * 0.6)       # the paper's mean % at our raw 60%
     assert row.statistic == pytest.approx(10.0) and "600 paired examples" in row.ours
     assert "3 of 3 cells positive" in row.ours and row.verdict == V.HELD
+
+
+def _windows(shift: float, n: int = 40, seed: int = 0, tokens: int = 256) -> Evaluation:
+    """An evaluation holding only per-window NLL sums: 3 nats per token plus ``shift`` plus
+    window noise (sd 0.05) shared by every seed (the windows' own difficulty) and a little
+    model noise (sd 0.01)."""
+    base = np.random.default_rng(99).normal(0.0, 0.05, n)
+    own = np.random.default_rng(seed).normal(0.0, 0.01, n)
+    frame = pd.DataFrame({"nll_sum": (3.0 + shift + base + own) * tokens, "n_tokens": np.full(n, tokens)})
+    return Evaluation(pd.DataFrame(), math.exp(3.0 + shift), frame.rename_axis("window"))
+
+
+def test_nll_d_carries_the_relative_accuracy_gain_to_perplexity():
+    t2 = paper.table("table2")
+    r = (t2.at["LayerIF", "Average"] - t2.at["Uniform", "Average"]) / t2.at["Uniform", "Average"]
+    assert pv.nll_d("table2", "LayerIF", "Uniform", "Average") == pytest.approx(math.log(1 - r))
+    assert pv.nll_d("table2", "LayerIF", "Uniform", "Average") == pytest.approx(-0.0049679, abs=1e-6)
+
+
+def test_window_mean_averages_the_nll_sums_per_window_and_checks_the_windows():
+    a, b = _windows(0.0, seed=1), _windows(0.3, seed=2)
+    got = pv.window_mean([a, b])
+    assert np.allclose(got["nll_sum"], (a.windows["nll_sum"] + b.windows["nll_sum"]) / 2)
+    assert got["n_tokens"].equals(a.windows["n_tokens"])
+    with pytest.raises(ValueError, match="not on the same windows"):
+        pv.window_mean([a, _windows(0.0, tokens=128)])
+    with pytest.raises(ValueError, match="no per-window NLL"):
+        pv.window_mean([a, Evaluation(pd.DataFrame(), 1.0)])
+
+
+@pytest.mark.parametrize("shift, d, want", [
+    (-0.02, -0.01, V.HELD), (0.02, -0.01, V.NOT_HELD), (0.0, -0.05, V.RULED_OUT), (0.0, -0.004, None)])
+def test_window_comparison_matches_scipys_paired_t_and_reads_the_five_verdicts(shift, d, want):
+    a, b = _windows(shift, seed=1).windows, _windows(0.0, seed=2).windows
+    found = pv.window_comparison(a, b, d, 0.05)
+    diff = a["nll_sum"] / a["n_tokens"] - b["nll_sum"] / b["n_tokens"]
+    ref = sps.ttest_rel(a["nll_sum"] / a["n_tokens"], b["nll_sum"] / b["n_tokens"])
+    ci = ref.confidence_interval(0.95)
+    t = found["test"]
+    assert t.estimate == pytest.approx(diff.mean()) and t.pvalue == pytest.approx(ref.pvalue)
+    assert (t.ci_low, t.ci_high) == pytest.approx((ci.low, ci.high))
+    read = _read(-t.ci_high, -t.ci_low, -d)        # the claim's direction: lower NLL
+    assert found["decision"].verdict == read and (want is None or read == want)
+    if read == V.UNDERPOWERED:
+        assert found["decision"].n_needed > t.n and found["decision"].mde > abs(d)
+
+
+def test_window_versus_pairs_each_pruner_and_sparsity_with_its_baselines():
+    evals = {Setting("wanda", a, 0.5): _windows(0.1 if a == "LayerIF" else 0.0, seed=i)
+             for i, a in enumerate(("LayerIF", "Uniform", "OWL"))}
+    evals[Setting("sparsegpt", "LayerIF", 0.3)] = _windows(0.0, seed=7)
+    table = tables.window_versus(evals, "LayerIF", ("Uniform", "AlphaPruning", "OWL"))
+    assert list(table.index) == [("wanda", 0.5, "Uniform"), ("wanda", 0.5, "OWL")]
+    a, b = evals[Setting("wanda", "LayerIF", 0.5)].windows, evals[Setting("wanda", "OWL", 0.5)].windows
+    ref = sps.ttest_rel(a["nll_sum"] / 256, b["nll_sum"] / 256)
+    assert table.loc[("wanda", 0.5, "OWL"), "p"] == pytest.approx(ref.pvalue)
+    assert table.loc[("wanda", 0.5, "OWL"), "windows"] == 40

@@ -226,8 +226,8 @@ class PruningRun:
         evaluation config (``paper7-n20-ppl12x256``, ``arc_easy-n80-ppl12x256``), so that
         evaluations of the same pruned model on other examples sit side by side."""
         e = self.eval_config
-        tasks = "paper7" if e.tasks == PAPER_TASKS else "+".join(e.tasks) or "ppl-only"
-        name = f"{tasks}-n{e.n_examples or 'all'}-ppl{e.ppl_samples}x{e.ppl_len}"
+        tasks = "paper7" if e.tasks == PAPER_TASKS else "+".join(e.tasks)
+        name = (f"{tasks}-n{e.n_examples or 'all'}-" if tasks else "ppl-only-") + f"ppl{e.ppl_samples}x{e.ppl_len}"
         if e.split != "test":
             name += f"-{e.split}"
         return (self.results / "pruning" / store.slug(self.model_name) / store.slug(name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import paper, plots, store
+from ..evaluate.suite import EvalConfig
 from . import pruning, pruning_tables as tables
 from .prose import bullets
 from .pruning import DENSE, Setting
@@ -21,7 +22,8 @@ from .verdict import Verdict, interval, interval_verdict
 
 __all__ = ["NOTEBOOK", "PruningStudy", "above_chance_table", "conclusion", "dense_table", "fig3",
            "paired_table", "paper_tables", "run", "settings", "settings_table", "specific_sizes",
-           "specific_table", "summary", "table8_table", "table8_vs_paper", "verdicts"]
+           "specific_table", "summary", "table8_table", "table8_vs_paper", "verdicts",
+           "window_evaluations", "window_table"]
 
 NOTEBOOK = "05_pruning"
 TABLE_IDS = ("table2", "table5")  # the first model stands for Mistral-7B, the second for Gemma-7B
@@ -36,7 +38,9 @@ class PruningStudy:
     ``evals``: {Setting: Evaluation}; ``checks`` / ``above``: the dense model against chance
     and the tasks it clears; ``acc``: :func:`~.pruning_tables.accuracy_table`; ``paired``:
     LayerIF against each baseline (:func:`~.pruning_tables.versus`); ``table8``: Fig. 3 models
-    only; ``specific`` / ``specific_evals``: each task pruned with its own scores (by task)."""
+    only; ``specific`` / ``specific_evals``: each task pruned with its own scores (by task);
+    ``windows``: {Setting: Evaluation} of the pruned settings on ``nll`` perplexity windows
+    only (the per-window NLL of the sensitive paired test, :func:`window_evaluations`)."""
 
     params: dict
     sizes: str
@@ -49,6 +53,7 @@ class PruningStudy:
     table8: dict
     specific: dict
     specific_evals: dict
+    windows: dict
 
 
 def settings(params: dict, model: str) -> list[Setting]:
@@ -74,6 +79,24 @@ def _task_specific(results: Path, params: dict, model: str) -> dict:
             .evaluate_all(_own_scores(params, task)) for task in ts["tasks"]}
 
 
+def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
+    """{model: {Setting: Evaluation}}: every pruned setting of :func:`settings` on the ``nll``
+    perplexity windows (``ppl_samples`` x ``ppl_len``; more than the zero-shot evaluation's
+    where the budget allows, because the paired per-window test is where the power is).
+    Where they are the evaluation's own perplexity windows and ``evals`` kept them, those are
+    used; otherwise each setting is evaluated on perplexity only (a stored result)."""
+    e, nll = EvalConfig(**params["evaluation"]), params["nll"]
+    out = {}
+    for m in params["models"]:
+        pruned = settings(params, m)[1:]
+        if ((e.ppl_samples, e.ppl_len) == (nll["ppl_samples"], nll["ppl_len"])
+                and all(evals[m][s].windows is not None for s in pruned)):
+            out[m] = {s: evals[m][s] for s in pruned}
+        else:
+            out[m] = pruning.from_params(results, m, params, tasks=(), **nll).evaluate_all(pruned)
+    return out
+
+
 def run(params: dict, profile: str = "smoke", results=None) -> PruningStudy:
     """Notebook 05's work for its parameters (``results``: the profile's folder by default)."""
     results = Path(results or store.results_dir(profile))
@@ -89,7 +112,8 @@ def run(params: dict, profile: str = "smoke", results=None) -> PruningStudy:
         {m: tables.accuracy_table(e, above[m]) for m, e in evals.items()},
         {m: tables.versus(e, "LayerIF", sp, params["methods"]) for m, e in evals.items()},
         {m: tables.table8(evals[m], "sparsegpt", params["fig3_sparsities"]) for m in params["fig3_models"]},
-        {m: tables.task_specific_table(e, ts["tasks"]) for m, e in specific.items()}, specific)
+        {m: tables.task_specific_table(e, ts["tasks"]) for m, e in specific.items()}, specific,
+        window_evaluations(results, params, evals))
 
 
 # ------------------------------------------------------------------ what the notebook shows
@@ -134,6 +158,14 @@ def _readable_columns(table: pd.DataFrame) -> pd.DataFrame:
 def paired_table(result: PruningStudy) -> pd.DataFrame:
     """LayerIF against each baseline per pruner, on the same examples."""
     return tables.by_model(result.paired).round(4)
+
+
+def window_table(result: PruningStudy, level: float = 0.05) -> pd.DataFrame:
+    """LayerIF against each baseline per pruner and sparsity on the per-window NLL (nats per
+    token, negative: LayerIF's model predicts the held-out text better), paired over the
+    ``nll`` windows: difference, interval, p and the windows."""
+    return tables.by_model({m: tables.window_versus(e, "LayerIF", BASELINES, level)
+                            for m, e in result.windows.items()}).round(4)
 
 
 def fig3(result: PruningStudy, level: float = 0.05) -> list:
@@ -218,6 +250,13 @@ def _summary_lines(result: PruningStudy, level: float) -> list[str]:
                      "settings share scores and text, so this is descriptive).")
     for model, frame in result.paired.items():
         lines += _paired_lines(model, frame, result.above[model], result.params["sparsity"], level)
+    for model, frame in result.windows.items():
+        t = tables.window_versus(frame, "LayerIF", BASELINES, level)
+        lower, higher = int((t["CI high"] < 0).sum()), int((t["CI low"] > 0).sum())
+        lines.append(f"{model}, per-window NLL ({int(t['windows'].min())} windows, the same for every "
+                     f"model): LayerIF's model is significantly lower than the baseline's in {lower} and "
+                     f"significantly higher in {higher} of {len(t)} (pruner, sparsity, baseline) "
+                     f"pairs (paired t, {level}).")
     for model, t in result.table8.items():
         for base, row in t.drop(index=t.index[0]).iterrows():
             lines.append(
@@ -250,8 +289,8 @@ def verdicts(result: PruningStudy, level: float = 0.05) -> list[Verdict]:
     """Tables 2 / 5 (LayerIF vs each baseline, pruners pooled), Table 8 (SparseGPT across
     sparsities), and two beyond the paper: lowest perplexity, a task's own scores. Each
     comparison by the one rule of :mod:`.pruning_verdicts` (accuracy points, the paper's d)."""
-    return (_beats_baselines(result, level) + _table8(result, level) + _perplexity(result, level)
-            + _own_vs_pooled(result, level))
+    return (_beats_baselines(result, level) + _nll_beats_baselines(result, level) + _table8(result, level)
+            + _nll_table8(result, level) + _perplexity(result, level) + _own_vs_pooled(result, level))
 
 
 def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
@@ -270,6 +309,47 @@ def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
                 ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} "
                      "paired examples",
                 note="d: the table's Average difference"))
+    return rows
+
+
+def _window_pair(result: PruningStudy, model: str, base: str, cells: list[tuple]) -> tuple:
+    """LayerIF's and ``base``'s per-window frames, averaged per window over ``cells``
+    (``(method, sparsity)`` pairs) of :attr:`PruningStudy.windows`."""
+    evals = result.windows[model]
+    return tuple(pv.window_mean([evals[Setting(m, alloc, s)] for m, s in cells]) for alloc in ("LayerIF", base))
+
+
+def _nll_beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
+    """Tables 2 / 5 on the sensitive measure (:mod:`.pruning_verdicts`), pruners averaged."""
+    rows, sp, methods = [], result.params["sparsity"], result.params["methods"]
+    for model, table_id in zip(result.params["models"], TABLE_IDS):
+        for base in BASELINES:
+            d = pv.nll_d(table_id, "LayerIF", base, "Average")
+            found = pv.window_comparison(*_window_pair(result, model, base, [(m, sp) for m in methods]), d, level)
+            rows.append(pv.nll_row(
+                found, claim=f"LayerIF sparsity lowers held-out NLL vs {base} at {sp:.0%}", model=model,
+                where=f"{table_id} (sensitive measure)", notebook=NOTEBOOK,
+                paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
+                what=f"{len(methods)} pruners averaged per window",
+                note=f"d: the table's relative Average gain as the same relative drop in perplexity, "
+                     f"ln(1 - r) = {d:+.4f}"))
+    return rows
+
+
+def _nll_table8(result: PruningStudy, level: float) -> list[Verdict]:
+    """Table 8 on the sensitive measure: SparseGPT's sparsities averaged per window."""
+    rows, sps = [], result.params["fig3_sparsities"]
+    for model in result.table8:
+        for base in BASELINES:
+            d = pv.nll_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
+            found = pv.window_comparison(*_window_pair(result, model, base, [("sparsegpt", s) for s in sps]), d, level)
+            rows.append(pv.nll_row(
+                found, claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
+                model=model, where="Table 8 (sensitive measure)", notebook=NOTEBOOK,
+                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
+                what=f"{len(sps)} sparsities averaged per window",
+                note=f"d: the table's relative gain as the same relative drop in perplexity, "
+                     f"ln(1 - r) = {d:+.4f}"))
     return rows
 
 

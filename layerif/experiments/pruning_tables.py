@@ -22,7 +22,7 @@ from .scoring import POOL
 
 __all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "by_model", "dense_check", "fixed_choice_tasks",
            "granularity_table", "method_by_allocation", "paired_comparison",
-           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "wins",
+           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "window_versus", "wins",
            "aggregation_table", "perplexity_wins", "DIVERGED", "perplexity_text", "readable_perplexity"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
@@ -260,6 +260,28 @@ def versus(evals: Mapping[Setting, Evaluation], ours: str, sparsity: float, meth
             rows[(method, base)] = paired_comparison(mine, _find(evals, allocation=base, **kw))
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "baseline"])
+    return out
+
+
+def window_versus(evals: Mapping[Setting, Evaluation], ours: str, baselines, level: float = 0.05) -> pd.DataFrame:
+    """Allocation ``ours`` against each baseline on the per-window NLL per token, for every
+    (pruner, sparsity) where both were evaluated with windows kept: the paired t test over
+    windows (:func:`layerif.stats.paired_nll`): difference (nats, ``ours - baseline``), its
+    ``1 - level`` interval, p and the number of windows."""
+    rows = {}
+    for setting, mine in evals.items():
+        if setting.allocation != ours:
+            continue
+        for base in baselines:
+            other = evals.get(Setting(setting.method, base, setting.sparsity))
+            if other is None:
+                continue
+            t = stats.paired_nll(mine.windows, other.windows, level=1 - level)
+            rows[(setting.method, setting.sparsity, base)] = {
+                "NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high,
+                "p": t.pvalue, "windows": t.n}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "sparsity", "baseline"])
     return out
 
 

@@ -19,10 +19,19 @@ matrix) is decided on ONE measure whose interval and d share a unit:
   not decide (no d in nats exists).
 
 The verdict is :func:`.verdict.decide_effect`.
+
+Each accuracy claim of Tables 2 / 5 and 8 is also decided on the **sensitive measure**, the
+held-out NLL per token, paired over perplexity windows (:func:`window_comparison`): the same
+windows for every model, each pruner's (or sparsity's) LayerIF - baseline difference averaged
+per window, then :func:`layerif.stats.paired_nll` (interval, p, MDE and n in windows). The
+paper reports no perplexity, so its claim there is a sign; d (:func:`nll_d`) carries the
+table's *relative* accuracy gain over to the same relative drop in perplexity, ``ln(1 - r)``
+nats per token, fixed before any window is read.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -32,9 +41,11 @@ from ..evaluate.suite import Evaluation
 from .pruning_tables import paired_comparison
 from .verdict import Verdict, decide_effect, decided, untestable_reason
 
-__all__ = ["TEST", "chance_reason", "comparison", "margin_text", "paper_d", "pooled", "rate_interval", "row"]
+__all__ = ["NLL_TEST", "TEST", "chance_reason", "comparison", "margin_text", "nll_d", "nll_row", "paper_d",
+           "pooled", "rate_interval", "row", "window_comparison", "window_mean"]
 
 TEST = "exact McNemar, Wald interval of paired accuracies (pooled examples)"
+NLL_TEST = "paired t over perplexity windows of the NLL per token (LayerIF - baseline, averaged per window)"
 
 
 def paper_d(table_id: str, ours: str, base: str, column: str) -> float:
@@ -114,3 +125,43 @@ def rate_interval(wins: int, n: int, level: float = 0.05) -> tuple[float, float]
     res = stats.above_rate(np.arange(n) < wins, 0.0, level=1 - level)
     return res.ci_low, res.ci_high
 
+
+
+def nll_d(table_id: str, ours: str, base: str, column: str) -> float:
+    """The NLL d of a printed accuracy claim (the module docstring): ``ln(1 - r)`` nats per
+    token, ``r`` the table's relative gain ``(ours - base) / base``; negative: lower NLL."""
+    t = paper.table(table_id)
+    return math.log(1.0 - (float(t.at[ours, column]) - float(t.at[base, column])) / float(t.at[base, column]))
+
+
+def window_mean(evaluations) -> pd.DataFrame:
+    """One per-window frame from several evaluations on the same windows: the mean of their
+    ``nll_sum`` per window (the token counts, equal across them, kept)."""
+    frames = [e.windows for e in evaluations]
+    if any(f is None for f in frames):
+        raise ValueError("evaluations=... hold no per-window NLL: evaluate them with windows kept")
+    tokens = frames[0]["n_tokens"]
+    if any(not f["n_tokens"].equals(tokens) for f in frames[1:]):
+        raise ValueError("evaluations=... are not on the same windows (token counts differ)")
+    return pd.DataFrame({"nll_sum": sum(f["nll_sum"] for f in frames) / len(frames), "n_tokens": tokens})
+
+
+def window_comparison(a: pd.DataFrame, b: pd.DataFrame, effect: float, level: float = 0.05) -> dict:
+    """``a`` against ``b`` (per-window frames, :func:`window_mean`) for a claimed NLL
+    ``effect`` (negative: ``a`` lowers it): the :func:`~layerif.stats.paired_nll` result
+    (``test``) and the decision (``decision``, nats per token)."""
+    test = stats.paired_nll(a, b, level=1 - level, effect=effect)
+    decision = decide_effect(test.ci_low, test.ci_high, effect, mde=test.mde, n_needed=test.n_needed)
+    return {"test": test, "decision": decision}
+
+
+def nll_row(found: dict, *, claim: str, model: str, where: str, paper_value: str, notebook: str,
+            what: str, note: str) -> Verdict:
+    """The :class:`Verdict` of a :func:`window_comparison`; ``what`` says what was averaged per
+    window (e.g. ``3 pruners``), ``note`` which d and why."""
+    t = found["test"]
+    return decided(found["decision"], t.ci_low, t.ci_high, unit="nats", n_unit="windows", decimals=4,
+                   claim=claim, model=model, where=where, paper=paper_value,
+                   ours=f"{t.estimate:+.4f} nats per token over {t.n} windows ({what})",
+                   test=f"{NLL_TEST}; {note}", p=float(t.pvalue), notebook=notebook,
+                   statistic=float(t.estimate))

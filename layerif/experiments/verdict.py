@@ -219,12 +219,12 @@ def _replace(decision: EffectDecision, verdict: str, reason: str) -> EffectDecis
 
 
 def decided(decision: EffectDecision, ci_low: float, ci_high: float, *, unit: str, n_unit: str,
-            **row) -> Verdict:
+            decimals: int = 2, **row) -> Verdict:
     """A comparison's :class:`Verdict` row from its :func:`decide_effect` decision: the verdict,
     d, MDE and n needed from ``decision``, the interval ``[ci_low, ci_high]`` (printed with
     ``unit``); ``row`` gives the other fields (claim, model, where, paper, ours, test, p,
-    notebook, statistic)."""
-    return Verdict(**row, interval=interval(ci_low, ci_high, 1.0, f" {unit}"), verdict=decision.verdict,
+    notebook, statistic); ``decimals``: of the printed interval."""
+    return Verdict(**row, interval=interval(ci_low, ci_high, 1.0, f" {unit}", decimals), verdict=decision.verdict,
                    effect=decision.effect, ci_low=float(ci_low), ci_high=float(ci_high),
                    mde=decision.mde, n_needed=decision.n_needed, unit=unit, n_unit=n_unit)
 
@@ -315,11 +315,11 @@ def direction(count: int, n: int) -> str:
     return "helps" if count >= 0.75 * n else "hurts" if count <= 0.25 * n else "is mixed"
 
 
-def interval(lo: float, hi: float, scale: float = 1.0, unit: str = "") -> str:
+def interval(lo: float, hi: float, scale: float = 1.0, unit: str = "", decimals: int = 2) -> str:
     """A verdict row's interval as printed: ``[+0.12, +0.50] unit`` (``undefined`` if not finite)."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "undefined"
-    return f"[{scale * lo:+.2f}, {scale * hi:+.2f}]{unit}"
+    return f"[{scale * lo:+.{decimals}f}, {scale * hi:+.{decimals}f}]{unit}"
 
 
 def profile_reading(mean: float) -> str:
