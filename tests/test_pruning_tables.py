@@ -70,6 +70,16 @@ def test_dense_check_against_scipy_binomial():
         sps.binomtest(18, 40, 0.25, alternative="greater").pvalue)
     assert check.at["arc_easy", "above chance"]
     assert check.at["arc_easy", "ci_low"] < 0.45 < check.at["arc_easy", "ci_high"]
+    # acc decides; acc_norm (here: the examples' correct_norm, equal to correct) tested beside it
+    assert (check["metric"] == "acc").all()
+    assert check.at["arc_easy", "acc_norm"] == pytest.approx(18 / 40)
+    assert check.at["boolq", "p (acc_norm > bar)"] == pytest.approx(check.at["boolq", "p (acc > bar)"])
+    flipped = Evaluation(ev.examples.assign(correct_norm=~ev.examples["correct"]), 10.0)
+    other = tables.dense_check(flipped, fixed_choices=["boolq"])
+    assert other.at["arc_easy", "acc_norm"] == pytest.approx(22 / 40)
+    assert other.at["arc_easy", "p (acc_norm > bar)"] == pytest.approx(
+        sps.binomtest(22, 40, 0.25, alternative="greater").pvalue)
+    assert other.at["arc_easy", "p (acc > bar)"] == check.at["arc_easy", "p (acc > bar)"]
 
 
 def test_accuracy_table_and_paper_layout_by_hand():

@@ -60,6 +60,11 @@ def dense_check(dense: Evaluation, fixed_choices=(), level: float = 0.05) -> pd.
     ``fixed_choices`` (:func:`fixed_choice_tasks`), the share of the most frequent gold
     answer when that is higher (BoolQ's "yes"). The test is the one-sided exact binomial test
     of the accuracy against the bar (:func:`layerif.stats.above_rate`).
+
+    Every task is scored with ``acc`` (the arg-max of the choices' summed log-likelihoods),
+    the metric of the paper's evaluation setup (Wanda's lm-eval zero-shot run, whose
+    accuracy is ``acc``); the length-normalised ``acc_norm`` and its own test against the same
+    bar are shown beside it (``metric`` says which one decides).
     """
     rows = {}
     summary = summarize(dense.examples)
@@ -67,10 +72,12 @@ def dense_check(dense: Evaluation, fixed_choices=(), level: float = 0.05) -> pd.
         chance, majority = summary.at[task, "chance"], summary.at[task, "majority"]
         bar = max(chance, majority) if task in fixed_choices else chance
         test = stats.above_rate(ex["correct"].to_numpy(), bar)
-        rows[task] = {"acc": test.estimate, "ci_low": test.ci_low, "ci_high": test.ci_high,
+        norm = stats.above_rate(ex["correct_norm"].to_numpy(), bar)
+        rows[task] = {"metric": "acc", "acc": test.estimate, "ci_low": test.ci_low, "ci_high": test.ci_high,
                       "chance": chance, "majority answer": majority if task in fixed_choices else np.nan,
                       "bar": bar, "p (acc > bar)": test.pvalue,
-                      "above chance": test.pvalue < level, "n": test.n}
+                      "above chance": test.pvalue < level, "n": test.n,
+                      "acc_norm": norm.estimate, "p (acc_norm > bar)": norm.pvalue}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "task"
     return out
