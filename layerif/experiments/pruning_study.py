@@ -80,15 +80,16 @@ def _task_specific(results: Path, params: dict, model: str) -> dict:
 
 
 def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
-    """{model: {Setting: Evaluation}}: every pruned setting of :func:`settings` on the ``nll``
-    perplexity windows (``ppl_samples`` x ``ppl_len``; more than the zero-shot evaluation's
-    where the budget allows, because the paired per-window test is where the power is).
+    """{model: {Setting: Evaluation}}: every pruner and allocation at ``sparsity`` (Tables 2 and
+    5) on the ``nll`` perplexity windows (``ppl_samples`` x ``ppl_len``; more than the
+    zero-shot evaluation's where the budget allows: the paired per-window test is where the
+    power is; Fig. 3's other sparsities are not, for the cpu budget).
     Where they are the evaluation's own perplexity windows and ``evals`` kept them, those are
     used; otherwise each setting is evaluated on perplexity only (a stored result)."""
     e, nll = EvalConfig(**params["evaluation"]), params["nll"]
     out = {}
     for m in params["models"]:
-        pruned = settings(params, m)[1:]
+        pruned = pruning.grid(params["methods"], sparsities=[params["sparsity"]], dense=False)
         if ((e.ppl_samples, e.ppl_len) == (nll["ppl_samples"], nll["ppl_len"])
                 and all(evals[m][s].windows is not None for s in pruned)):
             out[m] = {s: evals[m][s] for s in pruned}
@@ -290,7 +291,7 @@ def verdicts(result: PruningStudy, level: float = 0.05) -> list[Verdict]:
     sparsities), and two beyond the paper: lowest perplexity, a task's own scores. Each
     comparison by the one rule of :mod:`.pruning_verdicts` (accuracy points, the paper's d)."""
     return (_beats_baselines(result, level) + _nll_beats_baselines(result, level) + _table8(result, level)
-            + _nll_table8(result, level) + _perplexity(result, level) + _own_vs_pooled(result, level))
+            + _perplexity(result, level) + _own_vs_pooled(result, level))
 
 
 def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
@@ -332,23 +333,6 @@ def _nll_beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
                 paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
                 what=f"{len(methods)} pruners averaged per window",
                 note=f"d: the table's relative Average gain as the same relative drop in perplexity, "
-                     f"ln(1 - r) = {d:+.4f}"))
-    return rows
-
-
-def _nll_table8(result: PruningStudy, level: float) -> list[Verdict]:
-    """Table 8 on the sensitive measure: SparseGPT's sparsities averaged per window."""
-    rows, sps = [], result.params["fig3_sparsities"]
-    for model in result.table8:
-        for base in BASELINES:
-            d = pv.nll_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
-            found = pv.window_comparison(*_window_pair(result, model, base, [("sparsegpt", s) for s in sps]), d, level)
-            rows.append(pv.nll_row(
-                found, claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
-                model=model, where="Table 8 (sensitive measure)", notebook=NOTEBOOK,
-                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
-                what=f"{len(sps)} sparsities averaged per window",
-                note=f"d: the table's relative gain as the same relative drop in perplexity, "
                      f"ln(1 - r) = {d:+.4f}"))
     return rows
 

@@ -20,9 +20,9 @@ matrix) is decided on ONE measure whose interval and d share a unit:
 
 The verdict is :func:`.verdict.decide_effect`.
 
-Each accuracy claim of Tables 2 / 5 and 8 is also decided on the **sensitive measure**, the
+Each accuracy claim of Tables 2 / 5 is also decided on the **sensitive measure**, the
 held-out NLL per token, paired over perplexity windows (:func:`window_comparison`): the same
-windows for every model, each pruner's (or sparsity's) LayerIF - baseline difference averaged
+windows for every model, each pruner's LayerIF - baseline difference averaged
 per window, then :func:`layerif.stats.paired_nll` (interval, p, MDE and n in windows). The
 paper reports no perplexity, so its claim there is a sign; d (:func:`nll_d`) carries the
 table's *relative* accuracy gain over to the same relative drop in perplexity, ``ln(1 - r)``
