@@ -3,7 +3,9 @@
 Every config in layerif is a frozen-free ``@dataclass`` whose fields carry
 ``metadata={"help": ..., "runtime": ...}`` (run-time fields are left out of a result's
 identity, :meth:`ConfigBase.identity`); subclasses validate in ``__post_init__`` (through
-:func:`check`) and expose presets as classmethods ``smoke()``, ``cpu()`` and ``paper()``.
+:func:`check`) and expose presets as classmethods ``smoke()`` (tests) and ``paper()`` (the
+authors' values). The book's sizes are not presets: they live in ``params/<profile>/*.yaml``,
+read by the notebooks and the command line alike.
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ class ConfigBase:
     """Mixin for config dataclasses: ``to_dict``, ``identity``, ``from_dict``, ``replace``,
     ``help``."""
 
-    PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
+    PRESETS: tuple[str, ...] = ("smoke", "paper")
 
     def __post_init__(self):
         _bool_where_not_declared(self)
@@ -159,7 +161,7 @@ class ConfigBase:
 
     @classmethod
     def preset(cls, name: str, **overrides):
-        """Build a named preset (``smoke``, ``cpu``, ``paper``) with optional overrides."""
+        """Build a named preset (``smoke``, ``paper``) with optional overrides."""
         factory: Callable | None = getattr(cls, name, None) if name in cls.PRESETS else None
         if factory is None:
             raise ValueError(f"preset={name!r} is unknown for {cls.__name__}: choose from {cls.PRESETS}")

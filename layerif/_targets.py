@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import linear_modules, transformer_blocks
+from .models import is_conv1d, linear_modules, transformer_blocks
 
 __all__ = ["Unit", "attached_lora", "find_units", "select_modules", "units_table"]
 
@@ -119,7 +119,7 @@ def find_units(model: nn.Module, target: str = "weights",
             mod = block.get_submodule(rel)
             if target == "weights":
                 lin = mod.base_layer if _lora_layer(mod) else mod
-                transposed = type(lin).__name__ == "Conv1D"
+                transposed = is_conv1d(lin)
                 units.append(Unit(layer, path, rel, "weight", prefix[id(lin)] + ".weight",
                                   tuple(lin.weight.shape), transposed, lin))
                 continue

@@ -15,6 +15,7 @@ from torch import nn
 
 from ._config import check
 from .models import transformer_blocks
+from .tokens import collate, pad_token_id
 
 __all__ = ["block_inputs", "resolve_block", "tail_losses", "tail_of", "token_batch"]
 
@@ -49,12 +50,7 @@ def token_batch(tokenizer, examples, max_length: int) -> tuple[torch.Tensor, tor
     texts = [e if isinstance(e, str) else e.text for e in examples]
     rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     check(min(len(r) for r in rows) >= 2, "examples", "an example of < 2 tokens", "2 tokens each")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-    return ids, mask
+    return collate(rows, pad_token_id(tokenizer))
 
 
 def block_inputs(model: nn.Module, ids, mask, starts) -> dict[int, torch.Tensor]:

@@ -58,15 +58,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser(
         "scores", help="LayerIF scores of a model on tasks, saved under results/<profile>/scores",
-        description="Score each TASK (a registry task, or pruning_pool) with the profile's "
-        "ScoreConfig preset (sizes overridable), DataInf and Hessian-free from shared passes. "
+        description="Score each TASK (a registry task, or pruning_pool) with the sizes of "
+        "params/<profile>/01_layer_scores.yaml (--model's entry of its sizes, else its first "
+        "model's; --n-train, --n-val override), DataInf and Hessian-free from shared passes. "
         "Saved results of the same identity are loaded, not recomputed; a saved result of "
         "another identity is refused unless --overwrite.")
     sc.add_argument("tasks", nargs="+", help="task names, e.g. mrpc sst2 pruning_pool")
     sc.add_argument("--profile", default="cpu", choices=study.PROFILES)
     sc.add_argument("--model", default="smollm2-135m", help="embedded name, directory or hub id")
-    sc.add_argument("--n-train", type=int, help="training examples per task (preset's default)")
-    sc.add_argument("--n-val", type=int, help="validation examples per task")
+    sc.add_argument("--n-train", type=int, help="training examples per task (default: the "
+                    "profile's params)")
+    sc.add_argument("--n-val", type=int, help="validation examples per task (default: the "
+                    "profile's params)")
     sc.add_argument("--methods", default="datainf,hessian_free",
                     help="comma-separated: datainf, hessian_free, exact")
     sc.add_argument("--overwrite", action="store_true", help="replace results of another identity")
@@ -87,9 +90,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "prune", help="prune a model (per-block or global sparsity), evaluate it, save both",
-        description="Load MODEL, prune every transformer block with the profile's PruneConfig "
-        "preset (calibration rows x tokens: smoke 4x64, cpu 32x256, paper 128x2048), then "
-        "measure perplexity on held-out BoolQ passages and zero-shot accuracy (lm-eval), and "
+        description="Load MODEL, prune every transformer block with the calibration size of "
+        "`prune:` in params/<profile>/05_pruning.yaml (the book's), then measure perplexity "
+        "on held-out BoolQ passages and zero-shot accuracy (sizes: its `evaluation:`), and "
         "save the sparsity report and the evaluation under --out (sparsity/, evaluation/). "
         "A saved result of the same identity is loaded, not recomputed; one of another "
         "identity is refused unless --overwrite.")
@@ -107,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="result folder (default: results/<profile>/pruned/<model>/"
                     "<method>/<CSV stem or uniform-s<sparsity>>)")
     pr.add_argument("--eval-limit", type=_limit, help="zero-shot examples per task, or 'all' "
-                    "(default: the profile's EvalConfig preset: smoke 4, cpu 60, paper all)")
+                    "(default: n_examples of `evaluation:` in params/<profile>/05_pruning.yaml)")
     pr.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven); "
                     "--tasks with no names: perplexity only")
     _device_and_overwrite(pr)
@@ -115,9 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate", help="zero-shot accuracy and perplexity of a model, saved under results/",
         description="Load MODEL and measure perplexity on held-out BoolQ passages and "
-        "zero-shot accuracy (acc, acc_norm, margin per task) with the profile's EvalConfig "
-        "preset (smoke: 4 examples per task, 4x64 perplexity tokens; cpu: 60, 32x256; paper: "
-        "all, 128x2048), print the table and save it under --out. A saved result of the same "
+        "zero-shot accuracy (acc, acc_norm, margin per task) with the sizes of `evaluation:` "
+        "in params/<profile>/05_pruning.yaml (the book's evaluation), print the table and "
+        "save it under --out. A saved result of the same "
         "identity is loaded, not recomputed; one of another identity is refused unless "
         "--overwrite.",
         epilog="example: layerif evaluate smollm2-135m --profile smoke --tasks boolq rte")
@@ -127,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven; "
                     "`layerif tasks` lists them); --tasks with no names: perplexity only")
     ev.add_argument("--n-examples", type=_limit, help="examples per task, or 'all' (default: "
-                    "the profile's preset)")
+                    "the profile's params)")
     ev.add_argument("--backend", choices=BACKENDS, help="zero-shot scorer (default: layerif; "
                     "lm-eval runs stock lm-evaluation-harness)")
     ev.add_argument("--out", help="result folder (default: results/<profile>/evaluated/<model>/"
@@ -196,7 +199,8 @@ def _prune(args) -> None:
     from .prune import PruneConfig, read_allocation
     from .prune import run
 
-    config = PruneConfig.preset(args.profile, method=args.method, ties=args.ties)
+    sizes = _pruning_params(args.profile).get("prune", {})
+    config = PruneConfig(**{**sizes, "method": args.method, "ties": args.ties})
     if args.allocation is not None:
         allocation, label = read_allocation(args.allocation), Path(args.allocation).stem
     else:
@@ -211,11 +215,20 @@ def _prune(args) -> None:
     print(f"global sparsity {sparsity:.4f}; {result.status}: {result.out}")
 
 
+def _pruning_params(profile: str) -> dict:
+    """``params/<profile>/05_pruning.yaml``: its ``prune:`` and ``evaluation:`` (the book's
+    calibration and evaluation sizes) size ``layerif prune`` and ``layerif evaluate``."""
+    from .experiments.pruning_study import NOTEBOOK
+
+    return study.load_params(NOTEBOOK, profile)
+
+
 def _eval_config(args):
-    """The profile's EvalConfig preset with the command's --tasks, --n-examples, --backend."""
+    """The profile's evaluation (``evaluation:`` of the pruning notebook's params) with the
+    command's --tasks, --n-examples, --backend."""
     from .evaluate import EvalConfig
 
-    config = EvalConfig.preset(args.profile)
+    config = EvalConfig(**_pruning_params(args.profile).get("evaluation", {}))
     limit = getattr(args, "n_examples", None) or getattr(args, "eval_limit", None)
     if limit is not None:
         config = config.replace(n_examples=None if limit == "all" else limit)
@@ -258,10 +271,11 @@ def _run(args) -> None:
 def _scores(args) -> None:
     from . import distributed
     from .experiments import scoring
-    from .scores import METHODS, ScoreConfig
+    from .scores import METHODS
 
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
-    config = ScoreConfig.preset(args.profile, **sizes)
+    config = scoring.score_config(study.load_params(scoring.NOTEBOOK, args.profile), args.model,
+                                  **sizes)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     ok = bool(methods) and set(methods) <= set(METHODS) and len(set(methods)) == len(methods)
     check(ok, "--methods", args.methods,

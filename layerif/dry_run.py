@@ -7,7 +7,8 @@ notebook's paper parameters into a *dry-run* form that keeps all of that and cha
 
 * **the models**: each paper model id becomes a random-weight stand-in of the same family
   and head layout (:func:`stand_in`: a few blocks, a narrow width, the checkpoint's dtype,
-  the embedded SmolLM2 tokenizer), saved as a local checkpoint folder;
+  the embedded SmolLM2 tokenizer cut to its first :data:`VOCAB` tokens), saved as a local
+  checkpoint folder;
 * **the sizes** (:data:`DRY_SIZES`: a handful of examples, short sequences, few bootstrap
   draws; block indices scaled to the stand-in's depth; :data:`TRIMS`: fewer repeats of a
   code path where a list only repeats it, e.g. one of five tasks for the LoRA-MoE grid;
@@ -38,8 +39,8 @@ import yaml
 
 from ._config import check
 
-__all__ = ["DRY_SIZES", "PAPER_MODELS", "Substitution", "execute", "prepare", "rewrite",
-           "stand_in", "stand_in_fields"]
+__all__ = ["DRY_SIZES", "PAPER_MODELS", "VOCAB", "Substitution", "cut_vocabulary", "execute",
+           "prepare", "rewrite", "stand_in", "stand_in_fields"]
 
 #: The paper's models and their shapes (:data:`layerif.bench.shapes.SHAPES`).
 PAPER_MODELS = {"mistralai/Mistral-7B-v0.1": "mistral-7b", "meta-llama/Llama-2-7b-hf": "llama2-7b",
@@ -64,6 +65,9 @@ EXTRA: dict[str, dict] = {"03_lora_moe": {"train": {"max_length": 32}}}
 _LARGE = 64          # an int this large that no rule rewrote is a paper size: refused
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LAYERS, HIDDEN, HEADS = 4, 64, 4   # the stand-ins' depth, width and query heads
+#: The stand-ins' vocabulary: the SmolLM2 tokenizer's first tokens (its special tokens, the 256
+#: bytes and its first merges). The paper models' own (32000, 256000) set no code path.
+VOCAB = 1024
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,44 @@ def stand_in_fields(shape: str, layers: int = LAYERS, hidden: int = HIDDEN,
             "num_key_value_heads": heads // group, "head_dim": head_dim}
 
 
+def cut_vocabulary(tokenizer, folder: str | Path, size: int = VOCAB):
+    """Save ``tokenizer`` (a byte-level BPE tokenizer whose merges are in id order, as
+    SmolLM2's) under ``folder`` with only its first ``size`` tokens and the merges that make
+    them, and load it back. A text whose full tokens all fall below ``size`` tokenizes as
+    before (BPE applies the lower-ranked merges first); any other text still tokenizes, in
+    more, shorter tokens (every byte is a token).
+
+    Raises:
+        ValueError: ``size`` below the tokenizer's special tokens and bytes, or a tokenizer
+            whose kept merges need a token past ``size``.
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    model = spec["model"]
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+    first_merged = min((model["vocab"][a + b] for a, b in merges), default=len(model["vocab"]))
+    specials = max((t["id"] for t in spec["added_tokens"]), default=-1)
+    check(model["type"] == "BPE" and max(first_merged - 1, specials) < size <= len(model["vocab"]),
+          "size", size, f"an int in [{max(first_merged, specials + 1)}, {len(model['vocab'])}] "
+          "(the special tokens and bytes of a BPE vocabulary, at most all of it)")
+    model["vocab"] = {t: i for t, i in model["vocab"].items() if i < size}
+    model["merges"] = [[a, b] for a, b in merges if model["vocab"].get(a + b, size) < size]
+    check(all(a in model["vocab"] and b in model["vocab"] for a, b in model["merges"]), "tokenizer",
+          type(tokenizer).__name__, "merges in id order (each token made of lower-id ones)")
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def stand_in(model_id: str, folder: str | Path, tokenizer, seed: int = 0) -> Path:
     """Save a random-weight stand-in of paper model ``model_id`` under ``folder`` (a
     Hugging Face checkpoint: config, safetensors in the paper run's dtype, the tokenizer);
-    reused when already there. The vocabulary is the tokenizer's."""
+    reused when already there. The vocabulary is the tokenizer's first :data:`VOCAB` tokens
+    (:func:`cut_vocabulary`)."""
     import torch
 
     from .bench.shapes import PAPER_DTYPE, build
@@ -117,14 +155,13 @@ def stand_in(model_id: str, folder: str | Path, tokenizer, seed: int = 0) -> Pat
     out = Path(folder) / model_id.split("/")[-1]
     if (out / "config.json").is_file():
         return out
-    fields = stand_in_fields(shape)
-    model = build(fields, torch.device("cpu"), PAPER_DTYPE[shape], seed, vocab_size=len(tokenizer),
-                  name=f"{shape} stand-in")
+    tmp = out.with_name(out.name + ".tmp")
+    tokenizer = cut_vocabulary(tokenizer, tmp)
+    model = build(stand_in_fields(shape), torch.device("cpu"), PAPER_DTYPE[shape], seed,
+                  vocab_size=len(tokenizer), name=f"{shape} stand-in")
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.config, key, getattr(tokenizer, key))
-    tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     os.replace(tmp, out)
     return out
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import _hooks
 from ._targets import Unit, attached_lora, find_units, has_lora, select_modules, units_table
+from .tokens import collate
 
 __all__ = ["Batches", "GradientEngine", "Unit", "attached_lora", "encode", "example_losses",
            "find_units", "has_lora", "select_modules", "units_table"]
@@ -92,8 +93,9 @@ def encode(tokenizer, examples, max_length: int = 128, include_pads: bool = Fals
         raise ValueError(f"max_length={max_length!r} is invalid: expected an int >= 2")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is invalid: expected an int >= 1")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+    if tokenizer.pad_token_id is None:  # with include_pads, pad targets are in the loss: no fallback
+        raise ValueError("tokenizer has no pad token: set one first (layerif.tokens.with_pad_token "
+                         "gives it its eos token, as load_model does)")
     texts = [_text(e) for e in examples]
     if not texts:
         raise ValueError("examples=[] is invalid: expected at least one example")
@@ -105,12 +107,8 @@ def encode(tokenizer, examples, max_length: int = 128, include_pads: bool = Fals
     batches, n_tokens = [], 0
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max_length if include_pads else max(len(ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            input_ids[r, :len(ids[i])] = torch.tensor(ids[i])
-            attention[r, :len(ids[i])] = 1
+        input_ids, attention = collate([ids[i] for i in rows], tokenizer.pad_token_id,
+                                       width=max_length if include_pads else None)
         loss_mask = torch.ones_like(attention) if include_pads else attention.clone()
         loss_mask[:, 0] = 0  # the first token is never predicted
         n_tokens += int(loss_mask.sum())

@@ -26,6 +26,7 @@ from ._config import check_finite
 from .embedded import EMBEDDED_MODELS, EmbeddedModel
 from .fingerprint import model_key
 from .paths import cache_dir
+from .tokens import with_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,10 @@ __all__ = [
     "check_finite_parameters",
     "describe",
     "eval_mode",
+    "finite_parameters",
+    "is_conv1d",
     "linear_modules",
+    "linear_weight",
     "load_model",
     "model_id",
     "resolve_device",
@@ -85,13 +89,46 @@ def resolve_dtype(dtype) -> torch.dtype:
     return value
 
 
+#: ids of the models whose parameters an enclosing :func:`finite_parameters` block checked;
+#: empty outside every block.
+_CHECKED: set[int] = set()
+
+
 def check_finite_parameters(model: nn.Module) -> None:
     """Raise :class:`layerif._config.NonFiniteError` naming the first module (in module order)
-    whose parameters hold NaN or inf; pruning and evaluation call it before they start."""
+    whose parameters hold NaN or inf; pruning and evaluation call it before they start.
+    Within a :func:`finite_parameters` block of the same model it returns at once.
+
+    A parameter is read in full only when its sum is not finite: a NaN or inf entry always
+    makes the sum NaN or inf, and finite weights whose sum overflows are then read exactly.
+    """
+    if id(model) in _CHECKED:
+        return
     for name, param in model.named_parameters():
+        values = param.detach()
+        if (values.is_floating_point() and values.device.type != "meta"
+                and bool(torch.isfinite(values.sum()))):
+            continue
         module, _, kind = name.rpartition(".")
         what = "weights" if kind == "weight" else f"parameter {kind!r}"
-        check_finite(param.detach(), module or name, what)
+        check_finite(values, module or name, what)
+
+
+@contextmanager
+def finite_parameters(model: nn.Module):
+    """Check ``model``'s parameters once (:func:`check_finite_parameters`) on entry; within the
+    block every further check of the same model passes without reading its weights. For a
+    call that runs several checked steps on weights it does not change (an evaluation: its
+    tasks, then its perplexity). Nests; nothing is remembered after the outermost block."""
+    if id(model) in _CHECKED:
+        yield model
+        return
+    check_finite_parameters(model)
+    _CHECKED.add(id(model))
+    try:
+        yield model
+    finally:
+        _CHECKED.discard(id(model))
 
 
 def _package_dir(package: str, pip_hint: str) -> Path:
@@ -201,10 +238,7 @@ def load_model(
         model.to(target)
     model.eval()
     model._layerif_model_id = model_key(name)  # a local folder: its weights' fingerprint
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, with_pad_token(AutoTokenizer.from_pretrained(source))
 
 
 #: The usual tokenizer files of a local checkpoint (any file named like a tokenizer or a
@@ -256,6 +290,21 @@ def _source(name: str) -> str:
     return name
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is GPT-2's ``Conv1D`` (``transformers.pytorch_utils``): a linear
+    layer ``y = x @ W + b`` whose weight is stored transposed, ``[d_in, d_out]``. Matched by
+    class name, so the check imports nothing from transformers."""
+    return type(module).__name__ == "Conv1D"
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of an ``nn.Linear`` or GPT-2 ``Conv1D`` in ``nn.Linear``'s ``[d_out, d_in]``
+    layout (``y = x W^T + b``): a view of the stored tensor (``.data``, no autograd), so writing
+    into it writes the layer."""
+    weight = module.weight.data
+    return weight.t() if is_conv1d(module) else weight
+
+
 def _n_layers(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for cfg in (config, getattr(config, "text_config", None)):
@@ -280,8 +329,7 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if not any(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
-                   for m in module[0].modules()):
+        if not any(isinstance(m, nn.Linear) or is_conv1d(m) for m in module[0].modules()):
             continue
         if n is not None and len(module) != n:
             continue
@@ -304,7 +352,7 @@ def linear_modules(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """
     out = []
     for name, module in block.named_modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        if isinstance(module, nn.Linear) or is_conv1d(module):
             # Skip adapter internals (peft lora_A/lora_B, layerif experts/routers).
             parts = name.split(".")
             if any(p in {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",

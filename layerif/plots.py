@@ -237,16 +237,15 @@ def layer_lines(frame: pd.DataFrame, title: str = "", ylabel: str = "", kind: st
 
 
 def _error_bars(means: pd.DataFrame, errors) -> np.ndarray | None:
-    """``errors`` as matplotlib's ``yerr`` array ``[2, groups, series]`` (lower, upper lengths)."""
+    """``errors`` as interval bounds ``[2, groups, series]`` (low, high)."""
     if errors is None:
         return None
     if isinstance(errors, tuple):
         check(len(errors) == 2, "errors", f"tuple of {len(errors)}", "a (low, high) pair of frames")
-        low, high = (_aligned(e, means, "errors") for e in errors)
-        return np.stack([means.to_numpy() - low, high - means.to_numpy()])
+        return np.stack([_aligned(e, means, "errors") for e in errors])
     half = _aligned(errors, means, "errors")
     check(bool(np.all(half[np.isfinite(half)] >= 0)), "errors", "negative half-widths", "half-widths >= 0")
-    return np.stack([half, half])
+    return np.stack([means.to_numpy() - half, means.to_numpy() + half])
 
 
 def _aligned(frame, means: pd.DataFrame, name: str) -> np.ndarray:
@@ -270,7 +269,7 @@ def grouped_bars(means: pd.DataFrame, errors=None, title: str = "", ylabel: str 
             (e.g. chance level), labelled in the legend (default label "reference").
     """
     data = _numeric_frame(means, "means")
-    yerr = _error_bars(data, errors)
+    bounds = _error_bars(data, errors)
     if reference is not None and not isinstance(reference, tuple):
         reference = (reference, "reference")
     check(reference is None or (len(reference) == 2 and np.isfinite(float(reference[0]))), "reference",
@@ -279,9 +278,12 @@ def grouped_bars(means: pd.DataFrame, errors=None, title: str = "", ylabel: str 
     x = np.arange(data.shape[0])
     width = 0.8 / data.shape[1]
     for k, column in enumerate(data.columns):
-        err = None if yerr is None else yerr[:, :, k]
-        ax.bar(x - 0.4 + width * (k + 0.5), data[column].to_numpy(), width=width, yerr=err, capsize=3,
-               label=str(column))
+        at = x - 0.4 + width * (k + 0.5)
+        ax.bar(at, data[column].to_numpy(), width=width, label=str(column))
+        if bounds is not None:  # from low to high: a bootstrap interval need not hold its estimate
+            low, high = bounds[:, :, k]
+            ax.errorbar(at, (low + high) / 2, yerr=(high - low) / 2, fmt="none", ecolor="k", capsize=3,
+                        label="_nolegend_")
     if reference is not None:
         ax.axhline(float(reference[0]), color="0.3", linestyle="--", linewidth=1, label=str(reference[1]))
     ax.set_xticks(x, [str(g) for g in data.index])

@@ -116,11 +116,6 @@ class ScoreConfig(ConfigBase):
         return cls(n_train=16, n_val=4, max_length=64, batch_size=4)
 
     @classmethod
-    def cpu(cls) -> "ScoreConfig":
-        """Minutes on a laptop CPU: 128 train, 32 validation examples, 128 tokens."""
-        return cls(n_train=128, n_val=32)
-
-    @classmethod
     def paper(cls) -> "ScoreConfig":
         """The authors' setting: first 300 train, 50 validation, full q/k/v/o weights."""
         return cls(n_train=300, n_val=50)

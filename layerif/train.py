@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ._config import ConfigBase, check, field
 from .moe import balance_loss, moe_layers
+from .tokens import collate, pad_token_id
 
-__all__ = ["TrainConfig", "causal_lm_loss", "collate", "finetune", "linear_schedule", "tokenize_texts"]
+__all__ = ["TrainConfig", "causal_lm_loss", "finetune", "linear_schedule", "tokenize_texts"]
 
 
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -54,17 +55,6 @@ def tokenize_texts(tokenizer, examples, max_length: int, add_eos: bool = True) -
     return rows
 
 
-def collate(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)`` of token rows, on ``device``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions whose target is a real token."""
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
@@ -84,8 +74,6 @@ class TrainConfig(ConfigBase):
     Presets: ``smoke`` (tests) and ``paper`` (the authors'); the book's cpu recipe is the
     paper's with fields changed in ``params/cpu/03_lora_moe.yaml``.
     """
-
-    PRESETS = ("smoke", "paper")
 
     epochs: int = field(1, help="passes over the training examples")
     lr: float = field(3e-4, help="peak learning rate of AdamW")
@@ -176,7 +164,7 @@ def finetune(model: nn.Module, tokenizer, train_examples: Sequence | torch.Tenso
 
 def _train(model, tokenizer, rows, params, cfg: TrainConfig, balance_coef: float) -> pd.DataFrame:
     """The optimisation loop of :func:`finetune` (arguments already validated)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = params[0].device
     n_batches = math.ceil(len(rows) / cfg.batch_size)
     total = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs

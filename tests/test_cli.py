@@ -4,7 +4,7 @@ import io
 import pandas as pd
 import pytest
 
-from layerif import ScoreConfig, allocate, cli, layer_scores
+from layerif import ScoreConfig, allocate, cli, layer_scores, study
 from layerif.data import load_task
 
 
@@ -94,8 +94,9 @@ def test_prune_prunes_evaluates_saves_and_reloads(tiny_dir, tmp_path, capsys):
                                       ("boolq", "acc_norm"), ("boolq", "margin")]
     assert evaluation.loc[("boolq", "acc"), "n"] == 2
     assert evaluation.loc[("boolq_passages", "perplexity"), "value"] > 1
-    config = PruneConfig.preset("smoke", method="sparsegpt")
-    evaluation = EvalConfig.smoke().replace(tasks=("boolq",), n_examples=2)
+    params = study.load_params("05_pruning", "smoke")  # the profile's sizes
+    config = PruneConfig(**params["prune"], method="sparsegpt")
+    evaluation = EvalConfig(**params["evaluation"]).replace(tasks=("boolq",), n_examples=2)
     ident = pruned_identity(config, pd.Series([0.3, 0.5, 0.6, 0.4]), str(tiny_dir), evaluation)
     assert store.load_if_matching(out / "evaluation", ident) is not None
     # the same identity is loaded, not recomputed
@@ -121,6 +122,28 @@ def test_prune_with_a_global_sparsity_and_no_zero_shot(tiny_dir, tmp_path, capsy
     manifest = store.load_manifest(out / "sparsity")
     assert manifest["config"]["prune"]["ties"] == "reference"
     assert manifest["config"]["allocation"] == {"global": 0.5}
+
+
+def test_prune_sizes_are_the_profiles_params_not_a_class_preset(tiny_dir, tmp_path, capsys):
+    # Before: --profile cpu pruned with PruneConfig.cpu() (32 x 256) and evaluated with
+    # EvalConfig.cpu() (60 examples, 32 x 256), not the book's params/cpu/05_pruning.yaml.
+    import yaml
+
+    from layerif import store
+    from layerif.evaluate import EvalConfig
+    from layerif.prune import PruneConfig, pruned_identity
+
+    book = yaml.safe_load((study.repo_root() / "params" / "cpu" / "05_pruning.yaml").read_text())
+    out = tmp_path / "cpu"
+    assert cli.main(["prune", str(tiny_dir), "--sparsity", "0.5", "--method", "magnitude",
+                     "--profile", "cpu", "--device", "cpu", "--out", str(out), "--tasks"]) == 0
+    manifest = store.load_manifest(out / "evaluation")["config"]
+    assert (manifest["prune"]["n_samples"], manifest["prune"]["seq_len"]) == (
+        book["prune"]["n_samples"], book["prune"]["seq_len"])
+    assert {k: manifest["evaluation"][k] for k in book["evaluation"]} == book["evaluation"]
+    ident = pruned_identity(PruneConfig(method="magnitude", **book["prune"]), 0.5, str(tiny_dir),
+                            EvalConfig(**book["evaluation"]).replace(tasks=()))
+    assert store.load_if_matching(out / "evaluation", ident) is not None
 
 
 def test_prune_argument_errors_name_the_argument_and_accepted_values(tiny_dir, tmp_path, capsys):
@@ -172,7 +195,8 @@ def test_evaluate_prints_saves_and_reloads(tiny_dir, tmp_path, capsys):
         (t, m) for t in ("boolq", "rte") for m in ("acc", "acc_norm", "margin")]
     assert (table.xs("acc", level="metric")["n"] == 2).all()
     assert 0 <= table.loc[("rte", "acc"), "value"] <= 1
-    config = EvalConfig.smoke().replace(tasks=("boolq", "rte"), n_examples=2)
+    params = study.load_params("05_pruning", "smoke")
+    config = EvalConfig(**params["evaluation"]).replace(tasks=("boolq", "rte"), n_examples=2)
     assert store.load_if_matching(out, run.evaluation_identity(str(tiny_dir), config))
     assert cli.main(argv) == 0  # the same identity: loaded, not recomputed
     assert f"loaded: {out}" in capsys.readouterr().out
@@ -287,12 +311,33 @@ def test_moe_argument_errors(tiny_dir, tmp_path, capsys):
     _fails(base + ["--allocation", str(bad)], capsys, "--allocation", "bad.csv", "'experts' column")
 
 
+def test_scores_sizes_are_the_profiles_params():
+    # Before: `layerif scores --profile cpu` used ScoreConfig.cpu() (128 / 32 examples),
+    # not notebook 01's params/cpu sizes (32 / 8 for SmolLM2, 16 / 8 for Gemma).
+    import yaml
+
+    from layerif.experiments.scoring import score_config
+
+    for profile in study.PROFILES:
+        book = yaml.safe_load((study.repo_root() / "params" / profile / "01_layer_scores.yaml").read_text())
+        params = study.load_params("01_layer_scores", profile)
+        first = next(iter(book["sizes"].values()))
+        for model, sizes in [*book["sizes"].items(), ("my/checkpoint", first)]:
+            got = score_config(params, model)
+            assert (got.n_train, got.n_val) == (sizes["n_train"], sizes["n_val"]), (profile, model)
+            assert (got.max_length, got.batch_size) == (book["max_length"], book["batch_size"])
+            assert got.memory_budget_gb == book.get("memory_budget_gb", 8.0)
+        assert score_config(params, "smollm2-135m", n_val=3).n_val == 3  # --n-val
+    assert score_config({}, "x") == ScoreConfig(memory_budget_gb=8.0)  # no params file
+
+
 def test_scores_checks_every_task_before_scoring_any(tmp_path, monkeypatch, capsys):
     # The pool needs one validation example per pruning task: with --n-val 4 the command
     # must fail before scoring mrpc (it used to save mrpc, then fail on the pool).
     monkeypatch.setenv("LAYERIF_ROOT", str(tmp_path))
-    _fails(["scores", "mrpc", "pruning_pool", "--n-val", "4", "--profile", "smoke"], capsys,
-           "layerif scores: error: n_val=4 is invalid", "pruning_pool")
+    # (no params/ under this root, so both sizes are given)
+    _fails(["scores", "mrpc", "pruning_pool", "--n-train", "8", "--n-val", "4", "--profile",
+            "smoke"], capsys, "layerif scores: error: n_val=4 is invalid", "pruning_pool")
     assert not (tmp_path / "results").exists()
 
 

@@ -94,13 +94,14 @@ def test_layer_scores_match_cpu(target, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_pruning_matches_cpu(method, device):
-    from layerif.prune import prune_model
+    from layerif.prune import PruneConfig, prune_model
 
     cpu, gpu, _ = _pair(device)
     calib = torch.randint(4, 100, (4, 24), generator=torch.Generator().manual_seed(0))
     ratios = pd.Series([0.3, 0.5, 0.4, 0.6], index=pd.RangeIndex(4, name="layer"))
-    rep_cpu = prune_model(cpu, method, ratios, calib, progress=False)
-    rep_gpu = prune_model(gpu, method, ratios, calib.to(device), progress=False)
+    config = PruneConfig(method=method, n_samples=4, seq_len=24)
+    rep_cpu = prune_model(cpu, config, ratios, calib, progress=False)
+    rep_gpu = prune_model(gpu, config, ratios, calib.to(device), progress=False)
     pd.testing.assert_frame_equal(rep_gpu, rep_cpu)
     for (name, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters()):
         if _dtype(device) == torch.bfloat16:  # rounding makes ties: masks agree, mostly

@@ -78,7 +78,7 @@ def _score_checks(model, tok, save_dir: Path) -> dict:
 
 def _prune_checks() -> dict:
     from layerif.models import linear_modules, transformer_blocks
-    from layerif.prune import prune_model, walk_blocks
+    from layerif.prune import PruneConfig, prune_model, walk_blocks
     from layerif.testing import tiny_model
 
     calibration = torch.randint(4, 100, (3, 16), generator=torch.Generator().manual_seed(1))
@@ -90,7 +90,8 @@ def _prune_checks() -> dict:
            for kind in ("act_sq_norm", "hessian")}
     for name, (method, rows) in PRUNE_CASES.items():
         model, _ = tiny_model(dtype=torch.float64)
-        prune_model(model, method, ratios, calibration[:rows], batch_size=2, progress=False)
+        config = PruneConfig(method=method, n_samples=rows, seq_len=16, batch_size=2)
+        prune_model(model, config, ratios, calibration[:rows], progress=False)
         out[f"prune/{name}"] = {f"{path}.{n}": m.weight.detach().clone()
                                 for path, block in transformer_blocks(model)
                                 for n, m in linear_modules(block)}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from layerif.evaluate.perplexity import perplexity
 from layerif.evaluate.zero_shot import lm_eval_task, zero_shot
-from layerif.prune import prune_model
+from layerif.prune import PruneConfig, prune_model
 
 
 @dataclass
@@ -83,7 +83,8 @@ def _stderr(xs):
 def test_zero_shot_on_pruned_in_memory_model_matches_hand_ranking(tiny):
     model, tokenizer = tiny
     calibration = torch.randint(4, 104, (4, 16), generator=torch.Generator().manual_seed(0))
-    prune_model(model, "wanda", 0.5, calibration, progress=False)
+    prune_model(model, PruneConfig(method="wanda", n_samples=4, seq_len=16), 0.5, calibration,
+                progress=False)
     examples = _examples()
     # Two tasks in one run, and limit=6 cuts the first to its first 6 examples.
     table = zero_shot(model, tokenizer, {"toy": examples, "toy_head": examples[:5]}, limit=6, batch_size=3,

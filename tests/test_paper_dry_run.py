@@ -133,7 +133,30 @@ def test_stand_ins_are_saved_in_the_paper_dtype_and_load_as_their_family(dry):
         assert type(model).__name__ == cls
         assert {p.device.type for p in model.parameters()} == {"cpu"}   # a one-device map
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-        assert len(tok) == model.config.vocab_size and tok.pad_token is not None
+        assert len(tok) == model.config.vocab_size == dry_run.VOCAB and tok.pad_token is not None
+
+
+@pytest.mark.slow
+def test_the_stand_ins_tokenizer_is_smollm2s_first_tokens(dry, smollm2):
+    """The cut vocabulary tokenizes as SmolLM2's wherever SmolLM2's tokens fall inside it
+    (BPE applies its lower-ranked merges first), and every text round-trips."""
+    from transformers import AutoTokenizer
+
+    root, _ = dry
+    _, full = smollm2
+    cut = AutoTokenizer.from_pretrained(root / "models" / "gemma-7b")
+    assert cut.chat_template == full.chat_template and cut.pad_token == full.pad_token
+    texts = [" the in on at", "<|im_start|>1234<|im_end|>", "the answer",
+             "<|im_start|>user\nIs it?<|im_end|>", "Photosynthesis converts light energy.", "ünïcödé ✓"]
+    inside = []
+    for text in texts:
+        ids, reference = cut(text)["input_ids"], full(text)["input_ids"]
+        assert max(ids) < dry_run.VOCAB and cut.decode(ids) == text, text
+        assert (ids == reference) == (max(reference) < dry_run.VOCAB), (text, ids, reference)
+        inside += [text] if ids == reference else []
+    assert inside == texts[:2], inside   # both cases were met
+    with pytest.raises(ValueError, match="^size=100 is invalid"):
+        dry_run.cut_vocabulary(full, root / "too-small", 100)
 
 
 # -- the notebooks -------------------------------------------------------------------------

@@ -107,6 +107,19 @@ def test_grouped_bars_heights_errors_and_reference(means):
     assert all(np.allclose(s, r) for s, r in zip(segs, ref)) and len(segs) == len(ref) == 2
 
 
+def test_grouped_bars_draw_an_interval_that_excludes_its_bar(means):
+    # A percentile bootstrap interval need not hold its estimate (notebook 06 on random
+    # weights: Spearman -0.95, interval [-0.86, 0.74]); matplotlib refused it as a negative yerr.
+    low, high = means + 0.05, means + 0.1
+    fig = plots.grouped_bars(means, errors=(low, high))
+    render(fig)
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == means["uniform"].tolist() + means["layerif"].tolist()
+    for collection, column in zip(ax.collections, means.columns):
+        ends = [sorted(seg[:, 1]) for seg in collection.get_segments()]
+        assert np.allclose(ends, np.stack([low[column], high[column]], axis=1))
+
+
 def test_grouped_bars_rejects_mismatched_errors(means):
     with pytest.raises(ValueError, match="^errors="):
         plots.grouped_bars(means, errors=means.iloc[:1])

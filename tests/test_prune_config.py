@@ -1,4 +1,4 @@
-"""PruneConfig: validation, presets, identity; prune_model with a config or keywords; prune()."""
+"""PruneConfig: validation, presets, identity; prune_model takes one (and no keyword settings); prune()."""
 import dataclasses
 
 import pandas as pd
@@ -8,7 +8,7 @@ import torch
 import layerif
 from layerif.data import calibration_tokens
 from layerif.models import linear_modules, transformer_blocks
-from layerif.prune import PruneConfig, prune, prune_model
+from layerif.prune import PruneConfig, magnitude, prune, prune_model, sparsegpt, walk_blocks, wanda
 from layerif.testing import tiny_model
 
 
@@ -39,7 +39,7 @@ def test_each_field_is_validated_with_a_one_line_error(name, bad):
         PruneConfig(**{name: bad})
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=rf"^{name}="):
-        PruneConfig.cpu().replace(**{name: bad})  # replace validates too
+        PruneConfig.smoke().replace(**{name: bad})  # replace validates too
 
 
 def test_nm_blocksize_must_fit_for_sparsegpt():
@@ -49,19 +49,21 @@ def test_nm_blocksize_must_fit_for_sparsegpt():
 
 
 def test_presets_are_valid_and_the_paper_preset_is_the_published_setting():
+    assert PruneConfig.PRESETS == ("smoke", "paper")  # the book's sizes live in params/*.yaml
     for name in PruneConfig.PRESETS:
         config = PruneConfig.preset(name)
         assert config == getattr(PruneConfig, name)() and config.method == "wanda"
         assert PruneConfig.preset(name, method="sparsegpt").method == "sparsegpt"
     sizes = {name: (PruneConfig.preset(name).n_samples, PruneConfig.preset(name).seq_len)
              for name in PruneConfig.PRESETS}
-    assert sizes == {"smoke": (4, 64), "cpu": (32, 256), "paper": (128, 2048)}
+    assert sizes == {"smoke": (4, 64), "paper": (128, 2048)}
     paper = PruneConfig.paper()
     assert paper == PruneConfig()  # the defaults are the published setting
     assert (paper.nm, paper.blocksize, paper.percdamp, paper.ties, paper.calibration_seed) == \
         (None, 128, 0.01, "exact", 0)
-    with pytest.raises(ValueError, match="preset='gpu' is unknown"):
-        PruneConfig.preset("gpu")
+    for name in ("gpu", "cpu"):
+        with pytest.raises(ValueError, match=f"preset='{name}' is unknown"):
+            PruneConfig.preset(name)
 
 
 def test_identity_help_and_round_trip():
@@ -81,41 +83,55 @@ def test_identity_help_and_round_trip():
 @pytest.mark.parametrize("method, ties", [("magnitude", "exact"), ("magnitude", "reference"),
                                           ("wanda", "exact"), ("sparsegpt", "exact"),
                                           ("sparsegpt", "reference")])
-def test_a_config_and_the_equivalent_keywords_give_identical_masks(method, ties):
+def test_the_configs_settings_reach_the_per_matrix_pruners(method, ties):
+    # The first block's weights equal the per-matrix pruner called with the config's settings
+    # (blocksize, percdamp, ties: none of them the defaults) on that block's dense statistics.
     cal = _calibration()
-    ratios = pd.Series([0.3, 0.5, 0.6, 0.4])
-    a, _ = tiny_model()
-    b, _ = tiny_model()
+    model, _ = tiny_model()
+    reference, _ = tiny_model()
     config = PruneConfig(method=method, n_samples=4, seq_len=24, batch_size=2, blocksize=16,
                          percdamp=0.02, ties=ties)
-    rep_a = prune_model(a, config, ratios, cal, progress=False)
-    rep_b = prune_model(b, method, ratios, cal, batch_size=2, blocksize=16, percdamp=0.02,
-                        ties=ties, progress=False)
-    pd.testing.assert_frame_equal(rep_a, rep_b)
-    ma, mb = _masks(a), _masks(b)
-    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
-    for (_, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(x, y)
+    prune_model(model, config, 0.5, cal, progress=False)
+    kind = {"magnitude": None, "wanda": "act_sq_norm", "sparsegpt": "hessian"}[method]
+    stats = next(walk_blocks(reference, cal, kind, 2, False))[3] if kind else {}
+    path, block = transformer_blocks(reference)[0]
+    for name, module in linear_modules(block):
+        W = module.weight.detach()
+        want = {"magnitude": lambda: magnitude(W, 0.5, ties=ties),
+                "wanda": lambda: wanda(W, stats[name], 0.5),
+                "sparsegpt": lambda: sparsegpt(W, stats[name], 0.5, blocksize=16, percdamp=0.02,
+                                               ties=ties)}[method]()
+        got = model.get_submodule(f"{path}.{name}").weight
+        assert torch.equal(got == 0, want == 0), name
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_config_with_conflicting_keywords_or_calibration_is_refused():
+def test_keyword_settings_a_method_name_or_another_calibration_are_refused():
     model, _ = tiny_model()
     cal = _calibration()
     config = PruneConfig(method="wanda", n_samples=4, seq_len=24)
-    with pytest.raises(ValueError, match=r"nm=\(2, 4\) conflicts with the config's nm=None"):
+    # the keyword form of before: one line naming the setting and where it goes now
+    with pytest.raises(TypeError, match=r"^prune_model\(nm=\.\.\.\) is invalid: .*"
+                       r"config\.replace\(nm=\.\.\.\)") as err:
         prune_model(model, config, 0.5, cal, nm=(2, 4), progress=False)
-    with pytest.raises(ValueError, match="batch_size=2 conflicts"):
-        prune_model(model, config, 0.5, cal, batch_size=2, progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match=r"prune_model\(batch_size=\.\.\.\)"):
+        prune_model(model, config, 0.5, cal, batch_size=8, progress=False)  # even the same value
+    with pytest.raises(TypeError, match=r"prune_model\(ties=\.\.\.\)"):
+        prune_model(model, "magnitude", 0.5, ties="loose", progress=False)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'progres'"):
+        prune_model(model, config, 0.5, cal, progres=False)  # not a setting: no config hint
     with pytest.raises(ValueError, match=r"calibration of shape \(4, 12\) is invalid with the "
                        r"config's n_samples=4, seq_len=24"):
         prune_model(model, config, 0.5, cal[:, :12], progress=False)
-    with pytest.raises(ValueError, match="method=3 is invalid"):
+    with pytest.raises(ValueError, match=r"^config=3 is invalid: expected a PruneConfig$"):
         prune_model(model, 3, 0.5, cal, progress=False)
-    with pytest.raises(ValueError, match="ties='loose' is invalid"):
-        prune_model(model, "magnitude", 0.5, ties="loose", progress=False)
+    with pytest.raises(ValueError, match=r"config='wanda' is invalid: expected a PruneConfig "
+                       r"\(e\.g\. PruneConfig\(method='wanda'\)\)"):
+        prune_model(model, "wanda", 0.5, cal, progress=False)
     assert all(not m.any() for m in _masks(model).values())  # nothing was pruned
-    # a keyword repeating the config's value is fine
-    prune_model(model, config, 0.5, cal, batch_size=8, ties="exact", progress=False)
+    report = prune_model(model, config, 0.5, cal, progress=False)
+    assert report.attrs["global_sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_prune_draws_the_configs_calibration():
@@ -125,7 +141,7 @@ def test_prune_draws_the_configs_calibration():
                          batch_size=2)
     report = prune(model, tok, 0.5, config, progress=False)
     cal = calibration_tokens(tok, 3, 32, seed=5)
-    want = prune_model(reference, "sparsegpt", 0.5, cal, batch_size=2, progress=False)
+    want = prune_model(reference, config, 0.5, cal, progress=False)
     pd.testing.assert_frame_equal(report, want)
     ma, mb = _masks(model), _masks(reference)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)

@@ -11,12 +11,17 @@ import torch
 from layerif import allocate
 from layerif.models import describe, linear_modules, transformer_blocks
 from layerif.testing import tiny_model
-from layerif.prune import (magnitude, matrix_paths, owl_outlier_ratios, prune_model, sparsegpt,
-                           sparsity_report, wanda)
+from layerif.prune import (PruneConfig, magnitude, matrix_paths, owl_outlier_ratios, prune_model,
+                           sparsegpt, sparsity_report, wanda)
 
 
 def _calibration(n=5, seq=24, seed=0):
     return torch.randint(4, 104, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def _config(method, **settings):
+    """The PruneConfig of ``method`` sized for :func:`_calibration`'s default rows."""
+    return PruneConfig(method=method, n_samples=5, seq_len=24, **settings)
 
 
 def _full_forward_stats(model, block, calibration, kind):
@@ -44,7 +49,7 @@ def test_driver_matches_block_by_block_full_forward_reference(tiny64, method):
     reference, _ = tiny_model(dtype=torch.float64)
     cal = _calibration()
     ratios = pd.Series([0.3, 0.5, 0.6, 0.4])
-    prune_model(model, method, ratios, cal, batch_size=2, progress=False)
+    prune_model(model, _config(method, batch_size=2), ratios, cal, progress=False)
 
     kind = "act" if method == "wanda" else "hessian"
     for layer, (_, block) in enumerate(transformer_blocks(reference)):
@@ -65,7 +70,7 @@ def test_driver_matches_block_by_block_full_forward_reference(tiny64, method):
 def test_per_block_ratios_and_global_target(tiny, method):
     model, _ = tiny
     ratios = pd.Series({0: 0.25, 1: 0.6, 2: 0.45, 3: 0.7})
-    report = prune_model(model, method, ratios, _calibration(), progress=False)
+    report = prune_model(model, _config(method), ratios, _calibration(), progress=False)
     rows_total = 0
     for layer, (path, block) in enumerate(transformer_blocks(model)):
         assert report.loc[layer, "path"] == path
@@ -86,11 +91,11 @@ def test_per_block_ratios_and_global_target(tiny, method):
 def test_per_matrix_overrides_and_nm(tiny):
     model, _ = tiny
     path = transformer_blocks(model)[1][0] + ".mlp.down_proj"
-    report = prune_model(model, "magnitude", 0.5, per_matrix={path: 0.875}, progress=False)
+    report = prune_model(model, _config("magnitude"), 0.5, per_matrix={path: 0.875}, progress=False)
     assert report.loc[1, "mlp.down_proj"] == pytest.approx(int(32 * 64 * 0.875) / (32 * 64))
     assert report.loc[1, "mlp.up_proj"] == 0.5
     model2, _ = tiny_model()
-    prune_model(model2, "wanda", 0.5, _calibration(), nm=(2, 4), progress=False)
+    prune_model(model2, _config("wanda", nm=(2, 4)), 0.5, _calibration(), progress=False)
     for _, block in transformer_blocks(model2):
         for _, module in linear_modules(block):
             groups = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
@@ -104,7 +109,7 @@ def test_allocate_per_matrix_feeds_prune_model(tiny, method):
     values = pd.Series({0: 0.2, 1: 0.55, 2: 0.35, 3: 0.7}, name="sparsity")
     flat = allocate.per_matrix(values, describe(model))
     assert isinstance(flat, list) and len(flat) == len(matrix_paths(model)) == 28
-    report = prune_model(model, method, 0.5, _calibration(), per_matrix=flat, progress=False)
+    report = prune_model(model, _config(method), 0.5, _calibration(), per_matrix=flat, progress=False)
     for layer, (path, block) in enumerate(transformer_blocks(model)):
         for name, module in linear_modules(block):
             n = module.weight.numel()
@@ -118,14 +123,14 @@ def test_a_flat_per_matrix_list_is_read_in_depth_order(tiny):
     assert paths[:2] == [f"{transformer_blocks(model)[0][0]}.{n}" for n, _ in
                          linear_modules(transformer_blocks(model)[0][1])[:2]]
     flat = [0.05 + 0.9 * k / len(paths) for k in range(len(paths))]  # a different ratio each
-    prune_model(model, "magnitude", None, per_matrix=flat, progress=False)
+    prune_model(model, _config("magnitude"), None, per_matrix=flat, progress=False)
     modules = dict(model.named_modules())
     for path, ratio in zip(paths, flat):
         w = modules[path].weight
         assert int((w == 0).sum()) == int(w.numel() * ratio), path
     # the same ratios as a mapping give the same model
     other, _ = tiny_model()
-    prune_model(other, "magnitude", 0.5, per_matrix=dict(zip(paths, flat)), progress=False)
+    prune_model(other, _config("magnitude"), 0.5, per_matrix=dict(zip(paths, flat)), progress=False)
     for (_, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
         assert torch.equal(a, b)
 
@@ -136,20 +141,20 @@ def test_bad_per_matrix_sequences_are_named(tiny):
     partial = allocate.per_matrix(values, describe(model), modules=["mlp.down_proj"])
     with pytest.raises(ValueError, match=r"per_matrix is a sequence of 4 ratios but the model "
                        r"has 28 linear matrices"):
-        prune_model(model, "magnitude", 0.5, per_matrix=partial, progress=False)
+        prune_model(model, _config("magnitude"), 0.5, per_matrix=partial, progress=False)
     with pytest.raises(ValueError, match=r"per_matrix\['model.layers.0.self_attn.q_proj'\]=1.5"):
-        prune_model(model, "magnitude", 0.5, per_matrix=[1.5] + [0.5] * 27, progress=False)
+        prune_model(model, _config("magnitude"), 0.5, per_matrix=[1.5] + [0.5] * 27, progress=False)
     with pytest.raises(ValueError, match="per_matrix of type str is invalid"):
-        prune_model(model, "magnitude", 0.5, per_matrix="0.5", progress=False)
+        prune_model(model, _config("magnitude"), 0.5, per_matrix="0.5", progress=False)
     with pytest.raises(ValueError, match="sparsity=None is invalid: per_matrix leaves 27 of 28"):
-        prune_model(model, "magnitude", None, per_matrix={matrix_paths(model)[0]: 0.5}, progress=False)
+        prune_model(model, _config("magnitude"), None, per_matrix={matrix_paths(model)[0]: 0.5}, progress=False)
     assert sparsity_report(model)["zeros"].sum() == 0
 
 
 def test_magnitude_driver_equals_per_matrix_function(tiny):
     model, _ = tiny
     dense, _ = tiny_model()
-    prune_model(model, "magnitude", 0.4, progress=False)
+    prune_model(model, _config("magnitude"), 0.4, progress=False)
     for (_, a), (_, b) in zip(transformer_blocks(model), transformer_blocks(dense)):
         for (_, ma), (_, mb) in zip(linear_modules(a), linear_modules(b)):
             assert torch.equal(ma.weight, magnitude(mb.weight, 0.4))
@@ -171,19 +176,19 @@ def test_bad_inputs_raise_clear_errors(tiny):
     model, _ = tiny
     cal = _calibration()
     with pytest.raises(ValueError, match=r"sparsity=1.2"):
-        prune_model(model, "wanda", 1.2, cal, progress=False)
+        prune_model(model, _config("wanda"), 1.2, cal, progress=False)
     with pytest.raises(ValueError, match=r"missing \[3\]"):
-        prune_model(model, "wanda", pd.Series([0.5, 0.5, 0.5]), cal, progress=False)
+        prune_model(model, _config("wanda"), pd.Series([0.5, 0.5, 0.5]), cal, progress=False)
     with pytest.raises(ValueError, match=r"sparsity\[1\]"):
-        prune_model(model, "wanda", pd.Series([0.5, 1.5, 0.5, 0.5]), cal, progress=False)
+        prune_model(model, _config("wanda"), pd.Series([0.5, 1.5, 0.5, 0.5]), cal, progress=False)
     with pytest.raises(ValueError, match="empty"):
-        prune_model(model, "sparsegpt", 0.5, cal[:0], progress=False)
+        prune_model(model, _config("sparsegpt"), 0.5, cal[:0], progress=False)
     with pytest.raises(ValueError, match="calibration=None"):
-        prune_model(model, "wanda", 0.5, None, progress=False)
+        prune_model(model, _config("wanda"), 0.5, None, progress=False)
     with pytest.raises(ValueError, match="method="):
-        prune_model(model, "random", 0.5, cal, progress=False)
+        prune_model(model, _config("random"), 0.5, cal, progress=False)
     with pytest.raises(ValueError, match="per_matrix key"):
-        prune_model(model, "magnitude", 0.5, per_matrix={"model.layers.9.mlp.up_proj": 0.1}, progress=False)
+        prune_model(model, _config("magnitude"), 0.5, per_matrix={"model.layers.9.mlp.up_proj": 0.1}, progress=False)
     assert sparsity_report(model)["zeros"].sum() == 0  # nothing was pruned by failed calls
 
 
@@ -233,7 +238,7 @@ def test_a_nan_weight_is_refused_naming_its_module_and_nothing_is_pruned(method)
     model = _poisoned()
     before = {n: p.clone() for n, p in model.named_parameters()}
     with pytest.raises(NonFiniteError) as err:
-        prune_model(model, method, 0.5, _calibration(), progress=False)
+        prune_model(model, _config(method), 0.5, _calibration(), progress=False)
     message = str(err.value)
     assert message.startswith("model.layers.3.self_attn.q_proj: weights hold 1 NaN and 0 inf")
     assert "percdamp" not in message and "\n" not in message
@@ -245,7 +250,7 @@ def test_an_inf_outside_the_linears_is_named_too():
     model = _poisoned("model.layers.2.input_layernorm", float("inf"))
     with pytest.raises(ValueError, match=r"^model\.layers\.2\.input_layernorm: weights hold 0 "
                                          r"NaN and 1 inf of 32 values"):
-        prune_model(model, "wanda", 0.5, _calibration(), progress=False)
+        prune_model(model, _config("wanda"), 0.5, _calibration(), progress=False)
 
 
 @pytest.mark.parametrize("method, kind", [("wanda", "act_sq_norm"), ("sparsegpt", "hessian")])
@@ -258,7 +263,7 @@ def test_overflowing_activations_are_caught_in_the_next_blocks_statistics(method
         model.model.layers[1].mlp.up_proj.weight.mul_(1e4)
     with pytest.raises(ValueError, match=rf"^model\.layers\.2\.self_attn\.q_proj: calibration "
                                          rf"statistics \({kind} of its inputs\) hold"):
-        prune_model(model, method, 0.5, _calibration(), progress=False)
+        prune_model(model, _config(method), 0.5, _calibration(), progress=False)
 
 
 def test_per_matrix_pruners_refuse_non_finite_inputs():

@@ -213,7 +213,10 @@ def test_config_validation_and_presets():
     paper = ScoreConfig.paper()
     assert (paper.n_train, paper.n_val, paper.target, paper.modules, paper.max_length) == (
         300, 50, "weights", "attention", 128)
-    assert ScoreConfig.preset("smoke").n_train < ScoreConfig.cpu().n_train < paper.n_train
+    assert ScoreConfig.preset("smoke").n_train < paper.n_train
+    assert ScoreConfig.PRESETS == ("smoke", "paper")  # the book's sizes: params/*.yaml
+    with pytest.raises(ValueError, match="preset='cpu' is unknown for ScoreConfig"):
+        ScoreConfig.preset("cpu")
     assert ScoreConfig.from_dict(paper.to_dict()) == paper
 
 

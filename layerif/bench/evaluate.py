@@ -23,6 +23,7 @@ import torch
 from ..evaluate.choices import encode_pair, lm_eval_docs
 from ..evaluate.zero_shot import PAPER_TASKS, zero_shot
 from ..models import load_model, resolve_device
+from ..tokens import collate, pad_token_id
 from ._common import sync
 
 GOAL = 1.5
@@ -47,13 +48,8 @@ def reference_forward(model, sequences, batch_size, pad):
     device = next(model.parameters()).device
     ordered = sorted(sequences, key=len, reverse=True)
     for start in range(0, len(ordered), batch_size):
-        batch = ordered[start:start + batch_size]
-        width = max(len(s) for s in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, s in enumerate(batch):
-            ids[b, :len(s)], mask[b, :len(s)] = torch.tensor(s), 1
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        ids, mask = collate(ordered[start:start + batch_size], pad, device)
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
 
@@ -69,7 +65,7 @@ def measure(model, tokenizer, named, batch_size=8, rounds=2):
     """``(seconds per phase (min over rounds), layerif frame, lm-eval frame, token counts)``."""
     device = next(model.parameters()).device
     contexts, continuations, lm_eval_tokens = unique_sequences(tokenizer, named)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     reference_forward(model, contexts[:2], batch_size, pad)  # warm-up (kernels, allocator)
     phases = {
         "reference forward": lambda: reference_forward(model, contexts + continuations, batch_size, pad),

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from ..tokens import with_pad_token
 from ._common import sync
 
 GOALS = {"weights": 4.0, "lora": 2.5, "loop_speedup": 10.0, "rss_gb": 8.0, "shared": 1.2}
@@ -72,10 +73,7 @@ def _load(args, device):
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config).to(device).eval()
     model._layerif_model_id = f"{args.model} (random weights)"
-    tok = AutoTokenizer.from_pretrained(args.model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    return model, with_pad_token(AutoTokenizer.from_pretrained(args.model))
 
 
 def plain_epoch(model, batches, device) -> float:

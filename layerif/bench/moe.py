@@ -29,6 +29,7 @@ import torch
 
 from .. import moe
 from ..models import load_model, resolve_device, transformer_blocks
+from ..tokens import with_pad_token
 from ..train import finetune
 from ._common import PeakMemory
 from .ops import count_ops
@@ -48,10 +49,7 @@ def _load(name, device, random_init):
     source = str(cache_dir() / "models" / name) if name in EMBEDDED_MODELS else name
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).to(resolve_device(device))
-    tok = AutoTokenizer.from_pretrained(source)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model.eval(), tok
+    return model.eval(), with_pad_token(AutoTokenizer.from_pretrained(source))
 
 
 def _training_tokens(tokenizer, n, seq_len, task, seed):

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from ..models import resolve_device, transformer_blocks
+from ..tokens import pad_token_id, with_pad_token
 from . import shapes
 from ._common import timed
 
@@ -160,7 +161,7 @@ def _choice_stage(model, tok, sizes, device):
 
     examples = load_task("hellaswag", "test", n=sizes.choices)
     contexts, continuations, _ = unique_sequences(tok, {"hellaswag": examples})
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token_id(tok)
     work = f"{len(examples)} HellaSwag, {len(continuations)} choices"
     return (work, "plain forward (unique tokens)",
             lambda: reference_forward(model, contexts + continuations, 8, pad),
@@ -224,10 +225,7 @@ def embedded_tokenizer():
     path = cache_dir() / "models" / "smollm2-135m"
     if not (path / "tokenizer_config.json").exists():
         load_model("smollm2-135m", device="cpu")
-    tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return with_pad_token(AutoTokenizer.from_pretrained(str(path)))
 
 
 def _parser():

@@ -14,7 +14,7 @@ import os
 import torch
 
 from ..models import load_model, resolve_device
-from ..prune import prune_model
+from ..prune import PruneConfig, prune_model
 from ._common import timed
 
 GOALS = {"wanda": 2.0, "sparsegpt": 10.0}
@@ -78,8 +78,10 @@ def measure(model, calibration, held_out, methods, sparsity=0.5, batch_size=8):
     try:
         for method in methods:
             model.load_state_dict(dense)
+            config = PruneConfig(method=method, n_samples=calibration.shape[0],
+                                 seq_len=calibration.shape[1], batch_size=batch_size)
             report, elapsed, peak = _timed(device, lambda: prune_model(
-                model, method, sparsity, calibration, batch_size=batch_size, progress=False))
+                model, config, sparsity, calibration, progress=False))
             ratio = elapsed / t_forward
             goal = GOALS.get(method)
             verdict = "" if goal is None else f"<= {goal:g}x {'ok' if ratio <= goal else 'MISSED'}"

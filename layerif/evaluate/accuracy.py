@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .._config import check_finite
 from ..models import check_finite_parameters, eval_mode, model_id
+from ..tokens import collate, pad_token_id
 
 __all__ = ["ANSWER_PATTERN", "LETTER_PATTERN", "AccuracyResult", "accuracy", "parse_answer"]
 
@@ -132,19 +133,14 @@ def _loglik(model, tokenizer, examples, batch_size, max_length, progress) -> lis
             ids = (ctx + cont)[-max_length:]  # left-truncate the context, keep the answer
             items.append((i, j, ids, min(len(cont), len(ids) - 1)))
     items.sort(key=lambda it: -len(it[2]))  # similar lengths together: less padding
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     scores = [[0.0] * len(ex.choices) for ex in examples]
     device = _device(model)
     for start in tqdm(range(0, len(items), batch_size), desc="loglik", disable=not progress):
         batch = items[start: start + batch_size]
-        width = max(len(it[2]) for it in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, (_, _, row, _) in enumerate(batch):
-            ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
+        ids, mask = collate([it[2] for it in batch], pad, device)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         for b, (i, j, row, n) in enumerate(batch):
             end = len(row)
             logp = F.log_softmax(logits[b, end - n - 1: end - 1].double(), dim=-1)
@@ -154,7 +150,7 @@ def _loglik(model, tokenizer, examples, batch_size, max_length, progress) -> lis
 
 
 def _generate(model, tokenizer, examples, batch_size, max_new_tokens, progress) -> list[str]:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     device, outputs, side = _device(model), [], tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of each row
     try:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from .._config import check_finite
 from ..models import check_finite_parameters, eval_mode, model_id
+from ..tokens import collate, pad_token_id
 
 __all__ = ["choice_frame", "choice_logliks", "encode_pair", "lm_eval_docs"]
 
@@ -148,19 +149,12 @@ def _score_batch(model, batch, pad: int, device) -> list[list[float]]:
     cache = out.cache if getattr(out, "cache", None) is not None else out["past_key_values"]
     cache.batch_select_indices(torch.tensor([b for b, _ in long_rows], device=device))
     conts = [batch[b][1][j] for b, j in long_rows]
-    width = max(len(c) for c in conts) - 1
-    cont_ids = torch.full((len(conts), width), pad, dtype=torch.long)
-    cont_mask = torch.zeros_like(cont_ids)
-    for r, c in enumerate(conts):
-        cont_ids[r, :len(c) - 1] = torch.tensor(c[:-1])
-        cont_mask[r, :len(c) - 1] = 1
-    cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+    cont_ids, cont_mask = collate([c[:-1] for c in conts], pad, device)
+    width = cont_ids.shape[1]
     full = torch.cat([mask[[b for b, _ in long_rows]], cont_mask], dim=1)
     logits = model(input_ids=cont_ids, attention_mask=full, position_ids=_positions(full)[:, -width:],
                    use_cache=True, **{_cache_kwarg(model): cache}).logits
-    targets = torch.full_like(cont_ids, 0)
-    for r, c in enumerate(conts):
-        targets[r, :len(c) - 1] = torch.tensor(c[1:])
+    targets, _ = collate([c[1:] for c in conts], 0, device)  # masked past each continuation
     lp = (_token_logp(logits, targets).double() * cont_mask).sum(-1).cpu()
     for r, (b, j) in enumerate(long_rows):
         scores[b][j] += float(lp[r])
@@ -232,7 +226,7 @@ def choice_logliks(model, tokenizer, examples: Sequence, batch_size: int = 8,
             raise AssertionError(f"example {doc['id']!r}: contexts tokenize differently")
         encoded.append((pairs[0][0], [cont for _, cont in pairs]))
     order = sorted(distributed.shard(range(len(docs))), key=lambda i: -len(encoded[i][0]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     check_finite_parameters(model)
     device = next(model.parameters()).device
     mine: dict[int, list[float]] = {}

@@ -83,7 +83,8 @@ def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
 
     Args:
         model_name: an embedded model name, a local checkpoint directory or a hub id.
-        evaluation: the tasks and sizes (e.g. ``EvalConfig.preset("cpu")``).
+        evaluation: the tasks and sizes (e.g. ``EvalConfig(**params["evaluation"])`` with a
+            profile's ``params/<profile>/05_pruning.yaml``, as ``layerif evaluate`` does).
         out: the result folder (the table's CSV, schema and ``manifest.json``).
         device: where the model runs (``"auto"``: CUDA if present).
         overwrite: replace a saved result of another identity.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .._config import ConfigBase, check, field
+from ..models import finite_parameters
 from .perplexity import perplexity
 from .zero_shot import PAPER_TASKS, zero_shot
 from .zero_shot import summarize as summarize_task
@@ -69,11 +70,6 @@ class EvalConfig(ConfigBase):
     def smoke(cls) -> "EvalConfig":
         """Seconds: 4 examples of each task, 4 x 64 perplexity tokens."""
         return cls(n_examples=4, ppl_samples=4, ppl_len=64)
-
-    @classmethod
-    def cpu(cls) -> "EvalConfig":
-        """Minutes per model on a 2-core CPU: 60 examples per task, 32 x 256 tokens."""
-        return cls(n_examples=60, ppl_samples=32, ppl_len=256)
 
     @classmethod
     def paper(cls) -> "EvalConfig":
@@ -176,9 +172,10 @@ def evaluate_suite(model, tokenizer, config: EvalConfig, examples: dict[str, lis
     if ppl_tokens is None:
         ppl_tokens = perplexity_tokens(tokenizer, config.ppl_samples, config.ppl_len)
     per_example = pd.DataFrame()
-    if examples:
-        _, per_example = zero_shot(model, tokenizer, examples, batch_size=config.batch_size,
-                                   backend=config.backend, per_example=True, progress=progress)
-    ppl, windows = perplexity(model, ppl_tokens, batch_size=config.batch_size, progress=progress,
-                              per_window=True)
+    with finite_parameters(model):  # one scan of the weights for the tasks and the perplexity
+        if examples:
+            _, per_example = zero_shot(model, tokenizer, examples, batch_size=config.batch_size,
+                                       backend=config.backend, per_example=True, progress=progress)
+        ppl, windows = perplexity(model, ppl_tokens, batch_size=config.batch_size,
+                                  progress=progress, per_window=True)
     return Evaluation(per_example, ppl, windows)

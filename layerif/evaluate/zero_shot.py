@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..models import check_finite_parameters, eval_mode
+from ..models import check_finite_parameters, eval_mode, finite_parameters
 from .choices import choice_frame, choice_logliks, lm_eval_docs
 
 __all__ = ["BACKENDS", "PAPER_TASKS", "lm_eval_task", "summarize", "zero_shot"]
@@ -213,9 +213,10 @@ def zero_shot(
                 row.update({k: extra[k] for k in ("margin", "margin_stderr", "chance", "majority")})
             rows.append({"task": name, **row})
     else:
-        for name, examples in named.items():
-            frames[name] = choice_logliks(model, tokenizer, examples[:limit], batch_size, progress)
-            rows.append({"task": name, **summarize(frames[name])})
+        with finite_parameters(model):  # one scan of the weights for all tasks
+            for name, examples in named.items():
+                frames[name] = choice_logliks(model, tokenizer, examples[:limit], batch_size, progress)
+                rows.append({"task": name, **summarize(frames[name])})
     columns = ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
                "margin", "margin_stderr", "chance", "majority"]
     summary = pd.DataFrame(rows).set_index("task").reindex(columns=columns)

@@ -16,14 +16,15 @@ import pandas as pd
 
 from .. import plots, store
 from .._config import check
+from ..models import load_model, resolve_device
 from . import approximation, retraining, validation
 from . import validation_verdicts as vv
 from .prose import bullets
 from .verdict import Verdict, interval
 
 __all__ = ["NOTEBOOK", "Result", "WHERE", "figure_agreement", "figure_gain_lines",
-           "figure_gain_rho", "figure_loo", "figure_stability", "figure_sweep", "parts", "conclusion",
-           "retrainings", "run", "sizes", "summary", "verdict_frame", "verdicts"]
+           "figure_gain_rho", "figure_loo", "figure_stability", "figure_sweep", "loader", "parts",
+           "conclusion", "retrainings", "run", "sizes", "summary", "verdict_frame", "verdicts"]
 
 NOTEBOOK = "09_influence_validation"
 #: Each part's standing against the paper: (where, the paper's number) of its claim rows.
@@ -76,6 +77,21 @@ class Result:
         return pd.Series(self.subsets, name="disjoint validation subsets")
 
 
+def loader(model_name: str):
+    """``load(device)``: the ``(model, tokenizer)`` of ``model_name`` on ``device``, loaded the
+    first time a part computes and shared by the parts after it (each leaves the weights as
+    it found them: adapters detached, fine-tuned weights restored); one load per device."""
+    loaded = {}
+
+    def load(device="auto"):
+        key = str(resolve_device(device))
+        if key not in loaded:
+            loaded[key] = load_model(model_name, device=device)
+        return loaded[key]
+
+    return load
+
+
 def run(params: dict, profile: str = "smoke", results=None) -> Result:
     """Notebook 09 with its parameters (``params/<profile>/09_influence_validation.yaml``).
 
@@ -83,11 +99,13 @@ def run(params: dict, profile: str = "smoke", results=None) -> Result:
     profile's folder) or computed and saved (never under :class:`layerif.store.read_only`)."""
     results = Path(results or store.results_dir(profile))
     model, n_boot, alloc = params["model_name"], params["n_boot"], params["alloc"]
+    load = loader(model)
     approx = approximation.ApproxConfig(**params["approx"])
-    grid = approximation.study_grid(results, model, approx)
-    loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]))
+    grid = approximation.study_grid(results, model, approx, load=load)
+    loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]), load=load)
     gain_cfg = retraining.GainConfig(**params["gain"])
-    gains = {t: retraining.study_gains(results, model, t, gain_cfg) for t in params["gain_tasks"]}
+    gains = {t: retraining.study_gains(results, model, t, gain_cfg, load=load)
+             for t in params["gain_tasks"]}
     tasks = tuple(params["stability_tasks"])
     return Result(
         model=model, damping=approx.damping,

@@ -41,7 +41,8 @@ from ..models import load_model, model_id
 from ..moe import MoEConfig, attach, detach, moe_table
 from ..moe.io import read_experts
 from ..moe.usage import load_summary, router_load
-from ..train import TrainConfig, collate, finetune, tokenize_texts
+from ..tokens import collate, pad_token_id
+from ..train import TrainConfig, finetune, tokenize_texts
 from . import moe_tables as tables
 from . import moe_verdicts
 from .allocation import block_alpha, expert_allocations
@@ -224,7 +225,7 @@ class MoEStudy:
 
     def _batches(self, examples, batch_size: int = 8):
         rows = tokenize_texts(self.tokenizer, examples, self.train_config.max_length)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         for i in range(0, len(rows), batch_size):
             yield collate(rows[i:i + batch_size], pad)
 

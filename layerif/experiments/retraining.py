@@ -17,6 +17,7 @@ change: they are computed once and every training step runs only the blocks from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -151,9 +152,12 @@ def leave_one_out(model, tokenizer, train, val, block: int, seed: int, config: L
 
 
 def study_loo(results, model_name: str, config: LooConfig, overwrite: bool = False,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, load=None) -> pd.DataFrame:
     """Notebook 09: :func:`leave_one_out` for every block and seed, each saved on its own
-    (``<results>/validation/<model>/loo/block<l>-seed<s>``) so that a re-run resumes."""
+    (``<results>/validation/<model>/loo/block<l>-seed<s>``) so that a re-run resumes.
+    ``load(device)`` gives the ``(model, tokenizer)`` of ``model_name`` (default: a fresh
+    :func:`layerif.models.load_model`; :func:`.influence_validation.run` passes one that loads
+    once per run), once for all blocks and seeds; the adapters are detached after each."""
     train, val = task_examples(config.task, config.n_train, config.n_val)
     data = {"task": config.task, "train_ids": [e.id for e in train], "val_ids": [e.id for e in val]}
     model = tokenizer = None
@@ -166,7 +170,7 @@ def study_loo(results, model_name: str, config: LooConfig, overwrite: bool = Fal
             def compute(block=block, seed=seed):
                 nonlocal model, tokenizer
                 if model is None:
-                    model, tokenizer = load_model(model_name, device="auto")
+                    model, tokenizer = (load or partial(load_model, model_name))("auto")
                 return leave_one_out(model, tokenizer, train, val, block, seed, config, progress)
 
             folder = Path(results) / "validation" / store.slug(model_name) / "loo"
@@ -225,18 +229,22 @@ def block_gains(model, tokenizer, train, val, config: GainConfig,
             saved = [p.detach().clone() for p in params]
             for p in model.parameters():
                 p.requires_grad_(any(p is q for q in params))
-            with torch.no_grad():
-                before = float(tail_losses(model, b, h_va[b], *va).mean())
-            opt = torch.optim.Adam(params, lr=cfg.lr)
-            for _ in range(cfg.steps):
-                loss = tail_losses(model, b, h_tr[b], *tr).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                after = float(tail_losses(model, b, h_va[b], *va).mean())
-                for p, x in zip(params, saved):
-                    p.copy_(x)
+            try:
+                with torch.no_grad():
+                    before = float(tail_losses(model, b, h_va[b], *va).mean())
+                opt = torch.optim.Adam(params, lr=cfg.lr)
+                for _ in range(cfg.steps):
+                    loss = tail_losses(model, b, h_tr[b], *tr).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                with torch.no_grad():
+                    after = float(tail_losses(model, b, h_va[b], *va).mean())
+            finally:   # the block's weights as they were, even after an error
+                with torch.no_grad():
+                    for p, x in zip(params, saved):
+                        p.copy_(x)
+                        p.grad = None
             rows[b] = {"loss_before": before, "loss_after": after, "gain": before - after}
     finally:
         for p, flag in flags:
@@ -245,9 +253,12 @@ def block_gains(model, tokenizer, train, val, config: GainConfig,
 
 
 def study_gains(results, model_name: str, label: str, config: GainConfig,
-                overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
+                overwrite: bool = False, progress: bool = True, load=None) -> pd.DataFrame:
     """Notebook 09: :func:`block_gains` on the examples of notebook 01's saved scores of
-    ``label`` (first ``n_train`` training examples, all validation examples), saved."""
+    ``label`` (first ``n_train`` training examples, all validation examples), saved.
+    ``load(device)`` gives the ``(model, tokenizer)`` of ``model_name`` (default: a fresh
+    :func:`layerif.models.load_model`; :func:`.influence_validation.run` passes one that loads
+    once per run); each block's weights are restored after its fine-tuning."""
     scores = saved_scores(results, model_name, label, "datainf")
     train, val = task_examples(label.split("--")[0], len(scores.train_ids), len(scores.val_ids),
                                scores.config.seed)
@@ -259,7 +270,7 @@ def study_gains(results, model_name: str, label: str, config: GainConfig,
                             "val_ids": scores.val_ids})
 
     def compute():
-        model, tokenizer = load_model(model_name, device="auto")
+        model, tokenizer = (load or partial(load_model, model_name))("auto")
         return block_gains(model, tokenizer, train, val, config, progress)
 
     folder = Path(results) / "validation" / store.slug(model_name) / "gains" / store.slug(label)

@@ -23,7 +23,7 @@ from .verdict import Verdict, interval, profile_reading, profile_verdict
 
 __all__ = ["NOTEBOOK", "POOL", "PRUNING_TASKS", "Profiles", "aggregated_scores",
            "check_sizes", "conclusion", "fingerprint", "label_examples", "load_scores", "profile_figures",
-           "profile_interval", "profile_similarity", "pruning_pool", "run", "score_frame",
+           "profile_interval", "profile_similarity", "pruning_pool", "run", "score_config", "score_frame",
            "score_tasks", "scores_dir", "similarity_figures", "summary", "task_examples",
            "task_label", "verdicts"]
 
@@ -252,13 +252,23 @@ class Profiles:
     block_table: pd.DataFrame
 
 
+def score_config(params: dict, model_name: str, **sizes) -> ScoreConfig:
+    """The :class:`ScoreConfig` of notebook 01's ``params`` (``params/<profile>/
+    01_layer_scores.yaml``) for ``model_name``: its ``max_length``, ``batch_size`` and
+    ``memory_budget_gb`` (default 8 GB), and the model's entry of ``sizes`` (the first
+    model's when it has none) with ``sizes`` given here replacing those; ScoreConfig's
+    defaults for what ``params`` does not say. Notebook 01 and ``layerif scores`` use it."""
+    table = params.get("sizes") or {}
+    size = {**table.get(model_name, next(iter(table.values()), {})), **sizes}
+    fixed = {k: params[k] for k in ("max_length", "batch_size") if k in params}
+    return ScoreConfig(memory_budget_gb=params.get("memory_budget_gb", 8.0), **fixed, **size)
+
+
 def run(params: dict, profile: str = "smoke", results=None) -> Profiles:
     """Notebook 01: score every task of ``params`` on every model of ``params["sizes"]``."""
     results = Path(results or store.results_dir(profile))
-    runs = {m: score_tasks(m, params["tasks"], ScoreConfig(
-        max_length=params["max_length"], batch_size=params["batch_size"],
-        memory_budget_gb=params.get("memory_budget_gb", 8.0), **size), results)
-        for m, size in params["sizes"].items()}
+    runs = {m: score_tasks(m, params["tasks"], score_config(params, m), results)
+            for m in params["sizes"]}
     profiles = {m: score_frame(r, "positive", normalise=True) for m, r in runs.items()}
     similar = {m: profile_similarity(f) for m, f in profiles.items()}
     first = next(iter(runs))

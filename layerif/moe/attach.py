@@ -79,8 +79,6 @@ class MoEConfig(ConfigBase):
         None, help="seed of the experts' and routers' initialisation (a private RNG stream); "
                    "None draws from the global torch RNG")
 
-    PRESETS = ("smoke", "paper")
-
     def __post_init__(self):
         check(isinstance(self.rank, int) and self.rank >= 1, "rank", self.rank, "an int >= 1")
         check(self.alpha > 0, "alpha", self.alpha, "a positive number")

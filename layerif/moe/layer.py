@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import check
+from ..models import is_conv1d, linear_weight
 
 __all__ = ["DISPATCH", "LoRAMoELinear", "switch_balance_loss"]
 
@@ -96,11 +97,10 @@ class _MaskHolder:
 
 
 def _features(base: nn.Module) -> tuple[int, int]:
-    if isinstance(base, nn.Linear):
-        return base.in_features, base.out_features
-    if type(base).__name__ == "Conv1D":  # GPT-2: weight stored as [d_in, d_out]
-        return base.weight.shape[0], base.weight.shape[1]
-    raise ValueError(f"base={type(base).__name__} is invalid: expected nn.Linear or Conv1D")
+    if not (isinstance(base, nn.Linear) or is_conv1d(base)):
+        raise ValueError(f"base={type(base).__name__} is invalid: expected nn.Linear or Conv1D")
+    d_out, d_in = linear_weight(base).shape
+    return d_in, d_out
 
 
 class LoRAMoELinear(nn.Module):

@@ -4,14 +4,13 @@ Per-matrix maths (pure functions of a weight matrix, its calibration statistic a
 ``sparsity``): :func:`magnitude`, :func:`wanda`, :func:`sparsegpt`. The block-by-block
 driver :func:`prune_model` applies them to a whole model with one ratio, per-block ratios
 (a Series indexed by block) or per-matrix ratios (a ``{path: ratio}`` mapping or a flat
-sequence in depth order); :class:`PruneConfig` holds its settings (with ``smoke``, ``cpu``
+sequence in depth order); :class:`PruneConfig` holds its settings (with ``smoke``
 and ``paper`` presets) and :func:`prune` also draws the calibration tokens it describes;
 :func:`sparsity_report` measures the result; :func:`owl_outlier_ratios` gives OWL's
 per-block outlier percentages. :func:`prune_and_evaluate` is ``layerif prune``: prune,
 evaluate (perplexity and zero-shot) and save in the results store.
 
-``ties="reference"`` (on :func:`magnitude`, :func:`sparsegpt`, :func:`prune_model` and
-:class:`PruneConfig`) reproduces the published codes' threshold rule, which prunes every
+``ties="reference"`` (on :func:`magnitude`, :func:`sparsegpt` and :class:`PruneConfig`) reproduces the published codes' threshold rule, which prunes every
 weight tied with the cut (and one more than ``int(numel * s)``); the default prunes exactly
 ``int(numel * s)``.
 """

@@ -5,8 +5,8 @@ its sparsity ratios and the calibration text: the pruner, the N:M pattern, the c
 size (rows x tokens, and the seed and source of :func:`layerif.data.calibration_tokens`),
 SparseGPT's block width and damping, and the tie rule. ``batch_size`` is a run-time field:
 it changes how the calibration passes are batched, not the result, so it is left out of
-:meth:`PruneConfig.identity`. :func:`layerif.prune.prune_model` takes one in place of its
-``method`` argument; :func:`layerif.prune.prune` also draws the calibration tokens from it.
+:meth:`PruneConfig.identity`. :func:`layerif.prune.prune_model` takes one (its only way to be
+told how to prune); :func:`layerif.prune.prune` also draws the calibration tokens from it.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ class PruneConfig(ConfigBase):
     """How :func:`layerif.prune.prune_model` and :func:`layerif.prune.prune` prune.
 
     The defaults are the published setting of SparseGPT, Wanda and the paper: 128
-    calibration sequences of 2048 tokens (:meth:`paper`); :meth:`cpu` and :meth:`smoke`
-    shrink the calibration. Every preset uses Wanda; pick another pruner with
-    ``PruneConfig.preset("cpu", method="sparsegpt")``.
+    calibration sequences of 2048 tokens (:meth:`paper`); :meth:`smoke` (tests) shrinks the
+    calibration. The book's sizes are ``prune:`` of ``params/<profile>/05_pruning.yaml``
+    (``PruneConfig(**params["prune"])``). Both presets use Wanda; pick another pruner with
+    ``PruneConfig.preset("paper", method="sparsegpt")``.
     """
 
     method: str = field("wanda", help="magnitude | wanda | sparsegpt")
@@ -99,11 +100,6 @@ class PruneConfig(ConfigBase):
     def smoke(cls) -> "PruneConfig":
         """Seconds on a CPU: Wanda on 4 calibration rows of 64 tokens."""
         return cls(n_samples=4, seq_len=64, batch_size=4)
-
-    @classmethod
-    def cpu(cls) -> "PruneConfig":
-        """Minutes on a laptop CPU for a 135M model: Wanda on 32 rows of 256 tokens."""
-        return cls(n_samples=32, seq_len=256)
 
     @classmethod
     def paper(cls) -> "PruneConfig":

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..models import linear_modules
-from .sequential import _weight, walk_blocks
+from ..models import linear_modules, linear_weight
+from .sequential import walk_blocks
 from .wanda import wanda_scores
 
 __all__ = ["owl_outlier_ratios"]
@@ -54,12 +54,12 @@ def owl_outlier_ratios(
         # ~200M scores, which we never need in memory at once.
         total, count, n = 0.0, 0, 0
         for name, module in linears:
-            s = wanda_scores(_weight(module), stats[name])
+            s = wanda_scores(linear_weight(module), stats[name])
             total += float(s.sum(dtype=torch.float64))
             n += s.numel()
         threshold = M * total / n
         for name, module in linears:
-            count += int((wanda_scores(_weight(module), stats[name]) > threshold).sum())
+            count += int((wanda_scores(linear_weight(module), stats[name]) > threshold).sum())
         ratios[layer] = 100.0 * count / n
     out = pd.Series(ratios, name="outlier_ratio", dtype=float)
     out.index.name = "layer"

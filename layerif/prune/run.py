@@ -131,7 +131,7 @@ def default_out(profile: str, model_name: str, method: str, label: str,
 
 
 def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: PruneConfig,
-                       out: str | Path, evaluation: EvalConfig | None = None, device: str = "auto",
+                       out: str | Path, evaluation: EvalConfig, device: str = "auto",
                        overwrite: bool = False, progress: bool = True) -> PrunedEvaluation:
     """Load a model, prune it, evaluate it and save both tables in the results store.
 
@@ -146,9 +146,10 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
     Args:
         model_name: an embedded model name, a local checkpoint directory or a hub id.
         allocation: per-block ratios (:func:`read_allocation`) or one global sparsity in (0, 1).
-        config: the :class:`PruneConfig` (e.g. ``PruneConfig.preset("cpu", method="sparsegpt")``).
+        config: the :class:`PruneConfig` (e.g. ``PruneConfig(**params["prune"], method="sparsegpt")``
+            with a profile's ``params/<profile>/05_pruning.yaml``, as ``layerif prune`` does).
         out: the result folder.
-        evaluation: what to evaluate (default ``EvalConfig.cpu()``).
+        evaluation: what to evaluate (e.g. ``EvalConfig(**params["evaluation"])`` of that file).
         device: where the model runs (``"auto"``: CUDA if present).
         overwrite: replace results of another identity.
         progress: progress bars.
@@ -157,7 +158,6 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
 
     if not isinstance(config, PruneConfig):
         raise ValueError(f"config={config!r} is invalid: expected a PruneConfig")
-    evaluation = EvalConfig.cpu() if evaluation is None else evaluation
     if not isinstance(evaluation, EvalConfig):
         raise ValueError(f"evaluation={evaluation!r} is invalid: expected an EvalConfig")
     allocation = _check_allocation(allocation)

@@ -16,6 +16,7 @@ with :func:`layerif.models.transformer_blocks` and linear modules with
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
 import pandas as pd
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from .._config import check_finite
 from ..models import check_finite_parameters, eval_mode, linear_modules, transformer_blocks
+from ..models import linear_weight
 from .config import METHODS, PruneConfig
 from .magnitude import magnitude
 from .ratios import matrix_paths, matrix_ratios
@@ -69,16 +71,6 @@ def _to(obj, device):
 
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    # GPT-2's Conv1D stores the transpose of nn.Linear's [d_out, d_in] layout.
-    w = module.weight.data
-    return w.t() if type(module).__name__ == "Conv1D" else w
-
-
-def _set_weight(module: nn.Module, W: torch.Tensor) -> None:
-    _weight(module).copy_(W)
 
 
 class _BlockInputs:
@@ -167,7 +159,7 @@ def _reduce_stats(linears, sums: dict[str, torch.Tensor], n_seq: int, kind: str,
     for name, module in linears:
         stat = sums.get(name)
         if stat is None:
-            d_in, dtype = _weight(module).shape[1], torch.promote_types(module.weight.dtype, torch.float32)
+            d_in, dtype = linear_weight(module).shape[1], torch.promote_types(module.weight.dtype, torch.float32)
             stat = torch.zeros((d_in,) if kind == "act_sq_norm" else (d_in, d_in), dtype=dtype, device=device)
         local[name] = stat.clone() if id(stat) in seen else stat
         seen.add(id(stat))
@@ -271,91 +263,73 @@ def walk_blocks(
                 _run_block(block, inputs)
 
 
-_UNSET = type("_Unset", (), {"__repr__": lambda self: "<from config>"})()
-_KEYWORDS = ("nm", "batch_size", "blocksize", "percdamp", "ties")
-
-
-def _resolve_config(method, keywords: dict) -> tuple[PruneConfig, bool]:
-    """``(config, from_config)`` from ``prune_model``'s ``method`` and its keywords."""
-    given = {k: v for k, v in keywords.items() if v is not _UNSET}
-    if isinstance(method, PruneConfig):
-        for name, value in given.items():
-            ours = getattr(method, name)
-            same = (tuple(value) if isinstance(value, list) else value) == ours
-            if not same:
-                raise ValueError(
-                    f"{name}={value!r} conflicts with the config's {name}={ours!r}: pass the "
-                    f"setting in the PruneConfig (config.replace({name}=...)) or as a keyword, not both")
-        return method, True
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is invalid: expected one of {', '.join(METHODS)} "
-                         "or a PruneConfig")
-    return PruneConfig(method=method, **given), False
+def _check_config(config, settings: dict) -> None:
+    """One-line errors for the keyword form ``prune_model`` no longer takes."""
+    for name in settings:
+        if name not in {f.name for f in dataclasses.fields(PruneConfig)}:
+            raise TypeError(f"prune_model() got an unexpected keyword argument {name!r}")
+        raise TypeError(f"prune_model({name}=...) is invalid: the pruning settings are the "
+                        f"PruneConfig's: pass config.replace({name}=...) as config")
+    if not isinstance(config, PruneConfig):
+        named = isinstance(config, str) and config in METHODS
+        hint = f" (e.g. PruneConfig(method={config!r}))" if named else ""
+        raise ValueError(f"config={config!r} is invalid: expected a PruneConfig{hint}")
 
 
 # ----------------------------------------------------------------------------- driver
 def prune_model(
     model: nn.Module,
-    method: str | PruneConfig,
+    config: PruneConfig,
     sparsity: float | pd.Series | Mapping[int, float] | None = None,
     calibration: torch.Tensor | None = None,
     per_matrix: Mapping[str, float] | pd.Series | Sequence[float] | None = None,
-    nm: tuple[int, int] | None = _UNSET,
-    batch_size: int = _UNSET,
-    blocksize: int = _UNSET,
-    percdamp: float = _UNSET,
-    ties: str = _UNSET,
     progress: bool = True,
+    **settings,
 ) -> pd.DataFrame:
     """Prune every linear module of every transformer block of ``model`` in place.
 
     Args:
         model: a causal LM; its blocks are pruned sequentially (pruned outputs feed the next).
-        method: a :class:`~layerif.prune.PruneConfig`, or the pruner's name
-            (``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``) with the settings below as
-            keywords. With a config, a keyword may only repeat the config's value.
+        config: the :class:`~layerif.prune.PruneConfig`: the pruner, its ``nm`` pattern,
+            ``batch_size``, SparseGPT's ``blocksize`` and ``percdamp``, and ``ties``
+            (``"exact"``: exactly ``int(numel * s)`` weights per matrix; ``"reference"``: the
+            published code's threshold rule, magnitude and SparseGPT); with ``nm`` every
+            ratio must equal ``n / m``.
         sparsity: one ratio for all blocks, or per-block ratios (a Series or mapping indexed
             by block index 0..L-1, e.g. from :mod:`layerif.allocate`); each block's linear
             modules get its ratio. ``None`` only when ``per_matrix`` gives every matrix.
-        calibration: ``[n_samples, seq_len]`` token ids (unused, may be None, for magnitude).
-            With a config, its shape must be ``(config.n_samples, config.seq_len)``.
+        calibration: ``[config.n_samples, config.seq_len]`` token ids (unused, may be None,
+            for magnitude); :func:`~layerif.prune.prune` draws it from the config.
         per_matrix: per-matrix ratios overriding the block ratios: a ``{module path: ratio}``
             mapping or Series (paths as in :func:`matrix_paths`, e.g.
             ``"model.layers.3.mlp.down_proj"``; only those modules), or a flat sequence with
             one ratio per linear matrix in depth order (:func:`matrix_paths`' order, the
             AlphaPruning/OWL layout of :func:`layerif.allocate.per_matrix`).
-        nm: optional ``(n, m)`` structured pattern; every ratio must then equal ``n / m``
-            (default None).
-        batch_size: calibration sequences per forward pass (default 8).
-        blocksize, percdamp: SparseGPT's lazy-update block width and relative damping
-            (defaults 128 and 0.01).
-        ties: ``"exact"`` (default: exactly ``int(numel * s)`` weights per matrix) or
-            ``"reference"`` (the published code's threshold rule, magnitude and SparseGPT;
-            see :func:`~layerif.prune.magnitude` and :func:`~layerif.prune.sparsegpt`).
         progress: show a progress bar over blocks.
+        settings: none; a setting passed as a keyword (the old ``nm=``, ``ties=``, ...
+            form) is a TypeError naming it.
 
     Returns:
         :func:`sparsity_report` of the pruned model.
 
     Raises:
-        ValueError: unknown ``method``, a keyword conflicting with the config, a ratio
-            outside ``[0, 1)``, ratios for missing or unknown blocks, an unknown
-            ``per_matrix`` key or a ``per_matrix`` sequence of the wrong length, empty
-            ``calibration`` or one of another shape than the config's.
+        TypeError: a setting passed as a keyword instead of in the config.
+        ValueError: ``config`` not a PruneConfig, a ratio outside ``[0, 1)``, ratios for
+            missing or unknown blocks, an unknown ``per_matrix`` key or a ``per_matrix``
+            sequence of the wrong length, empty ``calibration`` or one of another shape
+            than the config's.
         layerif._config.NonFiniteError: (a ValueError) a weight, calibration activation or
             statistic holds NaN or inf; the message names the module. Weights are checked
             before anything is pruned, statistics block by block.
     """
-    config, from_config = _resolve_config(method, {
-        "nm": nm, "batch_size": batch_size, "blocksize": blocksize, "percdamp": percdamp,
-        "ties": ties})
+    _check_config(config, settings)
     method, nm = config.method, config.nm
     targets = matrix_ratios(model, sparsity, per_matrix, nm)
     check_finite_parameters(model)
     if config.needs_calibration:
         check_calibration(calibration)
         want = (config.n_samples, config.seq_len)
-        if from_config and tuple(calibration.shape) != want:
+        if tuple(calibration.shape) != want:
             raise ValueError(
                 f"calibration of shape {tuple(calibration.shape)} is invalid with the config's "
                 f"n_samples={want[0]}, seq_len={want[1]}: draw it with those sizes (or "
@@ -364,7 +338,7 @@ def prune_model(
     def prune_block(path, block, stats):
         for name, module in linear_modules(block):
             ratio = targets[f"{path}.{name}"]
-            W = _weight(module)
+            W = linear_weight(module)
             if method == "magnitude":
                 new = magnitude(W, ratio, nm, ties=config.ties)
             elif method == "wanda":
@@ -373,7 +347,7 @@ def prune_model(
                 new = sparsegpt(W, stats[name], ratio, nm, blocksize=config.blocksize,
                                 percdamp=config.percdamp, ties=config.ties)
             check_finite(new, f"{path}.{name}", f"weights pruned by {method}")
-            _set_weight(module, new)
+            W.copy_(new)
 
     with torch.no_grad():
         if method == "magnitude":
