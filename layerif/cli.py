@@ -271,11 +271,12 @@ def _run(args) -> None:
 def _scores(args) -> None:
     from . import distributed
     from .experiments import scoring
+    from .notebook_params import load_options
     from .scores import METHODS
 
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
-    config = scoring.score_config(study.load_params(scoring.NOTEBOOK, args.profile), args.model,
-                                  **sizes)
+    params = study.load_params(scoring.NOTEBOOK, args.profile)
+    config = scoring.score_config(params, args.model, **sizes)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     ok = bool(methods) and set(methods) <= set(METHODS) and len(set(methods)) == len(methods)
     check(ok, "--methods", args.methods,
@@ -285,7 +286,8 @@ def _scores(args) -> None:
     main = distributed.is_main()
     try:
         runs = scoring.score_tasks(args.model, args.tasks, config, study.results_dir(args.profile),
-                                   methods=methods, overwrite=args.overwrite, progress=main)
+                                   methods=methods, overwrite=args.overwrite, progress=main,
+                                   load_kwargs=load_options(params))
     finally:
         if started:
             distributed.close()

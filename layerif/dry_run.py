@@ -1,7 +1,8 @@
 """The paper profile's dry run: every notebook with ``params/paper``, small enough for a CPU.
 
 A paper-profile run differs from the book's in the paths it takes (7B checkpoints of other
-architecture families loaded from a folder in their own dtype, the paper presets, the
+architecture families loaded from a folder in their own dtype -- ``model_dtype: bfloat16``,
+kept as is, so the stand-ins load in it too --, the paper presets, the
 paper's tasks, block indices and lists), not only in its sizes. This module rewrites each
 notebook's paper parameters into a *dry-run* form that keeps all of that and changes only
 

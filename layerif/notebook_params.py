@@ -10,8 +10,13 @@ import yaml
 from . import store
 from ._config import check
 
-__all__ = ["cell_params", "check_param_types", "list_notebooks", "load_params", "needs_of",
-           "notebook_source", "parameter_defaults", "parameter_names", "read_params_file"]
+__all__ = ["MODEL_DTYPES", "cell_params", "check_param_types", "list_notebooks", "load_options",
+           "load_params", "needs_of", "notebook_source", "parameter_defaults", "parameter_names",
+           "read_params_file"]
+
+#: The values of a notebook's optional ``model_dtype`` parameter (the dtype its models load
+#: in); the first, float32, is the default (the cpu and smoke profiles').
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def list_notebooks(root: str | Path | None = None) -> list[str]:
@@ -40,6 +45,21 @@ def load_params(name: str, profile: str, root: str | Path | None = None) -> dict
         check(isinstance(params, dict), str(path), params, "a mapping of parameter names to values")
     params.setdefault("profile", profile)
     return params
+
+
+def load_options(params) -> dict:
+    """The keyword arguments of :func:`layerif.models.load_model` that a notebook's ``params``
+    set: ``{"dtype": params["model_dtype"]}`` (one of :data:`MODEL_DTYPES`; ``"float32"``,
+    ``load_model``'s own default, when ``params`` has none). The experiments pass them to
+    every model they load (the paper profile loads its 7B models in bfloat16).
+
+    Raises:
+        ValueError: a ``model_dtype`` that is not one of :data:`MODEL_DTYPES`.
+    """
+    dtype = params.get("model_dtype", MODEL_DTYPES[0])
+    check(isinstance(dtype, str) and dtype in MODEL_DTYPES, "model_dtype", dtype,
+          f"one of {MODEL_DTYPES}")
+    return {"dtype": dtype}
 
 
 def needs_of(name: str, root: str | Path | None = None) -> list[str]:

@@ -9,7 +9,10 @@ stand-in models -- and that nothing was written to the checkout's ``results/pape
 """
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,14 @@ def test_rewrite_replaces_models_sizes_and_blocks_and_lists_each_change():
     assert all(s.notebook == "nb" for s in subs)
     assert subs[0].line() == ("dry run nb: sizes.<key mistralai/Mistral-7B-v0.1> = '/m/mistral' "
                               "instead of 'mistralai/Mistral-7B-v0.1' (random-weight stand-in)")
+
+
+def test_rewrite_keeps_the_paper_model_dtype():
+    """The stand-ins load in the dtype the paper run loads its 7B models in: ``model_dtype``
+    is no size, so it passes unchanged and unlisted."""
+    assert rewrite("nb", {"model_dtype": "bfloat16", "max_length": 128}, MODELS) == (
+        {"model_dtype": "bfloat16", "max_length": 32},
+        [dry_run.Substitution("nb", "max_length", 128, 32, "size")])
 
 
 def test_rewrite_puts_the_offline_stand_in_for_a_hub_only_task_and_says_so():
@@ -205,6 +216,30 @@ def _paper_path(manifest: dict, stand_ins: set) -> set[str]:
     return checked
 
 
+@pytest.fixture
+def loads(monkeypatch):
+    """``[(name, {dtypes of its parameters})]`` of every model the study wing loads
+    (``load_model`` of every ``layerif`` module that imported it, wrapped)."""
+    import layerif.experiments
+    from layerif.models import load_model
+
+    for info in pkgutil.iter_modules(layerif.experiments.__path__):
+        importlib.import_module(f"layerif.experiments.{info.name}")
+    calls = []
+
+    def recording(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        name = args[0] if args else kwargs.get("name", "smollm2-135m")
+        calls.append((str(name), {p.dtype for p in model.parameters()}))
+        return model, tokenizer
+
+    for module in list(sys.modules.values()):
+        if (getattr(module, "__name__", "").startswith("layerif.")
+                and getattr(module, "load_model", None) is load_model):
+            monkeypatch.setattr(module, "load_model", recording)
+    return calls
+
+
 #: The presets each notebook's own results must have been checked against.
 PRESETS = {"01_layer_scores": {"ScoreConfig.paper"}, "03_lora_moe": {"MoEConfig.paper, TrainConfig.paper"},
            "05_pruning": {"EvalConfig.paper", "PruneConfig.paper"},
@@ -214,7 +249,7 @@ PRESETS = {"01_layer_scores": {"ScoreConfig.paper"}, "03_lora_moe": {"MoEConfig.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_at_the_paper_profile(dry, name, capsys):
+def test_notebook_runs_at_the_paper_profile(dry, name, capsys, loads):
     from layerif.fingerprint import model_key
 
     root, prepared = dry
@@ -230,6 +265,13 @@ def test_notebook_runs_at_the_paper_profile(dry, name, capsys):
     for path in set((root / "results").rglob("manifest.json")) - before:
         checked |= _paper_path(json.loads(path.read_text()), stand_ins)
     assert PRESETS.get(name, set()) <= checked, checked
+    # the paper's 7B models load in bfloat16 (params/paper model_dtype), so do their stand-ins;
+    # notebook 10 loads through the other notebooks' parameters, notebook 06 loads none
+    folders = {str(p) for p in (root / "models").iterdir() if p.is_dir()}
+    assert all(model in folders for model, _ in loads), loads
+    assert all(dtypes == {torch.bfloat16} for _, dtypes in loads), loads
+    if "model_dtype" in params:
+        assert params["model_dtype"] == "bfloat16" and loads, (name, loads)
     assert sorted((REPO / "results" / "paper").rglob("*")) == checkout   # nothing written there
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import allocate, baselines, plots, store
 from ..data import calibration_tokens
 from ..models import load_model, model_id
+from ..notebook_params import load_options
 from ..prune import owl_outlier_ratios
 from .prose import bullets
 from .scoring import aggregated_scores, fingerprint, load_scores
@@ -108,11 +109,13 @@ def allocation_distances(allocations: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 5.0, 7.0),
-                  beta: float = 2.5, overwrite: bool = False, device: str = "auto") -> pd.DataFrame:
+                  beta: float = 2.5, overwrite: bool = False, device: str = "auto",
+                  load_kwargs: dict | None = None) -> pd.DataFrame:
     """Notebook 02: :func:`expert_allocations` from notebook 01's saved DataInf scores.
 
     Saved under ``<results>/allocations/<model>/experts`` with the scores' fingerprints as
     its data identity, so new scores make it recompute (or refuse, if not ``overwrite``).
+    ``load_kwargs``: more arguments of :func:`layerif.load_model` (the model's ``dtype``).
     """
     config = {"per_block": [float(p) for p in per_block], "beta": float(beta),
               "method": "datainf"}
@@ -120,7 +123,7 @@ def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 
                            {"scores": fingerprint(results, model_name, labels)})
 
     def compute():
-        model, _ = load_model(model_name, device=device)
+        model, _ = load_model(model_name, device=device, **(load_kwargs or {}))
         scores = aggregated_scores(results, model_name, labels)
         return expert_allocations(scores, block_alpha(model, results), per_block, beta)
 
@@ -174,7 +177,8 @@ def run(params: dict, profile: str = "smoke", results=None) -> Experts:
     results = Path(results or store.results_dir(profile))
     tasks, models = params["tasks"], params["models"]
     experts = {m: study_experts(results, m, tasks, params.get("per_block", (2.5, 5.0, 7.0)),
-                                params.get("beta", 2.5)) for m in models}
+                                params.get("beta", 2.5), load_kwargs=load_options(params))
+               for m in models}
     scores = {m: load_scores(results, m, tasks[0], "datainf").aggregate("positive") for m in models}
     return Experts(experts, {m: allocation_distances(fig4_rows(f)) for m, f in experts.items()},
                    {m: beta_sweep(s, int(round(5.0 * len(s))), params.get("betas", BETAS))

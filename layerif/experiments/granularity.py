@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import paper, plots, store
+from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .pruning import DENSE, PruningRun, Setting
 from .scoring import POOL
@@ -67,7 +68,8 @@ def _ratios(run: PruningRun, params: dict) -> pd.DataFrame:
 def run(params: dict, profile: str = "smoke", results=None) -> GranularityStudy:
     """Notebook 08's work for its parameters (``results``: the profile's folder by default)."""
     results = Path(results or store.results_dir(profile))
-    scored = {m: pruning.score_for_pruning(results, m, [POOL], modules="all", tag="all-linear", **size)
+    scored = {m: pruning.score_for_pruning(results, m, [POOL], modules="all", tag="all-linear",
+                                           load_kwargs=load_options(params), **size)
               for m, size in params["scores"].items()}
     runs, evals = pruning.evaluate_models(results, params, list(params["scores"]), lambda _: settings(params))
     return GranularityStudy(

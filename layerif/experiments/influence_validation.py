@@ -17,6 +17,7 @@ import pandas as pd
 from .. import plots, store
 from .._config import check
 from ..models import load_model, resolve_device
+from ..notebook_params import load_options
 from . import approximation, retraining, validation
 from . import validation_verdicts as vv
 from .prose import bullets
@@ -77,16 +78,17 @@ class Result:
         return pd.Series(self.subsets, name="disjoint validation subsets")
 
 
-def loader(model_name: str):
+def loader(model_name: str, load_kwargs: dict | None = None):
     """``load(device)``: the ``(model, tokenizer)`` of ``model_name`` on ``device``, loaded the
     first time a part computes and shared by the parts after it (each leaves the weights as
-    it found them: adapters detached, fine-tuned weights restored); one load per device."""
+    it found them: adapters detached, fine-tuned weights restored); one load per device.
+    ``load_kwargs``: more arguments of :func:`layerif.load_model` (the model's ``dtype``)."""
     loaded = {}
 
     def load(device="auto"):
         key = str(resolve_device(device))
         if key not in loaded:
-            loaded[key] = load_model(model_name, device=device)
+            loaded[key] = load_model(model_name, device=device, **(load_kwargs or {}))
         return loaded[key]
 
     return load
@@ -99,7 +101,7 @@ def run(params: dict, profile: str = "smoke", results=None) -> Result:
     profile's folder) or computed and saved (never under :class:`layerif.store.read_only`)."""
     results = Path(results or store.results_dir(profile))
     model, n_boot, alloc = params["model_name"], params["n_boot"], params["alloc"]
-    load = loader(model)
+    load = loader(model, load_options(params))
     approx = approximation.ApproxConfig(**params["approx"])
     grid = approximation.study_grid(results, model, approx, load=load)
     loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]), load=load)

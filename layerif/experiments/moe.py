@@ -38,6 +38,7 @@ from .. import baselines, store
 from .._config import check
 from ..evaluate.choices import choice_logliks
 from ..models import load_model, model_id
+from ..notebook_params import load_options
 from ..moe import MoEConfig, attach, detach, moe_table
 from ..moe.io import read_experts
 from ..moe.usage import load_summary, router_load
@@ -111,17 +112,19 @@ class MoEStudy:
             blocks and ``total``, as :func:`expert_allocations` returns); None computes it
             (LayerIF's rows from notebook 01's saved scores, the model-only rows from the
             model alone).
+        load_kwargs: more arguments of :func:`layerif.load_model` (the model's ``dtype``:
+            :func:`layerif.notebook_params.load_options`).
     """
 
     def __init__(self, results: str | Path, model_name: str, labels, moe_config: MoEConfig,
                  train_config: TrainConfig, n_train: int, n_eval: int, beta: float = 2.5,
                  per_block=(2.5, 5.0, 7.0), allocations: pd.DataFrame | None = None,
-                 device: str = "auto", progress: bool = True):
+                 device: str = "auto", progress: bool = True, load_kwargs: dict | None = None):
         self.results, self.model_name, self.labels = Path(results), model_name, list(labels)
         self.moe_config, self.train_config = moe_config, train_config.replace(progress=False)
         self.n_train, self.n_eval, self.beta = int(n_train), int(n_eval), float(beta)
         self.per_block, self.progress = tuple(float(p) for p in per_block), progress
-        self.model, self.tokenizer = load_model(model_name, device=device)
+        self.model, self.tokenizer = load_model(model_name, device=device, **(load_kwargs or {}))
         self._given = allocations
         self._tables: dict[bool, pd.DataFrame] = {}
         self._examples: dict[str, tuple[list, list]] = {}
@@ -278,7 +281,8 @@ def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
     runs, logs, identical = {}, {}, {}
     for model, plan in params["plans"].items():
         study = MoEStudy(results, model, params["labels"], moe_config, train_config,
-                         params["n_train"], params["n_eval"], progress=False)
+                         params["n_train"], params["n_eval"], progress=False,
+                         load_kwargs=load_options(params))
         runs[model], logs[model] = study.run_all(grid(**plan)), study.log
         trained = {(s.method, s.task, s.per_block) for s in runs[model]}
         identical[model] = tables.identical_allocations(study.allocations(), trained)
@@ -367,7 +371,7 @@ def single_run(model_name: str, task: str, method: str | None = None, allocation
         table["total"] = int(experts.sum())
     moe_study = MoEStudy(results or store.results_dir(params["profile"]), model_name, [task],
                          *recipe(params), n_train or params["n_train"], n_eval or params["n_eval"],
-                         allocations=table, device=device)
+                         allocations=table, device=device, load_kwargs=load_options(params))
     setting = MoESetting(method, task, float(per_block), seed)
     return moe_study.run(setting, overwrite), moe_study.folder(setting)
 

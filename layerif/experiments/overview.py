@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import data
 from ..models import describe, load_model, transformer_blocks
+from ..notebook_params import load_options
 
 __all__ = ["NOTEBOOK", "PAPER_MODELS", "Overview", "block_check", "conclusion", "example_table", "model_row", "overlap_check",
            "run", "verdicts"]
@@ -32,11 +33,12 @@ class Overview:
     overlaps: pd.Series
 
 
-def model_row(name: str) -> tuple[dict, pd.DataFrame, tuple[int, int]]:
-    """Load ``name`` on the CPU: its summary row, :func:`layerif.describe` table, and
+def model_row(name: str, load_kwargs: dict | None = None) -> tuple[dict, pd.DataFrame, tuple[int, int]]:
+    """Load ``name`` on the CPU (``load_kwargs``: more arguments of :func:`layerif.load_model`,
+    e.g. its ``dtype``): its summary row, :func:`layerif.describe` table, and
     ``(blocks found structurally, config.num_hidden_layers)``."""
     start = time.perf_counter()
-    model, _ = load_model(name, device="cpu")
+    model, _ = load_model(name, device="cpu", **(load_kwargs or {}))
     seconds = time.perf_counter() - start
     blocks = describe(model)
     row = {"model": name, "architecture": type(model).__name__, "blocks": len(blocks),
@@ -66,7 +68,7 @@ def _overlaps() -> pd.Series:
 def run(params: dict, profile: str = "smoke", results=None) -> Overview:
     """Notebook 00: load every model of ``params["models"]`` and read every task (nothing is
     saved; ``profile`` and ``results`` are accepted for the common signature)."""
-    loaded = {m: model_row(m) for m in params["models"]}
+    loaded = {m: model_row(m, load_options(params)) for m in params["models"]}
     first = loaded[params["models"][0]][1]
     return Overview(pd.DataFrame([row for row, _, _ in loaded.values()]).set_index("model"),
                     pd.concat([first.head(3), first.tail(3)]),

@@ -27,6 +27,7 @@ from ..data import perplexity_tokens
 from ..evaluate.zero_shot import PAPER_TASKS
 from ..evaluate.suite import EvalConfig, Evaluation, evaluate_suite, examples_fingerprint, task_examples
 from ..models import describe, linear_modules, load_model, transformer_blocks
+from ..notebook_params import load_options
 from ..scores import ScoreConfig
 from ..prune import PruneConfig, prune_model
 from .allocation import EPSILON, block_alpha, outlier_ratios
@@ -111,12 +112,15 @@ class PruningRun:
             allocations pruned here are the ones it shows).
         device: where the model runs.
         progress: progress bars.
+        load_kwargs: more arguments of :func:`layerif.load_model` (the model's ``dtype``:
+            :func:`layerif.notebook_params.load_options`).
     """
 
     def __init__(self, results: str | Path, model_name: str, prune: PruneConfig,
                  evaluation: EvalConfig, owl_calibration=(32, 256), device: str = "auto",
-                 progress: bool = True):
+                 progress: bool = True, load_kwargs: dict | None = None):
         self.results, self.model_name = Path(results), model_name
+        self.load_kwargs = dict(load_kwargs or {})
         self.prune_config, self.eval_config = prune, evaluation
         self.owl_calibration = tuple(owl_calibration)
         self.device, self.progress = device, progress
@@ -127,7 +131,7 @@ class PruningRun:
     # -- lazily loaded shared state -------------------------------------------------------
     def model(self):
         if self._model is None:
-            self._model, self.tokenizer = load_model(self.model_name, device=self.device)
+            self._model, self.tokenizer = load_model(self.model_name, device=self.device, **self.load_kwargs)
             self._dense = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
         return self._model
 
@@ -293,11 +297,12 @@ def _save(folder: Path, value: tuple[Evaluation, dict], ident: dict, extra, over
 
 def from_params(results: str | Path, model_name: str, params: dict, **evaluation) -> PruningRun:
     """A pruning notebook's :class:`PruningRun` of one model from its ``prune``, ``evaluation``
-    (fields replaced by ``evaluation``) and ``owl_calibration`` parameters."""
+    (fields replaced by ``evaluation``), ``owl_calibration`` and ``model_dtype``
+    (:func:`layerif.notebook_params.load_options`) parameters."""
     eval_config = EvalConfig(**params["evaluation"])
     return PruningRun(results, model_name, PruneConfig(**params["prune"]),
                       eval_config.replace(**evaluation) if evaluation else eval_config,
-                      params.get("owl_calibration", (32, 256)))
+                      params.get("owl_calibration", (32, 256)), load_kwargs=load_options(params))
 
 
 def evaluate_models(results: str | Path, params: dict, models, settings) -> tuple[dict, dict]:
@@ -336,11 +341,13 @@ def grid(methods, allocations=ALLOCATIONS, sparsities=(0.5,), dense: bool = True
 
 def score_for_pruning(results: str | Path, model_name: str, tasks, n_train: int, n_val: int,
                       modules: str = "attention", tag: str | None = None, max_length: int = 128,
-                      batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
+                      batch_size: int = 8, progress: bool = True,
+                      load_kwargs: dict | None = None) -> pd.DataFrame:
     """DataInf scores of pruning tasks (zero-shot format) in notebook 01's layout, computed
     only when not saved: each task's own scores (task-specific pruning) or the pool's scores
-    of all seven linear matrices (``modules="all"``, ``tag="all-linear"``; granularity)."""
+    of all seven linear matrices (``modules="all"``, ``tag="all-linear"``; granularity).
+    ``load_kwargs``: more arguments of :func:`layerif.load_model` (the model's ``dtype``)."""
     config = ScoreConfig(n_train=n_train, n_val=n_val, max_length=max_length,
                          batch_size=batch_size, modules=modules, memory_budget_gb=8.0)
     return score_tasks(model_name, tasks, config, results, methods=("datainf",), template=None,
-                       progress=progress, tag=tag)
+                       progress=progress, tag=tag, load_kwargs=load_kwargs)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import paper, plots, store
 from ..evaluate.suite import EvalConfig
+from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .prose import bullets
 from .pruning import DENSE, Setting
@@ -74,7 +75,8 @@ def _own_scores(params: dict, task: str) -> list[Setting]:
 def _task_specific(results: Path, params: dict, model: str) -> dict:
     """{task: evaluations of :func:`_own_scores` on that task alone}, scoring each task first."""
     ts = params["task_specific"]
-    pruning.score_for_pruning(results, model, ts["tasks"], ts["n_train"], ts["n_val"])
+    pruning.score_for_pruning(results, model, ts["tasks"], ts["n_train"], ts["n_val"],
+                              load_kwargs=load_options(params))
     return {task: pruning.from_params(results, model, params, tasks=(task,), n_examples=ts["n_examples"])
             .evaluate_all(_own_scores(params, task)) for task in ts["tasks"]}
 

@@ -17,6 +17,7 @@ import pandas as pd
 from .. import data, distributed, plots, stats, store
 from .._config import check
 from ..models import load_model
+from ..notebook_params import load_options
 from ..scores import LayerScores, ScoreConfig, layer_scores, score_identity
 from .prose import bullets
 from .verdict import Verdict, interval, profile_reading, profile_verdict
@@ -107,7 +108,8 @@ def _ids(examples) -> list[str]:
 
 def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path,
                 methods=("datainf", "hessian_free"), template: str | None = "instruct",
-                overwrite: bool = False, progress: bool = True, tag: str | None = None) -> pd.DataFrame:
+                overwrite: bool = False, progress: bool = True, tag: str | None = None,
+                load_kwargs: dict | None = None) -> pd.DataFrame:
     """Score ``model_name`` on each task by each method; compute only what is not saved.
 
     Args:
@@ -123,6 +125,8 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
         tag: saved under the label ``<task>--<tag>`` (scores of the same task with other
             targets, e.g. ``tag="all-linear"`` for ``config.modules="all"``, beside the
             default ones).
+        load_kwargs: more arguments of :func:`layerif.load_model` (the model's ``dtype``:
+            :func:`layerif.notebook_params.load_options`).
 
     Under torchrun every rank calls this; the examples are sharded across the ranks
     (:func:`layerif.layer_scores`) and rank 0 reads and writes the store.
@@ -150,7 +154,7 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
         seconds = 0.0
         if missing:
             if model is None:
-                model, tokenizer = load_model(model_name, device=config.device)
+                model, tokenizer = load_model(model_name, device=config.device, **(load_kwargs or {}))
             start = time.perf_counter()
             computed = layer_scores(model, tokenizer, train, val, config, methods=tuple(missing),
                                     task=label, progress=progress)
@@ -267,8 +271,8 @@ def score_config(params: dict, model_name: str, **sizes) -> ScoreConfig:
 def run(params: dict, profile: str = "smoke", results=None) -> Profiles:
     """Notebook 01: score every task of ``params`` on every model of ``params["sizes"]``."""
     results = Path(results or store.results_dir(profile))
-    runs = {m: score_tasks(m, params["tasks"], score_config(params, m), results)
-            for m in params["sizes"]}
+    runs = {m: score_tasks(m, params["tasks"], score_config(params, m), results,
+                           load_kwargs=load_options(params)) for m in params["sizes"]}
     profiles = {m: score_frame(r, "positive", normalise=True) for m, r in runs.items()}
     similar = {m: profile_similarity(f) for m, f in profiles.items()}
     first = next(iter(runs))

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import allocate, baselines, plots, store
 from ..models import describe, load_model
+from ..notebook_params import load_options
 from .allocation import EPSILON, block_alpha, outlier_ratios
 from .prose import bullets
 from .scoring import POOL, fingerprint, load_scores
@@ -53,11 +54,12 @@ def global_sparsity(allocations: pd.DataFrame, n_params: pd.Series) -> pd.Series
 
 def study_sparsity(results: str | Path, model_name: str, label: str, target: float = 0.5,
                    calibration=(32, 256), aggregation: str = "positive", overwrite: bool = False,
-                   device: str = "auto") -> pd.DataFrame:
+                   device: str = "auto", load_kwargs: dict | None = None) -> pd.DataFrame:
     """Notebook 04: :func:`sparsity_allocations` from the pool's saved DataInf scores.
 
     Returns the allocations (index pruner, allocation; columns = layers) with two extra
     columns: ``global sparsity`` (parameter-weighted) and ``mean sparsity`` (unweighted).
+    ``load_kwargs``: more arguments of :func:`layerif.load_model` (the model's ``dtype``).
     """
     config = {"target": float(target), "calibration": list(calibration),
               "aggregation": aggregation, "epsilon": EPSILON, "owl_lambda": 0.08, "owl_M": 5.0}
@@ -65,7 +67,7 @@ def study_sparsity(results: str | Path, model_name: str, label: str, target: flo
                            {"scores": fingerprint(results, model_name, [label])})
 
     def compute():
-        model, tokenizer = load_model(model_name, device=device)
+        model, tokenizer = load_model(model_name, device=device, **(load_kwargs or {}))
         n_params = describe(model)["linear_params"]
         scores = load_scores(results, model_name, label, "datainf").aggregate(aggregation)
         frame = sparsity_allocations(scores, block_alpha(model, results),
@@ -92,7 +94,8 @@ class Sparsity:
 def run(params: dict, profile: str = "smoke", results=None) -> Sparsity:
     """Notebook 04: every model's sparsity allocations from the pool's saved scores."""
     results = Path(results or store.results_dir(profile))
-    return Sparsity({m: study_sparsity(results, m, POOL, params["target"], params["calibration"])
+    return Sparsity({m: study_sparsity(results, m, POOL, params["target"], params["calibration"],
+                                       load_kwargs=load_options(params))
                      for m in params["models"]}, params["target"])
 
 
