@@ -90,7 +90,9 @@ def test_saved_evaluation_round_trip_and_paired_nll(tiny64, tmp_path):
 
 
 def _saved_folders(limit=6):
-    manifests = sorted(RESULTS.glob("**/manifest.json"))
+    """Zero-shot evaluations saved before windows were kept (the perplexity-only ones of the
+    per-window NLL test, ``ppl-only-*``, were saved with them)."""
+    manifests = sorted(m for m in RESULTS.glob("**/manifest.json") if "/ppl-only-" not in str(m))
     step = max(1, len(manifests) // limit)
     return [m.parent for m in manifests[::step][:limit]]
 
@@ -106,3 +108,17 @@ def test_evaluations_saved_before_windows_load_unchanged(folder):
     # The evaluation config's identity (part of the store identity) is what it was.
     saved = manifest["config"]["evaluation"]
     assert EvalConfig(**saved).identity() == saved
+
+
+@pytest.mark.skipif(not RESULTS.is_dir(), reason="no committed cpu results")
+def test_perplexity_only_evaluations_load_their_windows():
+    """The per-window NLL evaluations (notebook 05's ``nll`` windows) load with their windows,
+    whose NLL sums give the saved perplexity."""
+    folders = sorted(m.parent for m in RESULTS.glob("*/ppl-only-*/*/*/manifest.json"))
+    assert folders
+    for folder in folders[:: max(1, len(folders) // 4)]:
+        manifest = json.loads((folder / store.MANIFEST).read_text())
+        ev = Evaluation.from_saved(store.load_frame(folder), manifest["extra"])
+        w = ev.windows
+        assert len(w) == manifest["config"]["evaluation"]["ppl_samples"] and ev.examples.empty
+        assert np.exp(w["nll_sum"].sum() / w["n_tokens"].sum()) == pytest.approx(ev.perplexity, rel=1e-9)

@@ -109,7 +109,7 @@ def test_per_matrix_setting_prunes_each_matrix_at_its_ratio(setup):
 def test_profiles_are_valid_configs(profile, name):
     params = study.load_params(name, profile)
     prune, evaluation = PruneConfig(**params["prune"]), EvalConfig(**params["evaluation"])
-    if name == "05_pruning":
+    if name in ("05_pruning", "08_ablation_granularity"):
         EvalConfig(tasks=(), **params["nll"])         # the per-window NLL test's windows
     if profile == "paper":
         assert (prune.n_samples, prune.seq_len) == (128, 2048)  # the paper's calibration
@@ -200,16 +200,18 @@ def test_notebook_07_run(setup):
 def test_notebook_08_run(setup):
     run, results, model = setup
     params = {**SIZES, "scores": {model: {"n_train": 7, "n_val": 7}}, "methods": ["magnitude"],
-              "sparsity": 0.6, "aggregation_method": "wanda", "aggregation_sparsity": 0.5}
+              "sparsity": 0.6, "aggregation_method": "wanda", "aggregation_sparsity": 0.5,
+              "nll": {"ppl_samples": 2, "ppl_len": 16}}   # the evaluation's own windows: reused
     result = granularity.run(params, results=results)
+    assert all(result.windows[model][s] is result.evals[model][s] for s in result.windows[model])
     assert set(result.score_runs["status"]) == {"loaded"}  # the fixture's, same identity
     ratios = result.ratios[model].drop(columns="per block")
     sizes = run.matrix_sizes(ratios.columns)
     assert (ratios * sizes).to_numpy().sum() / sizes.to_numpy().sum() == pytest.approx(0.6, abs=1e-9)
     assert result.granularity[model]["McNemar p"].between(0, 1).all()
-    [row] = granularity.verdicts(result)
-    assert row.claim == "per-block scores beat per-matrix scores (60%)"
+    row, nll = granularity.verdicts(result)
+    assert row.claim == "per-block scores beat per-matrix scores (60%)" and nll.n_unit == "windows"
     _invariants(result.log, result.evals[model])
     again = _read_only_again(granularity, params, results, "08_ablation_granularity")
     pd.testing.assert_frame_equal(granularity.aggregation_table(again), granularity.aggregation_table(result))
-    assert granularity.verdicts(again) == [row]
+    assert granularity.verdicts(again) == [row, nll]

@@ -1,5 +1,7 @@
 """The pruning study's pure parts: settings, the tables built from per-example evaluations,
 and notebooks 05 / 07 / 08's sentences and verdict rows (against hand computations and scipy)."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,16 +209,28 @@ def test_granularity_summary_and_verdict():
         evals[Setting("wanda", "LayerIF", 0.5, aggregation=a)] = _random_eval(30 + k, ppl=40.0 + k)
     evals[Setting("wanda", "Uniform", 0.5)] = _random_eval(40, ppl=50.0)
     params = {"sparsity": sp, "methods": methods}
+    rng, base = np.random.default_rng(5), np.random.default_rng(6).normal(3.0, 0.1, 20)
+    windows = {s: Evaluation(pd.DataFrame(), 1.0, pd.DataFrame(
+        {"nll_sum": 100 * (base + (0.0 if s.granularity == "block" else 0.05) + rng.normal(0, 0.01, 20)),
+         "n_tokens": np.full(20, 100)}).rename_axis("window"))
+        for s in evals if s.sparsity == sp}
     study = granularity.GranularityStudy(
         params, "", {"m": evals}, pd.DataFrame(), pd.DataFrame(),
         {"m": tables.granularity_table(evals, sp, methods, scores=granularity.LABEL)}, {},
-        {"m": tables.aggregation_table(evals, "wanda", 0.5)})
+        {"m": tables.aggregation_table(evals, "wanda", 0.5)}, {"m": windows})
     lines = granularity.summary(study).splitlines()
+    assert "per block significantly lower than per matrix for 2 and significantly higher for 0 of 2" in lines[2]
+    block_w = sum(windows[s].windows["nll_sum"] / 100 for s in windows if s.granularity == "block") / 2
+    matrix_w = sum(windows[s].windows["nll_sum"] / 100 for s in windows if s.granularity == "matrix") / 2
+    [_, nll] = granularity.verdicts(study)
+    assert nll.p == pytest.approx(sps.ttest_rel(block_w, matrix_w).pvalue)
+    assert nll.statistic == pytest.approx(float((block_w - matrix_w).mean()))
+    assert nll.effect == pytest.approx(math.log(1 - 0.0214)) and nll.verdict == "held" and nll.unit == "nats"
     assert "per block has the lower perplexity for 2 of 2" in lines[0]
     assert "LayerIF (all): 42, Uniform: 50." in lines[1]
     g = study.granularity["m"]   # accuracy points, the unit of notebook 10's row
     assert f"{100 * (g['per block'] - g['per matrix']).mean():+.1f} accuracy points" in lines[0]
-    [row] = granularity.verdicts(study)
+    [row, _] = granularity.verdicts(study)
     block = [evals[Setting(m, "LayerIF", sp, scores=granularity.LABEL)] for m in methods]
     matrix = [evals[Setting(m, "LayerIF", sp, scores=granularity.LABEL, granularity="matrix")] for m in methods]
     a = np.concatenate([e.examples["correct"].to_numpy() for e in block])

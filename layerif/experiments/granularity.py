@@ -11,9 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+
 import pandas as pd
 
-from .. import paper, plots, store
+from .. import paper, plots, stats, store
 from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .pruning import DENSE, PruningRun, Setting
@@ -23,7 +25,7 @@ from . import pruning_verdicts as pv
 from .verdict import Verdict
 
 __all__ = ["LABEL", "NOTEBOOK", "GranularityStudy", "aggregation_table", "block_vs_matrix", "conclusion",
-           "figure_note", "figures", "run", "settings", "summary", "verdicts"]
+           "figure_note", "figures", "run", "settings", "summary", "verdicts", "window_table"]
 
 NOTEBOOK = "08_ablation_granularity"
 LABEL = f"{POOL}--all-linear"  # the pool's scores of all seven matrices, beside notebook 01's
@@ -35,7 +37,8 @@ class GranularityStudy:
     """What notebook 08 shows; every dict is keyed by model name. ``score_runs``: the
     all-matrix scores (:func:`~.scoring.score_tasks`' rows); ``granularity`` and
     ``aggregations``: :mod:`.pruning_tables`' tables; ``ratios``: the last pruner's
-    sparsity per matrix type (layer x module) and per block."""
+    sparsity per matrix type (layer x module) and per block; ``windows``: the per-block and
+    per-matrix settings on the ``nll`` windows (:func:`.pruning.window_evaluations`)."""
 
     params: dict
     sizes: str
@@ -45,6 +48,7 @@ class GranularityStudy:
     granularity: dict
     ratios: dict
     aggregations: dict
+    windows: dict
 
 
 def settings(params: dict) -> list[Setting]:
@@ -56,6 +60,12 @@ def settings(params: dict) -> list[Setting]:
             for m in params["methods"] for g in ("block", "matrix")]
     out += [Setting(method, "LayerIF", agg_sp, aggregation=a) for a in AGGREGATIONS]
     return out + [Setting(method, "Uniform", agg_sp)]
+
+
+def _granular(params: dict, granularity: str) -> list[Setting]:
+    """LayerIF at ``sparsity`` from the all-matrix scores, one per pruner, at ``granularity``."""
+    return [Setting(m, "LayerIF", params["sparsity"], scores=LABEL, granularity=granularity)
+            for m in params["methods"]]
 
 
 def _ratios(run: PruningRun, params: dict) -> pd.DataFrame:
@@ -79,7 +89,9 @@ def run(params: dict, profile: str = "smoke", results=None) -> GranularityStudy:
          for m, e in evals.items()},
         {m: _ratios(r, params) for m, r in runs.items()},
         {m: tables.aggregation_table(e, params["aggregation_method"], params["aggregation_sparsity"])
-         for m, e in evals.items()})
+         for m, e in evals.items()},
+        {m: pruning.window_evaluations(results, m, params, _granular(params, "block") + _granular(params, "matrix"),
+                                       e) for m, e in evals.items()})
 
 
 def block_vs_matrix(result: GranularityStudy) -> pd.DataFrame:
@@ -90,6 +102,21 @@ def block_vs_matrix(result: GranularityStudy) -> pd.DataFrame:
     out = out.drop(columns="% change (block vs matrix)").round(4)
     out.insert(2, "block - matrix (points)", points.round(2))
     return tables.readable_perplexity(out)
+
+
+def window_table(result: GranularityStudy, level: float = 0.05) -> pd.DataFrame:
+    """Per pruner: per block minus per matrix in NLL per token (nats; negative: the per-block
+    model predicts the held-out text better), paired over the ``nll`` windows: difference,
+    its ``1 - level`` interval, p and the windows (:func:`layerif.stats.paired_nll`)."""
+    parts = {}
+    for model, w in result.windows.items():
+        rows = {}
+        for b, m in zip(_granular(result.params, "block"), _granular(result.params, "matrix")):
+            t = stats.paired_nll(w[b].windows, w[m].windows, level=1 - level)
+            rows[b.method] = {"NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high,
+                              "p": t.pvalue, "windows": t.n}
+        parts[model] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+    return tables.by_model(parts).round(4)
 
 
 def _pruner(result: GranularityStudy) -> tuple[str, float]:
@@ -131,9 +158,16 @@ def _lines(granularity: pd.DataFrame, aggregations: pd.DataFrame, level: float) 
             f"from {low:.3g} upward, perplexities {perplexities}."]
 
 
+def _window_line(table: pd.DataFrame) -> str:
+    lower, higher = int((table["CI high"] < 0).sum()), int((table["CI low"] > 0).sum())
+    return (f"Per-window NLL ({int(table['windows'].min())} windows): per block significantly lower than "
+            f"per matrix for {lower} and significantly higher for {higher} of {len(table)} pruners.")
+
+
 def _summary_lines(result: GranularityStudy, level: float) -> list[str]:
+    windows = window_table(result, level)
     return [f"{model}: {line}" for model, g in result.granularity.items()
-            for line in _lines(g, result.aggregations[model], level)]
+            for line in _lines(g, result.aggregations[model], level) + [_window_line(windows.loc[model])]]
 
 
 def summary(result: GranularityStudy, level: float = 0.05) -> str:
@@ -163,4 +197,22 @@ def verdicts(result: GranularityStudy, level: float = 0.05) -> list[Verdict]:
             notebook=NOTEBOOK,
             note=f"d: the text's +{claim['value']}% read as accuracy points (as a relative change it "
                  "would be smaller)"))
+    return rows + _nll_rows(result, level)
+
+
+def _nll_rows(result: GranularityStudy, level: float) -> list[Verdict]:
+    """§5 on the sensitive measure (:mod:`.pruning_verdicts`): per block against per matrix on
+    the per-window NLL, the pruners averaged per window; d carries the text's 2.14% over as the
+    same relative drop in perplexity, ln(1 - 0.0214) nats per token."""
+    claim, rows = paper.claims("sec5_per_block")[0], []
+    d = math.log(1 - float(claim["value"]) / 100)
+    for model, w in result.windows.items():
+        block, matrix = (pv.window_mean([w[s] for s in _granular(result.params, g)]) for g in ("block", "matrix"))
+        found = pv.window_comparison(block, matrix, d, level)
+        rows.append(pv.nll_row(
+            found, claim=f"per-block scores lower held-out NLL vs per-matrix scores ({result.params['sparsity']:.0%})",
+            model=model, where="Sec. 5 (sensitive measure)",
+            paper_value=f"+{claim['value']}% accuracy ({paper.entry('sec5_per_block')['model']})",
+            notebook=NOTEBOOK, what=f"{len(result.params['methods'])} pruners averaged per window",
+            note=f"d: the text's {claim['value']}% as the same relative drop in perplexity, ln(1 - r) = {d:+.4f}"))
     return rows

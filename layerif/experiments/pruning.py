@@ -34,7 +34,7 @@ from .allocation import EPSILON, block_alpha, outlier_ratios
 from .scoring import POOL, fingerprint, load_scores, score_tasks
 
 __all__ = ["ALLOCATIONS", "DENSE", "KIND", "PruningRun", "Setting", "evaluate_models", "from_params",
-           "grid", "log", "score_for_pruning", "seconds", "sizes"]
+           "grid", "log", "score_for_pruning", "seconds", "sizes", "window_evaluations"]
 
 KIND = "pruned_eval"
 DENSE = "dense"
@@ -303,6 +303,19 @@ def from_params(results: str | Path, model_name: str, params: dict, **evaluation
     return PruningRun(results, model_name, PruneConfig(**params["prune"]),
                       eval_config.replace(**evaluation) if evaluation else eval_config,
                       params.get("owl_calibration", (32, 256)), load_kwargs=load_options(params))
+
+
+def window_evaluations(results: str | Path, model_name: str, params: dict, settings,
+                       evals: dict | None = None) -> dict:
+    """{Setting: Evaluation} of ``settings`` on the ``nll`` perplexity windows of ``params``
+    (``ppl_samples`` x ``ppl_len``), the unit of the paired per-window NLL test: where they are
+    the evaluation's own windows and ``evals`` kept them, those evaluations; otherwise each
+    setting evaluated on perplexity only (a stored result beside the zero-shot ones)."""
+    e, nll = EvalConfig(**params["evaluation"]), params["nll"]
+    if (evals is not None and (e.ppl_samples, e.ppl_len) == (nll["ppl_samples"], nll["ppl_len"])
+            and all(s in evals and evals[s].windows is not None for s in settings)):
+        return {s: evals[s] for s in settings}
+    return from_params(results, model_name, params, tasks=(), **nll).evaluate_all(settings)
 
 
 def evaluate_models(results: str | Path, params: dict, models, settings) -> tuple[dict, dict]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from .. import paper, plots, store
-from ..evaluate.suite import EvalConfig
 from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .prose import bullets
@@ -83,21 +82,11 @@ def _task_specific(results: Path, params: dict, model: str) -> dict:
 
 def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
     """{model: {Setting: Evaluation}}: every pruner and allocation at ``sparsity`` (Tables 2 and
-    5) on the ``nll`` perplexity windows (``ppl_samples`` x ``ppl_len``; more than the
-    zero-shot evaluation's where the budget allows: the paired per-window test is where the
-    power is; Fig. 3's other sparsities are not, for the cpu budget).
-    Where they are the evaluation's own perplexity windows and ``evals`` kept them, those are
-    used; otherwise each setting is evaluated on perplexity only (a stored result)."""
-    e, nll = EvalConfig(**params["evaluation"]), params["nll"]
-    out = {}
-    for m in params["models"]:
-        pruned = pruning.grid(params["methods"], sparsities=[params["sparsity"]], dense=False)
-        if ((e.ppl_samples, e.ppl_len) == (nll["ppl_samples"], nll["ppl_len"])
-                and all(evals[m][s].windows is not None for s in pruned)):
-            out[m] = {s: evals[m][s] for s in pruned}
-        else:
-            out[m] = pruning.from_params(results, m, params, tasks=(), **nll).evaluate_all(pruned)
-    return out
+    5) on the ``nll`` windows (:func:`.pruning.window_evaluations`; more than the zero-shot
+    evaluation's where the budget allows: the paired per-window test is where the power is;
+    Fig. 3's other sparsities are left out, for the cpu budget)."""
+    pruned = pruning.grid(params["methods"], sparsities=[params["sparsity"]], dense=False)
+    return {m: pruning.window_evaluations(results, m, params, pruned, evals[m]) for m in params["models"]}
 
 
 def run(params: dict, profile: str = "smoke", results=None) -> PruningStudy:
