@@ -53,9 +53,13 @@ def check_finite(tensor: torch.Tensor, where: str, what: str = "weights") -> Non
     The one finiteness check of pruning and evaluation: ``where`` names the module (e.g.
     ``model.layers.3.self_attn.q_proj``) or the argument, ``what`` the quantity (``weights``,
     ``calibration statistics (act_sq_norm)``, ``log-likelihoods``).
+
+    The entries are read in full only when their sum is not finite (a NaN or inf entry always
+    makes the sum NaN or inf; finite entries whose sum overflows are then read exactly): the
+    sum is ~20x cheaper than ``isfinite(tensor).all()`` and pruning checks every matrix.
     """
     if (not tensor.is_floating_point() or tensor.device.type == "meta"  # offloaded: no values
-            or bool(torch.isfinite(tensor).all())):
+            or bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())):
         return
     n_nan = int(torch.isnan(tensor).sum())
     n_inf = int(torch.isinf(tensor).sum())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from .._config import check_finite
@@ -83,7 +84,8 @@ def lowest_k_mask(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
 
     Ties at the cut are broken by position (lower index pruned first), so the count is
     exact even when many scores are equal (e.g. weights that are already zero).
-    ``kthvalue`` plus a tie fix-up is 2-4x faster than ``topk`` for ``k ~ n/2`` on CPU.
+    The k-th value plus a tie fix-up is 2-4x faster than ``topk`` for ``k ~ n/2`` on CPU
+    (:func:`_kth_smallest`).
 
     Args:
         scores: importance scores (any shape).
@@ -95,11 +97,29 @@ def lowest_k_mask(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     """
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    kth = scores.kthvalue(k, dim=dim, keepdim=True).values
+    kth = _kth_smallest(scores, k, dim)
+    at_most = scores <= kth
+    if bool((at_most.sum(dim, keepdim=True) == k).all()):  # no tie at the cut left out
+        return at_most
     mask = scores < kth
     ties = scores == kth
     missing = k - mask.sum(dim, keepdim=True)
     return mask | (ties & (ties.cumsum(dim) <= missing))
+
+
+def _kth_smallest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The ``k``-th smallest score along ``dim`` (1-based, kept as a size-1 dimension):
+    ``scores.kthvalue(k, dim, keepdim=True).values``, the same value.
+
+    On CPU in float32 or float64, numpy's introselect (``np.partition``) finds it 2-3x faster
+    than torch's ``kthvalue``; every pruned matrix needs one per row."""
+    if (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+            and scores.dim() > 0 and 1 <= k <= scores.shape[dim]):
+        values = scores.detach().numpy()
+        axis = dim % scores.dim()
+        kth = np.take(np.partition(values, k - 1, axis=axis), [k - 1], axis=axis)
+        return torch.from_numpy(kth)
+    return scores.kthvalue(k, dim=dim, keepdim=True).values
 
 
 def threshold_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
