@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from .. import paper, plots, stats, store
+from .. import paper, plots, store
 from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .pruning import DENSE, PruningRun, Setting
@@ -110,11 +110,8 @@ def window_table(result: GranularityStudy, level: float = 0.05) -> pd.DataFrame:
     its ``1 - level`` interval, p and the windows (:func:`layerif.stats.paired_nll`)."""
     parts = {}
     for model, w in result.windows.items():
-        rows = {}
-        for b, m in zip(_granular(result.params, "block"), _granular(result.params, "matrix")):
-            t = stats.paired_nll(w[b].windows, w[m].windows, level=1 - level)
-            rows[b.method] = {"NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high,
-                              "p": t.pvalue, "windows": t.n}
+        rows = {b.method: tables.window_row(w[b], w[m], level)
+                for b, m in zip(_granular(result.params, "block"), _granular(result.params, "matrix"))}
         parts[model] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
     return tables.by_model(parts).round(4)
 
@@ -159,7 +156,7 @@ def _lines(granularity: pd.DataFrame, aggregations: pd.DataFrame, level: float) 
 
 
 def _window_line(table: pd.DataFrame) -> str:
-    lower, higher = int((table["CI high"] < 0).sum()), int((table["CI low"] > 0).sum())
+    lower, higher = tables.window_sides(table)
     return (f"Per-window NLL ({int(table['windows'].min())} windows): per block significantly lower than "
             f"per matrix for {lower} and significantly higher for {higher} of {len(table)} pruners.")
 

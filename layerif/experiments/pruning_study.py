@@ -244,7 +244,7 @@ def _summary_lines(result: PruningStudy, level: float) -> list[str]:
         lines += _paired_lines(model, frame, result.above[model], result.params["sparsity"], level)
     for model, frame in result.windows.items():
         t = tables.window_versus(frame, "LayerIF", BASELINES, level)
-        lower, higher = int((t["CI high"] < 0).sum()), int((t["CI low"] > 0).sum())
+        lower, higher = tables.window_sides(t)
         lines.append(f"{model}, per-window NLL ({int(t['windows'].min())} windows, the same for every "
                      f"model): LayerIF's model is significantly lower than the baseline's in {lower} and "
                      f"significantly higher in {higher} of {len(t)} (pruner, sparsity, baseline) "

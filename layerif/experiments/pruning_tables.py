@@ -22,7 +22,7 @@ from .scoring import POOL
 
 __all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "by_model", "dense_check", "fixed_choice_tasks",
            "granularity_table", "method_by_allocation", "paired_comparison",
-           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "window_versus", "wins",
+           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "window_row", "window_sides", "window_versus", "wins",
            "aggregation_table", "perplexity_wins", "DIVERGED", "perplexity_text", "readable_perplexity"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
@@ -270,6 +270,20 @@ def versus(evals: Mapping[Setting, Evaluation], ours: str, sparsity: float, meth
     return out
 
 
+def window_row(a: Evaluation, b: Evaluation, level: float = 0.05) -> dict:
+    """One row of a per-window NLL table: ``a`` minus ``b`` in NLL per token (nats), paired over
+    their windows (:func:`layerif.stats.paired_nll`), its ``1 - level`` interval, p, windows."""
+    t = stats.paired_nll(a.windows, b.windows, level=1 - level)
+    return {"NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high, "p": t.pvalue,
+            "windows": t.n}
+
+
+def window_sides(table: pd.DataFrame) -> tuple[int, int]:
+    """How many rows of a per-window NLL table (:func:`window_row`) have their interval
+    below 0 and above 0."""
+    return int((table["CI high"] < 0).sum()), int((table["CI low"] > 0).sum())
+
+
 def window_versus(evals: Mapping[Setting, Evaluation], ours: str, baselines, level: float = 0.05) -> pd.DataFrame:
     """Allocation ``ours`` against each baseline on the per-window NLL per token, for every
     (pruner, sparsity) where both were evaluated with windows kept: the paired t test over
@@ -283,10 +297,7 @@ def window_versus(evals: Mapping[Setting, Evaluation], ours: str, baselines, lev
             other = evals.get(Setting(setting.method, base, setting.sparsity))
             if other is None:
                 continue
-            t = stats.paired_nll(mine.windows, other.windows, level=1 - level)
-            rows[(setting.method, setting.sparsity, base)] = {
-                "NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high,
-                "p": t.pvalue, "windows": t.n}
+            rows[(setting.method, setting.sparsity, base)] = window_row(mine, other, level)
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "sparsity", "baseline"])
     return out
