@@ -28,12 +28,21 @@ book: $(STAMP)
 	@echo "book: open _build/html/index.html"
 
 # Unit tests, slow tests on the real model, and every notebook under nbval (smoke defaults).
+# Two pytest processes side by side, one per core of a 2-core machine: the notebooks (in
+# order, in one process: each reads the results of the ones before it) and the tests (they
+# share nothing with the notebooks: every result they write goes to a temporary folder). The
+# notebooks' report is printed after the tests'; either one failing fails the target.
 test: $(STAMP)
 	$(BIN)/python -m layerif.cli sync-notebooks
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
-	    --durations=15; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
-	exit $$rc
+	@log=$$(mktemp); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider notebooks --nbval-lax --durations=10 \
+	    > $$log 2>&1 & nb=$$!; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --durations=15; rc=$$?; \
+	wait $$nb; rc_nb=$$?; echo "---- the notebooks under nbval ----"; cat $$log; rm -f $$log; \
+	for r in $$rc $$rc_nb; do \
+	    if [ $$r -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+	done; \
+	if [ $$rc -ne 0 ] || [ $$rc_nb -ne 0 ]; then echo "make test: tests rc=$$rc, notebooks rc=$$rc_nb"; exit 1; fi
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -33,6 +33,19 @@ def test_correlations_match_scipy_and_constant_is_nan():
         validation.correlations(a, b[:5])
 
 
+def test_row_spearman_equals_scipy_row_by_row_with_ties_and_constant_rows():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(40, 9)).astype(np.float32)
+    b = np.round(rng.normal(size=(40, 9)), 1)          # ties: average ranks, as spearmanr
+    a[3], b[7] = 1.5, -2.0                              # a constant row in each: nan
+    got = validation.row_spearman(a, b)
+    want = [validation.correlations(x, y)["spearman"] for x, y in zip(a, b)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(got[3]) and np.isnan(got[7]) and np.isfinite(np.delete(got, [3, 7])).all()
+    np.testing.assert_allclose(validation.row_spearman(a[4:9], b[0]),
+                               [sps.spearmanr(x, b[0]).statistic for x in a[4:9]], atol=1e-12)
+
+
 def test_block_scores_and_expert_distance_by_hand():
     values = np.array([[-1.0, 2.0, -3.0, 0.5], [4.0, -0.5, -0.5, -2.0]])
     assert validation.block_scores(values).tolist() == [-4.0, -3.0]
@@ -70,6 +83,11 @@ def test_bootstrap_stability_matches_a_brute_force_loop():
     np.testing.assert_allclose(per_block["experts_changed"], changed)
     pairs = [sps.spearmanr(a, b).statistic for a, b in zip(reps[:-1], reps[1:])]
     assert summary["rank_stability"] == pytest.approx(np.mean(pairs))
+    full_scores = np.minimum(values, 0).sum(axis=1)
+    assert summary["rank_vs_full"] == pytest.approx(np.mean([sps.spearmanr(r, full_scores).statistic
+                                                             for r in reps]))
+    moved = [validation.expert_distance(allocate.experts(pd.Series(r), 35, 2.5), full) for r in reps]
+    assert summary["experts_moved"] == pytest.approx(np.mean(moved))
     assert (per_block["sparsity_low"] <= per_block["sparsity_high"]).all()
 
 

@@ -25,8 +25,7 @@ from ..scores import AGGREGATIONS, aggregate_values
 
 __all__ = ["block_allocations", "block_scores", "bootstrap_stability", "compare_methods",
            "correlations", "expert_distance", "gain_table", "loo_table", "retraining_noise",
-           "subset_stability",
-           "sweep_table"]
+           "row_spearman", "subset_stability", "sweep_table"]
 
 
 def correlations(a, b) -> dict:
@@ -38,6 +37,22 @@ def correlations(a, b) -> dict:
         return {"pearson": np.nan, "spearman": np.nan}
     return {"pearson": float(sps.pearsonr(x, y).statistic),
             "spearman": float(sps.spearmanr(x, y).statistic)}
+
+
+def row_spearman(a, b) -> np.ndarray:
+    """Spearman's rho of each row of ``a`` with the same row of ``b`` (``[R, L]`` arrays, or
+    one ``[L]`` vector broadcast against the other's rows): :func:`correlations`'s
+    ``spearman`` for every row at once, ``nan`` where a row is constant."""
+    x, y = np.broadcast_arrays(np.atleast_2d(np.asarray(a, dtype=np.float64)),
+                               np.atleast_2d(np.asarray(b, dtype=np.float64)))
+    check(x.shape[1] >= 2, "b", f"rows of length {x.shape[1]}", "at least 2 entries per row")
+    rx, ry = (sps.rankdata(v, axis=1) for v in (x, y))
+    rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (rx * ry).sum(axis=1) / den
+    return np.where(constant, np.nan, np.clip(rho, -1.0, 1.0))
 
 
 def block_scores(values, aggregation: str = "positive", index=None) -> pd.Series:
@@ -134,10 +149,11 @@ def bootstrap_stability(values, n_boot: int = 1000, level: float = 0.95, seed: i
         "experts_changed": (re_ != e_full.to_numpy()).mean(axis=0), "sparsity": s_full,
         "sparsity_low": np.quantile(rp, lo, axis=0), "sparsity_high": np.quantile(rp, hi, axis=0),
     })
-    pairs = [correlations(a, b)["spearman"] for a, b in zip(rs[:-1], rs[1:])]
-    summary = {"rank_stability": float(np.nanmean(pairs)) if pairs else np.nan,
-               "rank_vs_full": float(np.nanmean([correlations(r, full)["spearman"] for r in rs])),
-               "experts_moved": float(np.mean([expert_distance(e, e_full) for e in re_])),
+    pairs = row_spearman(rs[:-1], rs[1:]) if len(rs) > 1 else np.array([])
+    summary = {"rank_stability": float(np.nanmean(pairs)) if pairs.size else np.nan,
+               "rank_vs_full": float(np.nanmean(row_spearman(rs, full.to_numpy()))),
+               "experts_moved": float(np.abs(re_ - e_full.to_numpy()).sum(axis=1).mean()
+                                      / (2 * e_full.sum())),
                "n_boot": int(n_boot)}
     return per_block, summary
 
