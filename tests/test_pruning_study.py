@@ -109,8 +109,7 @@ def test_per_matrix_setting_prunes_each_matrix_at_its_ratio(setup):
 def test_profiles_are_valid_configs(profile, name):
     params = study.load_params(name, profile)
     prune, evaluation = PruneConfig(**params["prune"]), EvalConfig(**params["evaluation"])
-    if name in ("05_pruning", "08_ablation_granularity"):
-        EvalConfig(tasks=(), **params["nll"])         # the per-window NLL test's windows
+    EvalConfig(tasks=(), **params["nll"])             # the per-window NLL test's windows
     if profile == "paper":
         assert (prune.n_samples, prune.seq_len) == (128, 2048)  # the paper's calibration
         assert evaluation.n_examples is None                      # full test sets
@@ -184,17 +183,33 @@ def test_notebook_05_run(setup):
 def test_notebook_07_run(setup):
     _, results, model = setup
     params = {**SIZES, "models": [model], "methods": ["magnitude", "wanda"], "sparsity": 0.6,
-              "epsilons": [0.1, 0.3]}
+              "epsilons": [0.1, 0.3], "nll": {"ppl_samples": 2, "ppl_len": 16}}  # the evaluation's windows
     result = smoothing.run(params, results=results)
+    evals = result.evals[model]
+    assert result.windows[model] == {s: e for s, e in evals.items() if s.method != "dense"}
     change = result.change[model]
     assert len(change) == 2 * 2 and change["McNemar p"].between(0, 1).all()
     _invariants(result.log, result.evals[model])
     seconds = pruning.seconds(result.log)
     assert list(seconds.index) == [model]
     assert seconds.at[model, "eval_seconds"] == pytest.approx(result.log["eval_seconds"].sum(), abs=0.5)
+    # the NLL row: smoothed - raw per window, the four cells averaged, by scipy
+    rows = smoothing.verdicts(result)
+    assert len(rows) == 2 and rows[1].claim == "smoothing the scores lowers held-out NLL (60%)"
+    per_token = {s: e.windows["nll_sum"] / e.windows["n_tokens"] for s, e in evals.items() if s.method != "dense"}
+    w = {flag: sum(per_token[pruning.Setting(m, "LayerIF", 0.6, epsilon=e, smooth=flag)]
+                   for e in (0.1, 0.3) for m in ("magnitude", "wanda")) / 4 for flag in (True, False)}
+    assert rows[1].p == pytest.approx(sps.ttest_rel(w[True], w[False]).pvalue)
+    assert rows[1].statistic == pytest.approx(float((w[True] - w[False]).mean()))
+    table = smoothing.window_table(result)
+    assert list(table.index.names) == ["model", "epsilon", "method"] and len(table) == 2 * 2
+    cell = pruning.Setting("wanda", "LayerIF", 0.6, epsilon=0.3, smooth=True)
+    raw = pruning.Setting("wanda", "LayerIF", 0.6, epsilon=0.3, smooth=False)
+    assert table.loc[(model, 0.3, "wanda"), "NLL difference"] == pytest.approx(
+        float((per_token[cell] - per_token[raw]).mean()), abs=1e-4)
     again = _read_only_again(smoothing, params, results, "07_ablation_smoothing")
     pd.testing.assert_frame_equal(smoothing.change_table(again), smoothing.change_table(result))
-    assert smoothing.verdicts(again) == smoothing.verdicts(result)
+    assert smoothing.verdicts(again) == rows and smoothing.summary(again) == smoothing.summary(result)
 
 
 def test_notebook_08_run(setup):

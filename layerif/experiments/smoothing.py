@@ -6,6 +6,7 @@ say and :func:`verdicts` decides Table 6's claim by the sign test of its cells.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from . import pruning_verdicts as pv
 from .verdict import Verdict, direction
 
 __all__ = ["NOTEBOOK", "SmoothingStudy", "accuracy_table", "change_table", "conclusion", "figures",
-           "paper_table", "run", "settings", "summary", "verdicts"]
+           "paper_table", "run", "settings", "summary", "verdicts", "window_table"]
 
 NOTEBOOK = "07_ablation_smoothing"
 
@@ -28,7 +29,9 @@ NOTEBOOK = "07_ablation_smoothing"
 @dataclass(frozen=True)
 class SmoothingStudy:
     """What notebook 07 shows; every dict is keyed by model name. ``change``:
-    :func:`~.pruning_tables.smoothing_table`; ``acc``: :func:`~.pruning_tables.accuracy_table`."""
+    :func:`~.pruning_tables.smoothing_table`; ``acc``: :func:`~.pruning_tables.accuracy_table`;
+    ``windows``: every smoothed and raw setting on the ``nll`` windows
+    (:func:`.pruning.window_evaluations`)."""
 
     params: dict
     sizes: str
@@ -36,6 +39,7 @@ class SmoothingStudy:
     log: pd.DataFrame
     change: dict
     acc: dict
+    windows: dict
 
 
 def settings(params: dict) -> list[Setting]:
@@ -53,7 +57,26 @@ def run(params: dict, profile: str = "smoke", results=None) -> SmoothingStudy:
         params, pruning.sizes(params), evals, pruning.log(runs),
         {m: tables.smoothing_table(e, params["sparsity"], params["epsilons"], params["methods"])
          for m, e in evals.items()},
-        {m: tables.accuracy_table(e) for m, e in evals.items()})
+        {m: tables.accuracy_table(e) for m, e in evals.items()},
+        {m: pruning.window_evaluations(results, m, params, settings(params)[1:], e) for m, e in evals.items()})
+
+
+def _pairs(params: dict) -> list[tuple[float, str, Setting, Setting]]:
+    """(epsilon, pruner, smoothed setting, raw setting) of every cell of Table 6."""
+    sp = params["sparsity"]
+    return [(e, m, *(Setting(m, "LayerIF", sp, epsilon=e, smooth=s) for s in (True, False)))
+            for e in params["epsilons"] for m in params["methods"]]
+
+
+def window_table(result: SmoothingStudy, level: float = 0.05) -> pd.DataFrame:
+    """Per (epsilon, pruner): smoothed minus raw in NLL per token (nats; negative: smoothing
+    lets the model predict the held-out text better), paired over the ``nll`` windows:
+    difference, its ``1 - level`` interval, p and the windows (:func:`layerif.stats.paired_nll`)."""
+    parts = {}
+    for model, w in result.windows.items():
+        rows = {(e, m): tables.window_row(w[s], w[r], level) for e, m, s, r in _pairs(result.params)}
+        parts[model] = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["epsilon", "method"])
+    return tables.by_model(parts).round(4)
 
 
 def paper_table(result: SmoothingStudy) -> pd.DataFrame:
@@ -125,9 +148,16 @@ def summary(result: SmoothingStudy, level: float = 0.05) -> str:
     return "\n".join(f"• {line}" for line in _summary_lines(result, level))
 
 
+def _window_line(table: pd.DataFrame) -> str:
+    lower, higher = tables.window_sides(table)
+    return (f"Per-window NLL ({int(table['windows'].min())} windows): smoothed significantly lower than "
+            f"raw in {lower} and significantly higher in {higher} of {len(table)} (epsilon, pruner) cells.")
+
+
 def _summary_lines(result: SmoothingStudy, level: float) -> list[str]:
+    windows = window_table(result, level)
     return [f"{model}: {line}" for model, c in result.change.items()
-            for line in _lines(c, result.acc[model], level)]
+            for line in _lines(c, result.acc[model], level) + [_window_line(windows.loc[model])]]
 
 
 def conclusion(result: SmoothingStudy, level: float = 0.05):
@@ -159,4 +189,23 @@ def verdicts(result: SmoothingStudy, level: float = 0.05) -> list[Verdict]:
             notebook=NOTEBOOK,
             note=f"d: the paper's mean relative change ({printed.mean():+.2f}%) at our raw accuracy "
                  f"({100 * raw_acc:.1f}%), a sign claim in the paper"))
+    return rows + _nll_rows(result, level)
+
+
+def _nll_rows(result: SmoothingStudy, level: float) -> list[Verdict]:
+    """Table 6 on the sensitive measure (:mod:`.pruning_verdicts`): smoothed against raw on the
+    per-window NLL, every (epsilon, pruner) cell averaged per window; d carries the cells' mean
+    relative change over as the same relative drop in perplexity, ln(1 - r) nats per token."""
+    printed, rows, pairs = _paper_cells(), [], _pairs(result.params)
+    d = math.log(1 - float(printed.mean()) / 100)
+    for model, w in result.windows.items():
+        smooth, raw = (pv.window_mean([w[p[i]] for p in pairs]) for i in (2, 3))
+        found = pv.window_comparison(smooth, raw, d, level)
+        rows.append(pv.nll_row(
+            found, claim=f"smoothing the scores lowers held-out NLL ({result.params['sparsity']:.0%})",
+            model=model, where="Table 6 (sensitive measure)",
+            paper_value=f"{int((printed > 0).sum())} of {printed.size} cells positive (mean {printed.mean():+.2f}%)",
+            notebook=NOTEBOOK, what=f"{len(pairs)} (epsilon, pruner) cells averaged per window",
+            note=f"d: the cells' mean {printed.mean():+.2f}% as the same relative drop in perplexity, "
+                 f"ln(1 - r) = {d:+.4f}"))
     return rows
