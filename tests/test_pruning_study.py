@@ -180,6 +180,31 @@ def test_notebook_05_run(setup):
     assert len(pruning_study.window_table(more)) == 2 * 3
 
 
+def test_notebook_05_table8_on_the_per_window_nll(setup):
+    """Fig. 3's models: SparseGPT at every fig3 sparsity on the windows, and Table 8's NLL rows
+    (LayerIF - baseline per window, the sparsities averaged) equal to scipy's paired t."""
+    _, results, model = setup
+    params = {**SIZES, "models": [model], "methods": ["magnitude"], "sparsity": 0.5,
+              "fig3_models": [model], "fig3_sparsities": [0.4, 0.5],
+              "task_specific": {"models": [], "tasks": [], "method": "wanda", "n_train": 4, "n_val": 4,
+                                "n_examples": 3},
+              "nll": {"ppl_samples": 2, "ppl_len": 16}}   # the evaluation's own windows: reused
+    result = pruning_study.run(params, results=results)
+    gpt = {s for s in result.windows[model] if s.method == "sparsegpt"}
+    assert {(s.allocation, s.sparsity) for s in gpt} == {(a, sp) for a in pruning.ALLOCATIONS for sp in (0.4, 0.5)}
+    rows = [r for r in pruning_study.verdicts(result) if r.where == "Table 8 (sensitive measure)"]
+    assert [r.claim for r in rows] == [f"LayerIF lowers held-out NLL vs {b} across sparsities (SparseGPT)"
+                                       for b in pruning_study.BASELINES]
+    per_token = {s: result.windows[model][s].windows["nll_sum"] / result.windows[model][s].windows["n_tokens"]
+                 for s in gpt}
+    w = {a: sum(per_token[pruning.Setting("sparsegpt", a, sp)] for sp in (0.4, 0.5)) / 2
+         for a in ("LayerIF", "OWL")}
+    assert rows[2].p == pytest.approx(sps.ttest_rel(w["LayerIF"], w["OWL"]).pvalue)
+    assert rows[2].statistic == pytest.approx(float((w["LayerIF"] - w["OWL"]).mean()))
+    table = pruning_study.window_table(result)
+    assert set(table.index.get_level_values("sparsity")) == {0.4, 0.5}
+
+
 def test_notebook_07_run(setup):
     _, results, model = setup
     params = {**SIZES, "models": [model], "methods": ["magnitude", "wanda"], "sparsity": 0.6,

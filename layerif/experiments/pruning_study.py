@@ -81,12 +81,12 @@ def _task_specific(results: Path, params: dict, model: str) -> dict:
 
 
 def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
-    """{model: {Setting: Evaluation}}: every pruner and allocation at ``sparsity`` (Tables 2 and
-    5) on the ``nll`` windows (:func:`.pruning.window_evaluations`; more than the zero-shot
-    evaluation's where the budget allows: the paired per-window test is where the power is;
-    Fig. 3's other sparsities are left out, for the cpu budget)."""
-    pruned = pruning.grid(params["methods"], sparsities=[params["sparsity"]], dense=False)
-    return {m: pruning.window_evaluations(results, m, params, pruned, evals[m]) for m in params["models"]}
+    """{model: {Setting: Evaluation}}: every pruned setting of the notebook (Tables 2 and 5 at
+    ``sparsity``, and SparseGPT across ``fig3_sparsities`` for the Fig. 3 models) on the ``nll``
+    windows (:func:`.pruning.window_evaluations`; more than the zero-shot evaluation's where
+    the budget allows: the paired per-window test is where the power is)."""
+    return {m: pruning.window_evaluations(results, m, params, list(dict.fromkeys(settings(params, m)[1:])), evals[m])
+            for m in params["models"]}
 
 
 def run(params: dict, profile: str = "smoke", results=None) -> PruningStudy:
@@ -282,7 +282,7 @@ def verdicts(result: PruningStudy, level: float = 0.05) -> list[Verdict]:
     sparsities), and two beyond the paper: lowest perplexity, a task's own scores. Each
     comparison by the one rule of :mod:`.pruning_verdicts` (accuracy points, the paper's d)."""
     return (_beats_baselines(result, level) + _nll_beats_baselines(result, level) + _table8(result, level)
-            + _perplexity(result, level) + _own_vs_pooled(result, level))
+            + _nll_table8(result, level) + _perplexity(result, level) + _own_vs_pooled(result, level))
 
 
 def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
@@ -346,6 +346,24 @@ def _table8(result: PruningStudy, level: float) -> list[Verdict]:
                      f"{int(r['examples'])} examples",
                 note=f"d: the table's Average Accuracy difference; the paper's paired t over settings "
                      f"here: p = {r['t-test p (per setting)']:.3g}"))
+    return rows
+
+
+def _nll_table8(result: PruningStudy, level: float) -> list[Verdict]:
+    """Table 8 on the sensitive measure: SparseGPT's LayerIF against each baseline, the
+    ``fig3_sparsities`` averaged per window; d as in :func:`_nll_beats_baselines`."""
+    rows, sps = [], result.params["fig3_sparsities"]
+    for model in result.table8:
+        for base in BASELINES:
+            d = pv.nll_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
+            found = pv.window_comparison(*_window_pair(result, model, base, [("sparsegpt", s) for s in sps]), d, level)
+            rows.append(pv.nll_row(
+                found, claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
+                model=model, where="Table 8 (sensitive measure)", notebook=NOTEBOOK,
+                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
+                what=f"{len(sps)} sparsities averaged per window",
+                note=f"d: the table's relative Average Accuracy gain as the same relative drop in "
+                     f"perplexity, ln(1 - r) = {d:+.4f}"))
     return rows
 
 
