@@ -156,7 +156,7 @@ def test_smoothing_row_pools_cells_and_scales_the_papers_relative_change():
         evals[Setting(m, "LayerIF", sp, epsilon=e, smooth=False)] = _eval({t: [1] * 60 + [0] * 40 for t in TASKS}, k)
     change = tables.smoothing_table(evals, sp, [0.1, 0.3], ["wanda"])
     change = pd.concat([change, tables.smoothing_table(evals, sp, [0.1], ["magnitude"])])
-    study = smoothing.SmoothingStudy({"sparsity": sp}, "", {"m": evals}, pd.DataFrame(), {"m": change}, {})
+    study = smoothing.SmoothingStudy({"sparsity": sp}, "", {"m": evals}, pd.DataFrame(), {"m": change}, {}, {})  # no windows: the accuracy row alone
     [row] = smoothing.verdicts(study)
     printed = paper.table("table6").to_numpy().ravel()
     printed = printed[np.isfinite(printed)]

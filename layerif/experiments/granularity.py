@@ -204,10 +204,9 @@ def _nll_rows(result: GranularityStudy, level: float) -> list[Verdict]:
     claim, rows = paper.claims("sec5_per_block")[0], []
     d = math.log(1 - float(claim["value"]) / 100)
     for model, w in result.windows.items():
-        block, matrix = (pv.window_mean([w[s] for s in _granular(result.params, g)]) for g in ("block", "matrix"))
-        found = pv.window_comparison(block, matrix, d, level)
-        rows.append(pv.nll_row(
-            found, claim=f"per-block scores lower held-out NLL vs per-matrix scores ({result.params['sparsity']:.0%})",
+        rows.append(pv.window_verdict(
+            w, _granular(result.params, "block"), _granular(result.params, "matrix"), d, level,
+            claim=f"per-block scores lower held-out NLL vs per-matrix scores ({result.params['sparsity']:.0%})",
             model=model, where="Sec. 5 (sensitive measure)",
             paper_value=f"+{claim['value']}% accuracy ({paper.entry('sec5_per_block')['model']})",
             notebook=NOTEBOOK, what=f"{len(result.params['methods'])} pruners averaged per window",

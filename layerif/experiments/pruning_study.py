@@ -304,11 +304,12 @@ def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
     return rows
 
 
-def _window_pair(result: PruningStudy, model: str, base: str, cells: list[tuple]) -> tuple:
-    """LayerIF's and ``base``'s per-window frames, averaged per window over ``cells``
+def _window_verdict(result: PruningStudy, model: str, base: str, cells: list[tuple], d: float,
+                    level: float, **row) -> Verdict:
+    """LayerIF against ``base`` on the per-window NLL, each averaged per window over ``cells``
     (``(method, sparsity)`` pairs) of :attr:`PruningStudy.windows`."""
-    evals = result.windows[model]
-    return tuple(pv.window_mean([evals[Setting(m, alloc, s)] for m, s in cells]) for alloc in ("LayerIF", base))
+    a, b = ([Setting(m, alloc, s) for m, s in cells] for alloc in ("LayerIF", base))
+    return pv.window_verdict(result.windows[model], a, b, d, level, model=model, notebook=NOTEBOOK, **row)
 
 
 def _nll_beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
@@ -317,10 +318,10 @@ def _nll_beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
     for model, table_id in zip(result.params["models"], TABLE_IDS):
         for base in BASELINES:
             d = pv.nll_d(table_id, "LayerIF", base, "Average")
-            found = pv.window_comparison(*_window_pair(result, model, base, [(m, sp) for m in methods]), d, level)
-            rows.append(pv.nll_row(
-                found, claim=f"LayerIF sparsity lowers held-out NLL vs {base} at {sp:.0%}", model=model,
-                where=f"{table_id} (sensitive measure)", notebook=NOTEBOOK,
+            rows.append(_window_verdict(
+                result, model, base, [(m, sp) for m in methods], d, level,
+                claim=f"LayerIF sparsity lowers held-out NLL vs {base} at {sp:.0%}",
+                where=f"{table_id} (sensitive measure)",
                 paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
                 what=f"{len(methods)} pruners averaged per window",
                 note=f"d: the table's relative Average gain as the same relative drop in perplexity, "
@@ -356,10 +357,10 @@ def _nll_table8(result: PruningStudy, level: float) -> list[Verdict]:
     for model in result.table8:
         for base in BASELINES:
             d = pv.nll_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
-            found = pv.window_comparison(*_window_pair(result, model, base, [("sparsegpt", s) for s in sps]), d, level)
-            rows.append(pv.nll_row(
-                found, claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
-                model=model, where="Table 8 (sensitive measure)", notebook=NOTEBOOK,
+            rows.append(_window_verdict(
+                result, model, base, [("sparsegpt", s) for s in sps], d, level,
+                claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
+                where="Table 8 (sensitive measure)",
                 paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
                 what=f"{len(sps)} sparsities averaged per window",
                 note=f"d: the table's relative Average Accuracy gain as the same relative drop in "

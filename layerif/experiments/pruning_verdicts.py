@@ -155,6 +155,14 @@ def window_comparison(a: pd.DataFrame, b: pd.DataFrame, effect: float, level: fl
     return {"test": test, "decision": decision}
 
 
+def window_verdict(windows: dict, a, b, effect: float, level: float = 0.05, **row) -> Verdict:
+    """The :func:`nll_row` of settings ``a`` against settings ``b`` (each group's evaluations in
+    ``windows`` averaged per window, :func:`window_mean`) for a claimed NLL ``effect``."""
+    found = window_comparison(window_mean([windows[s] for s in a]), window_mean([windows[s] for s in b]),
+                              effect, level)
+    return nll_row(found, **row)
+
+
 def nll_row(found: dict, *, claim: str, model: str, where: str, paper_value: str, notebook: str,
             what: str, note: str) -> Verdict:
     """The :class:`Verdict` of a :func:`window_comparison`; ``what`` says what was averaged per

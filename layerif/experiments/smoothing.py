@@ -196,13 +196,13 @@ def _nll_rows(result: SmoothingStudy, level: float) -> list[Verdict]:
     """Table 6 on the sensitive measure (:mod:`.pruning_verdicts`): smoothed against raw on the
     per-window NLL, every (epsilon, pruner) cell averaged per window; d carries the cells' mean
     relative change over as the same relative drop in perplexity, ln(1 - r) nats per token."""
-    printed, rows, pairs = _paper_cells(), [], _pairs(result.params)
+    printed, rows = _paper_cells(), []
     d = math.log(1 - float(printed.mean()) / 100)
     for model, w in result.windows.items():
-        smooth, raw = (pv.window_mean([w[p[i]] for p in pairs]) for i in (2, 3))
-        found = pv.window_comparison(smooth, raw, d, level)
-        rows.append(pv.nll_row(
-            found, claim=f"smoothing the scores lowers held-out NLL ({result.params['sparsity']:.0%})",
+        pairs = _pairs(result.params)
+        rows.append(pv.window_verdict(
+            w, [p[2] for p in pairs], [p[3] for p in pairs], d, level,
+            claim=f"smoothing the scores lowers held-out NLL ({result.params['sparsity']:.0%})",
             model=model, where="Table 6 (sensitive measure)",
             paper_value=f"{int((printed > 0).sum())} of {printed.size} cells positive (mean {printed.mean():+.2f}%)",
             notebook=NOTEBOOK, what=f"{len(pairs)} (epsilon, pruner) cells averaged per window",
