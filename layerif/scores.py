@@ -295,7 +295,8 @@ def _result(model, units, values: Tensor, train, val, config: ScoreConfig, task,
                        name="path").rename_axis("layer")
     return LayerScores(values=values.detach().to("cpu", torch.float64), units=units_table(units),
                        train_ids=_ids(train), val_ids=_ids(val), config=config,
-                       model_id=_model_id(model), task=task, blocks=blocks, info=info)
+                       model_id=_model_id(model), task=task, blocks=blocks, info=info,
+                       model_dtype=store.identity_dtype(next(model.parameters()).dtype))
 
 
 def aggregate_values(values: Tensor, mode: str = "positive", top_fraction: float = 0.25) -> Tensor:
@@ -335,6 +336,8 @@ class LayerScores:
         task: the task name, if given.
         blocks: every block's module path, indexed by layer.
         info: how it was computed (storage, number of passes, ...).
+        model_dtype: the dtype the model was loaded in, when not float32 (``"bfloat16"``);
+            part of the identity (:func:`layerif.store.identity`'s ``dtype``).
     """
 
     values: Tensor
@@ -346,6 +349,7 @@ class LayerScores:
     task: str | None = None
     blocks: pd.Series | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    model_dtype: str | None = None
 
     def __post_init__(self):
         if self.values.shape != (len(self.units), len(self.train_ids)):
@@ -406,8 +410,10 @@ class LayerScores:
     # -- persistence ----------------------------------------------------------------
     def identity(self) -> dict:
         """This result's identity in :mod:`layerif.store`: kind ``layer_scores``, the config
-        without run-time fields, the model id, and ``data = {task, train_ids, val_ids}``."""
-        return score_identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids)
+        without run-time fields, the model id, ``data = {task, train_ids, val_ids}`` and the
+        model's dtype when not float32."""
+        return score_identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids,
+                              dtype=self.model_dtype)
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write ``influence.pt`` (float64 values), ``units.csv`` and ``manifest.json``
@@ -442,8 +448,9 @@ class LayerScores:
 
     @classmethod
     def load_if_matching(cls, directory: str | Path, config: ScoreConfig, model_id: str,
-                         task: str | None, train_ids, val_ids) -> "LayerScores | None":
-        """The scores saved in ``directory`` if they have exactly this identity.
+                         task: str | None, train_ids, val_ids, dtype=None) -> "LayerScores | None":
+        """The scores saved in ``directory`` if they have exactly this identity (``dtype``:
+        the dtype the model was loaded in; None: float32).
 
         Run-time fields of ``config`` (device, storage, memory budget) do not matter.
 
@@ -453,7 +460,7 @@ class LayerScores:
         Raises:
             layerif.store.ResultMismatch: scores of another identity are saved there.
         """
-        ident = score_identity(config, model_id, task, train_ids, val_ids)
+        ident = score_identity(config, model_id, task, train_ids, val_ids, dtype=dtype)
         manifest = store.load_if_matching(directory, ident)
         return None if manifest is None else cls._read(directory, manifest)
 
@@ -477,7 +484,8 @@ class LayerScores:
         config = ScoreConfig.from_dict({**manifest["config"], **_usable(extra.get("runtime", {}))})
         return cls(values=values, units=units, train_ids=list(data["train_ids"]),
                    val_ids=list(data["val_ids"]), config=config, model_id=manifest["model_id"],
-                   task=data.get("task"), blocks=blocks, info=extra.get("info", {}))
+                   task=data.get("task"), blocks=blocks, info=extra.get("info", {}),
+                   model_dtype=manifest.get("model_dtype"))
 
 
 def _usable(runtime: dict) -> dict:
@@ -491,8 +499,9 @@ def _usable(runtime: dict) -> dict:
 
 
 def score_identity(config: ScoreConfig, model_id: str | None, task: str | None, train_ids,
-                   val_ids) -> dict:
-    """The store identity of layer scores (shared by saving and :meth:`load_if_matching`)."""
+                   val_ids, dtype=None) -> dict:
+    """The store identity of layer scores (shared by saving and :meth:`load_if_matching`);
+    ``dtype``: the dtype the model was loaded in (None: float32)."""
     check(isinstance(config, ScoreConfig), "config", config, "a ScoreConfig")
     return store.identity(KIND, config, model_id, {"task": task, "train_ids": list(train_ids),
-                                                   "val_ids": list(val_ids)})
+                                                   "val_ids": list(val_ids)}, dtype=dtype)

@@ -3,7 +3,8 @@
 A result folder holds the files of one result and a ``manifest.json`` that records its
 *identity* -- what decides its values: the kind of result, the config without its run-time
 fields (:meth:`layerif._config.ConfigBase.identity`), the model id, the data slice (task,
-example ids) and the package version -- plus ``extra`` metadata, the creation time, the
+example ids), the package version and, for a model loaded in another dtype than float32,
+that dtype (``model_dtype``) -- plus ``extra`` metadata, the creation time, the
 environment (library versions, git state), each file's size and sha256 and, for a local
 checkpoint, the model's folder as a label; none of these is part of the identity.
 
@@ -48,16 +49,21 @@ from ._config import ConfigBase, jsonable
 from .frames import TABLE_CSV, TABLE_SCHEMA
 from .gitstate import git_state, package_checkout
 from .jsondiff import differences
+from .models import resolve_dtype
 from .paths import PROFILES, results_dir, slug, study_root
 
-__all__ = ["IDENTITY_KEYS", "MANIFEST", "TABLE_CSV", "TABLE_SCHEMA", "CorruptResult",
-           "ProvenanceError", "ResultMismatch", "differences", "environment", "identity",
-           "load_frame", "load_if_matching", "load_manifest", "reading", "save", "save_frame",
+__all__ = ["IDENTITY_KEYS", "MANIFEST", "OPTIONAL_IDENTITY_KEYS", "TABLE_CSV", "TABLE_SCHEMA",
+           "CorruptResult", "ProvenanceError", "ResultMismatch", "differences", "environment",
+           "identity", "identity_dtype", "load_frame", "load_if_matching", "load_manifest",
+           "reading", "save", "save_frame",
            "saved_identity", "MissingResult", "cached", "is_read_only", "read_only", "slug",
            "PROFILES", "results_dir", "study_root"]
 
 MANIFEST = "manifest.json"
 IDENTITY_KEYS = ("kind", "config", "model_id", "data", "layerif_version")
+#: Identity keys present only when they hold something: ``model_dtype``, the dtype a model
+#: was loaded in when not float32 (a float32 result's identity is as it was before the key).
+OPTIONAL_IDENTITY_KEYS = ("model_dtype",)
 PACKAGES = ("torch", "transformers", "peft", "lm_eval")
 
 
@@ -66,7 +72,20 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(jsonable(value)))
 
 
-def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
+def identity_dtype(dtype) -> str | None:
+    """The ``model_dtype`` of an identity for a model loaded in ``dtype`` (a torch dtype or its
+    name, ``"bfloat16"``, ``"torch.bfloat16"``): its name, or None for None and float32.
+
+    Raises:
+        ValueError: ``dtype`` is not a floating torch dtype or its name.
+    """
+    if dtype is None:
+        return None
+    name = jsonable(resolve_dtype(dtype))
+    return None if name == "float32" else name
+
+
+def identity(kind: str, config, model_id: str | None, data: dict, dtype=None) -> dict:
     """The identity of a result: what must agree for a saved result to be reused.
 
     Args:
@@ -77,9 +96,11 @@ def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
             or hub id is kept as is, a local checkpoint folder becomes its weights'
             fingerprint (:func:`layerif.fingerprint.model_key`).
         data: the data slice: task and example ids (as lists), or inputs' fingerprints.
+        dtype: the dtype the model was loaded in (a torch dtype or its name; None: float32).
 
     Returns:
-        ``{"kind", "config", "model_id", "data", "layerif_version"}``, JSON-normalised.
+        ``{"kind", "config", "model_id", "data", "layerif_version"}``, JSON-normalised, and
+        ``"model_dtype"`` (e.g. ``"bfloat16"``) for a ``dtype`` other than float32.
     """
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"kind={kind!r} is invalid: expected a non-empty string")
@@ -90,8 +111,10 @@ def identity(kind: str, config, model_id: str | None, data: dict) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"data={data!r} is invalid: expected a dict")
     cfg = config.identity() if isinstance(config, ConfigBase) else config
-    return _normal({"kind": kind, "config": cfg, "model_id": fingerprint.model_key(model_id),
-                    "data": data, "layerif_version": _version.__version__})
+    ident = {"kind": kind, "config": cfg, "model_id": fingerprint.model_key(model_id),
+             "data": data, "layerif_version": _version.__version__}
+    name = identity_dtype(dtype)
+    return _normal(ident if name is None else {**ident, "model_dtype": name})
 
 
 class ProvenanceError(FileExistsError):
@@ -234,8 +257,11 @@ def load_manifest(directory: str | Path, kind: str | None = None) -> dict:
 
 
 def saved_identity(manifest: dict) -> dict:
-    """The identity part of a manifest (absent keys as None)."""
-    return {key: manifest.get(key) for key in IDENTITY_KEYS}
+    """The identity part of a manifest (absent keys of :data:`IDENTITY_KEYS` as None; those of
+    :data:`OPTIONAL_IDENTITY_KEYS` only when present)."""
+    optional = {key: manifest[key] for key in OPTIONAL_IDENTITY_KEYS
+                if manifest.get(key) is not None}
+    return {**{key: manifest.get(key) for key in IDENTITY_KEYS}, **optional}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -317,9 +343,10 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         CorruptResult: it holds a damaged result and not ``overwrite``.
     """
     target = Path(directory)
-    if not (isinstance(ident, dict) and set(ident) == set(IDENTITY_KEYS)):
+    if not (isinstance(ident, dict) and set(IDENTITY_KEYS) <= set(ident)
+            <= set(IDENTITY_KEYS + OPTIONAL_IDENTITY_KEYS)):
         raise ValueError(f"ident={ident!r} is invalid: expected a dict from store.identity() "
-                         f"with keys {IDENTITY_KEYS}")
+                         f"with keys {IDENTITY_KEYS} (and optionally {OPTIONAL_IDENTITY_KEYS})")
     ident = _normal(ident)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.lock(target):  # fail before the work when the folder cannot take it

@@ -42,7 +42,8 @@ def _stats_dir(results, model) -> Path:
 
 def block_alpha(model, results: str | Path, overwrite: bool = False) -> pd.Series:
     """PL_Alpha_Hill per block (AlphaLoRA, AlphaPruning), computed once per model."""
-    ident = store.identity("block_alpha", {"fit": "peak", "bins": 100}, model_id(model), {})
+    ident = store.identity("block_alpha", {"fit": "peak", "bins": 100}, model_id(model), {},
+                           dtype=model.dtype)
     return store.cached(_stats_dir(results, model) / "alpha", ident,
                         lambda: baselines.alpha_hill(model, fit="peak"), overwrite=overwrite)
 
@@ -52,7 +53,8 @@ def outlier_ratios(model, tokenizer, results: str | Path, n_samples: int, seq_le
     """OWL's outlier ratio per block on BoolQ-passage calibration text, computed once."""
     config = {"M": M, "n_samples": n_samples, "seq_len": seq_len, "seed": 0}
     ident = store.identity("owl_outlier_ratio", config, model_id(model),
-                           {"calibration": "boolq passages (layerif.data.calibration_tokens)"})
+                           {"calibration": "boolq passages (layerif.data.calibration_tokens)"},
+                           dtype=model.dtype)
     return store.cached(
         _stats_dir(results, model) / f"owl-{n_samples}x{seq_len}-M{M:g}",
         ident, lambda: owl_outlier_ratios(model, calibration_tokens(tokenizer, n_samples, seq_len),
@@ -120,7 +122,8 @@ def study_experts(results: str | Path, model_name: str, labels, per_block=(2.5, 
     config = {"per_block": [float(p) for p in per_block], "beta": float(beta),
               "method": "datainf"}
     ident = store.identity("expert_allocation", config, model_name,
-                           {"scores": fingerprint(results, model_name, labels)})
+                           {"scores": fingerprint(results, model_name, labels)},
+                           dtype=(load_kwargs or {}).get("dtype"))
 
     def compute():
         model, _ = load_model(model_name, device=device, **(load_kwargs or {}))

@@ -168,20 +168,23 @@ def saved_scores(results, model_name: str, label: str, method: str = "datainf"):
 
 
 def study_grid(results, model_name: str, config: ApproxConfig, overwrite: bool = False,
-               progress: bool = True, load=None) -> pd.DataFrame:
+               progress: bool = True, load=None, load_kwargs: dict | None = None) -> pd.DataFrame:
     """Notebook 09: :func:`influence_grid` of ``model_name`` on ``config.task``, saved under
     ``<results>/validation/<model>/grid`` and loaded when its identity matches (NaN past n
     of the smaller sizes is a missing example). ``load(device)`` gives the ``(model,
     tokenizer)`` of ``model_name`` (default: a fresh :func:`layerif.models.load_model`;
     :func:`.influence_validation.run` passes one that loads once per run); the adapters are
-    detached after, the model left as it was."""
+    detached after, the model left as it was. ``load_kwargs``: more arguments of
+    :func:`layerif.load_model` (the model's ``dtype``, part of the identity; a given ``load``
+    loads with them)."""
     train, val = task_examples(config.task, config.n_train, config.n_val, config.seed)
     ident = store.identity("influence_grid", config, model_name,
                            {"task": config.task, "train_ids": [e.id for e in train],
-                            "val_ids": [e.id for e in val]})
+                            "val_ids": [e.id for e in val]}, dtype=(load_kwargs or {}).get("dtype"))
 
     def compute():
-        model, tokenizer = (load or partial(load_model, model_name))(config.device)
+        model, tokenizer = (load or partial(load_model, model_name, **(load_kwargs or {})))(
+            config.device)
         return influence_grid(model, tokenizer, train, val, config, progress)
 
     smallest = min(config.sizes, default=config.n_train)

@@ -101,12 +101,14 @@ def run(params: dict, profile: str = "smoke", results=None) -> Result:
     profile's folder) or computed and saved (never under :class:`layerif.store.read_only`)."""
     results = Path(results or store.results_dir(profile))
     model, n_boot, alloc = params["model_name"], params["n_boot"], params["alloc"]
-    load = loader(model, load_options(params))
+    options = load_options(params)
+    load = loader(model, options)
     approx = approximation.ApproxConfig(**params["approx"])
-    grid = approximation.study_grid(results, model, approx, load=load)
-    loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]), load=load)
+    grid = approximation.study_grid(results, model, approx, load=load, load_kwargs=options)
+    loo = retraining.study_loo(results, model, retraining.LooConfig(**params["loo"]), load=load,
+                               load_kwargs=options)
     gain_cfg = retraining.GainConfig(**params["gain"])
-    gains = {t: retraining.study_gains(results, model, t, gain_cfg, load=load)
+    gains = {t: retraining.study_gains(results, model, t, gain_cfg, load=load, load_kwargs=options)
              for t in params["gain_tasks"]}
     tasks = tuple(params["stability_tasks"])
     return Result(

@@ -187,7 +187,7 @@ class MoEStudy:
         train, test = self.examples(setting.task)
         return store.identity(KIND, config, model_id(self.model),
                               {"task": setting.task, "train_ids": [e.id for e in train],
-                               "eval_ids": [e.id for e in test]})
+                               "eval_ids": [e.id for e in test]}, dtype=self.model.dtype)
 
     def folder(self, setting: MoESetting) -> Path:
         return (self.results / "moe" / store.slug(self.model_name) / store.slug(setting.task)

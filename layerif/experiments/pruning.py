@@ -210,7 +210,8 @@ class PruningRun:
 
     # -- one setting ----------------------------------------------------------------------
     def identity(self, setting: Setting, ratios: pd.Series | None, per_matrix: dict | None) -> dict:
-        """The store identity of a setting's evaluation."""
+        """The store identity of a setting's evaluation (with the model's ``load_kwargs``
+        dtype when not float32)."""
         prune = None
         if setting.method != DENSE:
             prune = self.prune_config.replace(method=setting.method).identity()
@@ -223,7 +224,8 @@ class PruningRun:
                 "perplexity": "boolq passages (layerif.data.perplexity_tokens, seed 0)"}
         if setting.layerif:
             data["scores"] = fingerprint(self.results, self.model_name, [setting.scores])
-        return store.identity(KIND, config, self.model_name, data)
+        return store.identity(KIND, config, self.model_name, data,
+                              dtype=self.load_kwargs.get("dtype"))
 
     def folder(self, setting: Setting) -> Path:
         """``<results>/pruning/<model>/<evaluation>/<method>/<setting>``: one folder per

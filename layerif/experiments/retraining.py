@@ -152,12 +152,16 @@ def leave_one_out(model, tokenizer, train, val, block: int, seed: int, config: L
 
 
 def study_loo(results, model_name: str, config: LooConfig, overwrite: bool = False,
-              progress: bool = True, load=None) -> pd.DataFrame:
+              progress: bool = True, load=None, load_kwargs: dict | None = None) -> pd.DataFrame:
     """Notebook 09: :func:`leave_one_out` for every block and seed, each saved on its own
     (``<results>/validation/<model>/loo/block<l>-seed<s>``) so that a re-run resumes.
     ``load(device)`` gives the ``(model, tokenizer)`` of ``model_name`` (default: a fresh
     :func:`layerif.models.load_model`; :func:`.influence_validation.run` passes one that loads
-    once per run), once for all blocks and seeds; the adapters are detached after each."""
+    once per run), once for all blocks and seeds; the adapters are detached after each.
+    ``load_kwargs``: more arguments of :func:`layerif.load_model` (the model's ``dtype``, part
+    of the identity; a given ``load`` loads with them)."""
+    load = load or partial(load_model, model_name, **(load_kwargs or {}))
+    dtype = (load_kwargs or {}).get("dtype")
     train, val = task_examples(config.task, config.n_train, config.n_val)
     data = {"task": config.task, "train_ids": [e.id for e in train], "val_ids": [e.id for e in val]}
     model = tokenizer = None
@@ -165,12 +169,12 @@ def study_loo(results, model_name: str, config: LooConfig, overwrite: bool = Fal
     for block in config.blocks:
         for seed in config.seeds:
             ident = store.identity("leave_one_out", {**config.identity(), "block": block,
-                                                     "seed": seed}, model_name, data)
+                                                     "seed": seed}, model_name, data, dtype=dtype)
 
             def compute(block=block, seed=seed):
                 nonlocal model, tokenizer
                 if model is None:
-                    model, tokenizer = (load or partial(load_model, model_name))("auto")
+                    model, tokenizer = load("auto")
                 return leave_one_out(model, tokenizer, train, val, block, seed, config, progress)
 
             folder = Path(results) / "validation" / store.slug(model_name) / "loo"
@@ -253,12 +257,14 @@ def block_gains(model, tokenizer, train, val, config: GainConfig,
 
 
 def study_gains(results, model_name: str, label: str, config: GainConfig,
-                overwrite: bool = False, progress: bool = True, load=None) -> pd.DataFrame:
+                overwrite: bool = False, progress: bool = True, load=None,
+                load_kwargs: dict | None = None) -> pd.DataFrame:
     """Notebook 09: :func:`block_gains` on the examples of notebook 01's saved scores of
     ``label`` (first ``n_train`` training examples, all validation examples), saved.
     ``load(device)`` gives the ``(model, tokenizer)`` of ``model_name`` (default: a fresh
     :func:`layerif.models.load_model`; :func:`.influence_validation.run` passes one that loads
-    once per run); each block's weights are restored after its fine-tuning."""
+    once per run); each block's weights are restored after its fine-tuning. ``load_kwargs``:
+    as :func:`study_loo`'s."""
     scores = saved_scores(results, model_name, label, "datainf")
     train, val = task_examples(label.split("--")[0], len(scores.train_ids), len(scores.val_ids),
                                scores.config.seed)
@@ -267,10 +273,10 @@ def study_gains(results, model_name: str, label: str, config: GainConfig,
     train = train[:config.n_train]
     ident = store.identity("block_gains", config, model_name,
                            {"task": label, "train_ids": [e.id for e in train],
-                            "val_ids": scores.val_ids})
+                            "val_ids": scores.val_ids}, dtype=(load_kwargs or {}).get("dtype"))
 
     def compute():
-        model, tokenizer = (load or partial(load_model, model_name))("auto")
+        model, tokenizer = (load or partial(load_model, model_name, **(load_kwargs or {})))("auto")
         return block_gains(model, tokenizer, train, val, config, progress)
 
     folder = Path(results) / "validation" / store.slug(model_name) / "gains" / store.slug(label)

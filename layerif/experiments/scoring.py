@@ -146,9 +146,10 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
         train, val = task_examples(label, config.n_train, config.n_val, config.seed)
         label = label if tag is None else f"{label}--{tag}"
         folders = {m: scores_dir(results, model_name, label, m) for m in methods}
-        found = {m: _saved(folders[m], score_identity(config.replace(method=m), model_name, label,
-                                                      _ids(train), _ids(val)), overwrite)
-                 for m in methods}
+        idents = {m: score_identity(config.replace(method=m), model_name, label, _ids(train),
+                                    _ids(val), dtype=(load_kwargs or {}).get("dtype"))
+                  for m in methods}
+        found = {m: _saved(folders[m], idents[m], overwrite) for m in methods}
         # rank 0's store decides for all ranks (they compute together)
         missing = distributed.broadcast_object([m for m in methods if found[m] is None])
         seconds = 0.0

@@ -64,7 +64,8 @@ def study_sparsity(results: str | Path, model_name: str, label: str, target: flo
     config = {"target": float(target), "calibration": list(calibration),
               "aggregation": aggregation, "epsilon": EPSILON, "owl_lambda": 0.08, "owl_M": 5.0}
     ident = store.identity("sparsity_allocation", config, model_name,
-                           {"scores": fingerprint(results, model_name, [label])})
+                           {"scores": fingerprint(results, model_name, [label])},
+                           dtype=(load_kwargs or {}).get("dtype"))
 
     def compute():
         model, tokenizer = load_model(model_name, device=device, **(load_kwargs or {}))
