@@ -203,7 +203,7 @@ def test_smoothing_summary_and_verdict_count_cells():
     assert f"reports {(printed > 0).sum()} of {printed.size} cells positive" in lines[1]
     assert "on accuracy smoothing helps" in lines[1] and "it helps." in lines[1]
     assert "at perplexity 300 to 300" in lines[2]   # three significant digits (tables.perplexity_text)
-    assert "smoothed significantly lower than raw in 3 and significantly higher in 1 of 4" in lines[3]
+    assert "smoothed significantly lower than raw for 3 and significantly higher for 1 of 4" in lines[3]
     windows = study.windows["m"]
     smooth, raw = (sum(e.windows["nll_sum"] / 100 for s, e in windows.items() if s.smooth == flag) / 4
                    for flag in (True, False))

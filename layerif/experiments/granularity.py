@@ -155,16 +155,11 @@ def _lines(granularity: pd.DataFrame, aggregations: pd.DataFrame, level: float) 
             f"from {low:.3g} upward, perplexities {perplexities}."]
 
 
-def _window_line(table: pd.DataFrame) -> str:
-    lower, higher = tables.window_sides(table)
-    return (f"Per-window NLL ({int(table['windows'].min())} windows): per block significantly lower than "
-            f"per matrix for {lower} and significantly higher for {higher} of {len(table)} pruners.")
-
-
 def _summary_lines(result: GranularityStudy, level: float) -> list[str]:
     windows = window_table(result, level)
     return [f"{model}: {line}" for model, g in result.granularity.items()
-            for line in _lines(g, result.aggregations[model], level) + [_window_line(windows.loc[model])]]
+            for line in _lines(g, result.aggregations[model], level)
+            + [tables.window_line(windows.loc[model], "per block", "per matrix", "pruners")]]
 
 
 def summary(result: GranularityStudy, level: float = 0.05) -> str:

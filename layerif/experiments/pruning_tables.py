@@ -284,6 +284,14 @@ def window_sides(table: pd.DataFrame) -> tuple[int, int]:
     return int((table["CI high"] < 0).sum()), int((table["CI low"] > 0).sum())
 
 
+def window_line(table: pd.DataFrame, a: str, b: str, of: str) -> str:
+    """The summary sentence of a per-window NLL table (:func:`window_row` rows of ``a`` minus
+    ``b``): how many intervals lie below and above 0, out of ``of`` (e.g. ``"pruners"``)."""
+    lower, higher = window_sides(table)
+    return (f"Per-window NLL ({int(table['windows'].min())} windows): {a} significantly lower than {b} "
+            f"for {lower} and significantly higher for {higher} of {len(table)} {of}.")
+
+
 def window_versus(evals: Mapping[Setting, Evaluation], ours: str, baselines, level: float = 0.05) -> pd.DataFrame:
     """Allocation ``ours`` against each baseline on the per-window NLL per token, for every
     (pruner, sparsity) where both were evaluated with windows kept: the paired t test over

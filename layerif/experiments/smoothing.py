@@ -148,16 +148,11 @@ def summary(result: SmoothingStudy, level: float = 0.05) -> str:
     return "\n".join(f"• {line}" for line in _summary_lines(result, level))
 
 
-def _window_line(table: pd.DataFrame) -> str:
-    lower, higher = tables.window_sides(table)
-    return (f"Per-window NLL ({int(table['windows'].min())} windows): smoothed significantly lower than "
-            f"raw in {lower} and significantly higher in {higher} of {len(table)} (epsilon, pruner) cells.")
-
-
 def _summary_lines(result: SmoothingStudy, level: float) -> list[str]:
     windows = window_table(result, level)
     return [f"{model}: {line}" for model, c in result.change.items()
-            for line in _lines(c, result.acc[model], level) + [_window_line(windows.loc[model])]]
+            for line in _lines(c, result.acc[model], level)
+            + [tables.window_line(windows.loc[model], "smoothed", "raw", "(epsilon, pruner) cells")]]
 
 
 def conclusion(result: SmoothingStudy, level: float = 0.05):
