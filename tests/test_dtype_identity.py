@@ -117,3 +117,14 @@ def test_scores_are_saved_and_found_under_the_load_dtype(tmp_path, save_tiny):
     assert set(score(dtype=torch.bfloat16)["status"]) == {"loaded"}
     with pytest.raises(store.ResultMismatch, match="model_dtype: 'bfloat16' .* <absent>"):
         score()
+
+
+def test_an_adapter_identity_carries_the_base_models_dtype():
+    from layerif import moe
+    from layerif.moe.io import adapter_identity
+
+    float32 = moe.attach(tiny_model()[0], [1, 2, 1, 2])
+    bf16 = moe.attach(tiny_model(dtype=torch.bfloat16)[0], [1, 2, 1, 2])
+    plain = adapter_identity(float32, {"task": "sst2"})
+    assert "model_dtype" not in plain and set(plain) == set(store.IDENTITY_KEYS)
+    assert adapter_identity(bf16, {"task": "sst2"}) == {**plain, "model_dtype": "bfloat16"}

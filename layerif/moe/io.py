@@ -67,10 +67,12 @@ def adapter_identity(model: nn.Module, data: dict | None = None) -> dict:
         data: the training data slice (task, example ids, ...); None records ``{}``.
 
     Returns:
-        Kind ``moe_adapter``, config = MoE config + ``experts``, the model id and ``data``;
-        pass it to :func:`layerif.store.load_if_matching` to resume a training run.
+        Kind ``moe_adapter``, config = MoE config + ``experts``, the model id and ``data``, and
+        the model's dtype when it is not float32; pass it to
+        :func:`layerif.store.load_if_matching` to resume a training run.
     """
-    return store.identity(KIND, _manifest_config(model), model_id(model), data or {})
+    return store.identity(KIND, _manifest_config(model), model_id(model), data or {},
+                          dtype=getattr(model, "dtype", None))
 
 
 def save_adapter(model: nn.Module, directory: str | Path, data: dict | None = None,
