@@ -211,6 +211,7 @@ def test_smoothing_summary_and_verdict_count_cells():
     assert nll.p == pytest.approx(sps.ttest_rel(smooth, raw).pvalue)
     assert nll.statistic == pytest.approx(float((smooth - raw).mean()))   # -0.025 nats
     assert nll.effect == pytest.approx(math.log(1 - printed.mean() / 100)) and nll.unit == "nats"
+    assert "NLL per token (smoothed - raw, averaged per window)" in nll.test
     table = smoothing.window_table(study)
     assert table.loc[("m", 0.3, "magnitude"), "NLL difference"] == pytest.approx(0.05, abs=0.01)
 
@@ -248,6 +249,7 @@ def test_granularity_summary_and_verdict():
     assert nll.p == pytest.approx(sps.ttest_rel(block_w, matrix_w).pvalue)
     assert nll.statistic == pytest.approx(float((block_w - matrix_w).mean()))
     assert nll.effect == pytest.approx(math.log(1 - 0.0214)) and nll.verdict == "held" and nll.unit == "nats"
+    assert "NLL per token (per block - per matrix, averaged per window)" in nll.test
     assert "per block has the lower perplexity for 2 of 2" in lines[0]
     assert "LayerIF (all): 42, Uniform: 50." in lines[1]
     g = study.granularity["m"]   # accuracy points, the unit of notebook 10's row

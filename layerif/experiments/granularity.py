@@ -205,5 +205,6 @@ def _nll_rows(result: GranularityStudy, level: float) -> list[Verdict]:
             model=model, where="Sec. 5 (sensitive measure)",
             paper_value=f"+{claim['value']}% accuracy ({paper.entry('sec5_per_block')['model']})",
             notebook=NOTEBOOK, what=f"{len(result.params['methods'])} pruners averaged per window",
+            contrast="per block - per matrix",
             note=f"d: the text's {claim['value']}% as the same relative drop in perplexity, ln(1 - r) = {d:+.4f}"))
     return rows

@@ -45,7 +45,8 @@ __all__ = ["NLL_TEST", "TEST", "chance_reason", "comparison", "margin_text", "nl
            "pooled", "rate_interval", "row", "window_comparison", "window_mean"]
 
 TEST = "exact McNemar, Wald interval of paired accuracies (pooled examples)"
-NLL_TEST = "paired t over perplexity windows of the NLL per token (LayerIF - baseline, averaged per window)"
+#: The per-window NLL test, with the contrast of its row (e.g. ``LayerIF - baseline``).
+NLL_TEST = "paired t over perplexity windows of the NLL per token ({contrast}, averaged per window)"
 
 
 def paper_d(table_id: str, ours: str, base: str, column: str) -> float:
@@ -164,12 +165,13 @@ def window_verdict(windows: dict, a, b, effect: float, level: float = 0.05, **ro
 
 
 def nll_row(found: dict, *, claim: str, model: str, where: str, paper_value: str, notebook: str,
-            what: str, note: str) -> Verdict:
+            what: str, note: str, contrast: str = "LayerIF - baseline") -> Verdict:
     """The :class:`Verdict` of a :func:`window_comparison`; ``what`` says what was averaged per
-    window (e.g. ``3 pruners``), ``note`` which d and why."""
+    window (e.g. ``3 pruners``), ``note`` which d and why, ``contrast`` what is subtracted from
+    what (the test column)."""
     t = found["test"]
     return decided(found["decision"], t.ci_low, t.ci_high, unit="nats", n_unit="windows", decimals=4,
                    claim=claim, model=model, where=where, paper=paper_value,
                    ours=f"{t.estimate:+.4f} nats per token over {t.n} windows ({what})",
-                   test=f"{NLL_TEST}; {note}", p=float(t.pvalue), notebook=notebook,
+                   test=f"{NLL_TEST.format(contrast=contrast)}; {note}", p=float(t.pvalue), notebook=notebook,
                    statistic=float(t.estimate))

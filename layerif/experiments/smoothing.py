@@ -201,6 +201,7 @@ def _nll_rows(result: SmoothingStudy, level: float) -> list[Verdict]:
             model=model, where="Table 6 (sensitive measure)",
             paper_value=f"{int((printed > 0).sum())} of {printed.size} cells positive (mean {printed.mean():+.2f}%)",
             notebook=NOTEBOOK, what=f"{len(pairs)} (epsilon, pruner) cells averaged per window",
+            contrast="smoothed - raw",
             note=f"d: the cells' mean {printed.mean():+.2f}% as the same relative drop in perplexity, "
                  f"ln(1 - r) = {d:+.4f}"))
     return rows
