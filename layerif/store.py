@@ -20,9 +20,9 @@ Guarantees:
   a lock (:func:`layerif.atomic.lock`), so of processes saving different identities into one
   folder exactly one wins and the others get :class:`ResultMismatch`.
 * A local checkpoint is identified by its weights (:mod:`layerif.fingerprint`), not its path.
-* Nothing damaged is read: a manifest that is not a JSON object, a file whose size or hash
-  differs from the manifest's record, or a table that does not parse raises
-  :class:`CorruptResult` naming the file and the re-run that replaces it.
+* Nothing damaged is read (:mod:`layerif.manifest`): a manifest that is not a JSON object,
+  a file whose size or hash differs from the manifest's record, or a table that does not
+  parse raises :class:`CorruptResult` naming the file and the re-run that replaces it.
 * A table with NaN or +-inf is never saved unless its columns are declared to hold them
   (:func:`save_frame`'s ``allow_nonfinite``).
 * :func:`load_if_matching` and :func:`load_frame` with an identity return ``None`` when
@@ -35,12 +35,10 @@ import contextvars
 import datetime as dt
 import importlib.metadata
 import json
-import os
 import platform
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator
+from typing import Any, Callable, Collection
 
 import pandas as pd
 
@@ -49,6 +47,8 @@ from ._config import ConfigBase, jsonable
 from .frames import TABLE_CSV, TABLE_SCHEMA
 from .gitstate import git_state, package_checkout
 from .jsondiff import differences
+from .manifest import (MANIFEST, CorruptResult, file_records, load_manifest, reading,
+                       write_manifest)
 from .models import resolve_dtype
 from .paths import PROFILES, results_dir, slug, study_root
 
@@ -59,7 +59,6 @@ __all__ = ["IDENTITY_KEYS", "MANIFEST", "OPTIONAL_IDENTITY_KEYS", "TABLE_CSV", "
            "saved_identity", "MissingResult", "cached", "is_read_only", "read_only", "slug",
            "PROFILES", "results_dir", "study_root"]
 
-MANIFEST = "manifest.json"
 IDENTITY_KEYS = ("kind", "config", "model_id", "data", "layerif_version")
 #: Identity keys present only when they hold something: ``model_dtype``, the dtype a model
 #: was loaded in when not float32 (a float32 result's identity is as it was before the key).
@@ -121,38 +120,6 @@ class ProvenanceError(FileExistsError):
     """A result folder cannot take the result being saved."""
 
 
-class CorruptResult(ValueError):
-    """A file of a saved result is damaged (truncated, not the format, not what its manifest
-    records).
-
-    Attributes:
-        path: the damaged file.
-    """
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = Path(path)
-        super().__init__(f"{self.path} is corrupt ({reason}): re-run with --overwrite "
-                         "(overwrite=True) to compute the result again and replace it")
-
-
-@contextmanager
-def reading(path: str | Path) -> Iterator[None]:
-    """Turn any failure to parse the saved file ``path`` into :class:`CorruptResult` naming it
-    (a permission error stays what it is). For readers of a result's own files."""
-    try:
-        yield
-    except (CorruptResult, PermissionError):
-        raise
-    except json.JSONDecodeError as err:
-        raise CorruptResult(path, f"not valid JSON: {err}") from None
-    except FileNotFoundError:
-        raise CorruptResult(path, "missing from its result folder") from None
-    except Exception as err:  # noqa: BLE001 - any parse error of a damaged file
-        text = (str(err).strip().splitlines() or [""])[0]
-        raise CorruptResult(path, f"{type(err).__name__}: {text}" if text else
-                            type(err).__name__) from None
-
-
 class ResultMismatch(ProvenanceError):
     """A folder holds a result of another identity than the one asked for.
 
@@ -189,73 +156,6 @@ def environment() -> dict:
 
 
 # -- reading -----------------------------------------------------------------------------
-def _read_manifest(directory: Path) -> dict:
-    path = directory / MANIFEST
-    try:
-        text = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundError(f"{directory} holds no {MANIFEST}: no result is saved there") from None
-    with reading(path):
-        manifest = json.loads(text)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str):
-            raise ValueError(f"a JSON {type(manifest).__name__} without a 'kind', expected a "
-                             "manifest object")
-        files = manifest.get("files", {})
-        if not (isinstance(files, dict) and all(isinstance(v, dict) for v in files.values())):
-            raise ValueError("its 'files' record is not an object of objects")
-    return manifest
-
-
-def _file_record(path: Path) -> dict:
-    """Size and sha256 of a file just written, flushed to disk first."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return {"bytes": path.stat().st_size, "sha256": fingerprint.file_sha256(path)}
-
-
-def _verify(directory: Path, manifest: dict) -> None:
-    """Raise :class:`CorruptResult` for the first file that is not what the manifest records
-    (manifests written before the record existed have none: nothing to check)."""
-    for name, want in sorted(manifest.get("files", {}).items()):
-        path = directory / name
-        if not path.is_file():
-            raise CorruptResult(path, "missing from its result folder")
-        size = path.stat().st_size
-        if size != want.get("bytes"):
-            raise CorruptResult(path, f"{size} bytes where its manifest records "
-                                      f"{want.get('bytes')}: truncated or rewritten")
-        if fingerprint.file_sha256(path) != want.get("sha256"):
-            raise CorruptResult(path, "its content differs from the sha256 its manifest records")
-
-
-def load_manifest(directory: str | Path, kind: str | None = None) -> dict:
-    """The manifest of the result in ``directory``, its files checked against it, and its
-    kind checked when given.
-
-    Raises:
-        FileNotFoundError: the folder holds no result.
-        CorruptResult: the manifest or a file it records is damaged.
-        ValueError: it holds a result of another kind.
-    """
-    directory = Path(directory)
-    manifest = _read_manifest(directory)
-    try:
-        _verify(directory, manifest)
-    except CorruptResult:
-        again = _read_manifest(directory)  # replaced meanwhile by a concurrent save?
-        if again == manifest:
-            raise
-        manifest = again
-        _verify(directory, manifest)
-    if kind is not None and manifest.get("kind") != kind:
-        raise ValueError(f"kind={kind!r} is invalid: {directory} holds a "
-                         f"{manifest.get('kind')!r} result")
-    return manifest
-
-
 def saved_identity(manifest: dict) -> dict:
     """The identity part of a manifest (absent keys of :data:`IDENTITY_KEYS` as None; those of
     :data:`OPTIONAL_IDENTITY_KEYS` only when present)."""
@@ -309,8 +209,7 @@ def _guard(target: Path, ident: dict, overwrite: bool) -> None:
 def _manifest(tmp: Path, ident: dict, extra: dict | None) -> dict:
     manifest = {**ident, "extra": _normal(extra or {}), "environment": environment(),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "files": {p.relative_to(tmp).as_posix(): _file_record(p)
-                          for p in sorted(tmp.rglob("*")) if p.is_file()}}
+                "files": file_records(tmp)}
     label = fingerprint.label(ident["model_id"])
     if label is not None:
         manifest["model_label"] = label
@@ -358,7 +257,7 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         write(tmp)
         if (tmp / MANIFEST).exists():
             raise ValueError(f"write={write!r} wrote {MANIFEST}: the store writes it")
-        _write_json(tmp / MANIFEST, _manifest(tmp, ident, extra))
+        write_manifest(tmp, _manifest(tmp, ident, extra))
         with atomic.lock(target):
             atomic.recover(target, _complete, keep=tmp)
             _guard(target, ident, overwrite)
@@ -367,13 +266,6 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as fh:
-        fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # -- result tables -----------------------------------------------------------------------
