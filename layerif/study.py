@@ -26,6 +26,9 @@ Where executed notebooks go
     other's notebooks. The kernel runs without progress bars (:data:`QUIET_ENV`), and what
     still reaches stderr is moved out of the executed notebook into the git-ignored
     ``.stamps/<name>.stderr.txt`` (:func:`quiet_outputs`): the book shows results only.
+    Executing one notebook (papermill, the quiet environment, the record attached, the
+    failure marker written) is :mod:`layerif.notebook_exec`; ``QUIET_ENV`` and
+    ``quiet_outputs`` stay importable from here.
 
 When a notebook runs
     Its *digest* covers the source bytes, the merged parameters, the profile and, for every
@@ -49,7 +52,6 @@ The record, and failures
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -57,7 +59,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -65,6 +66,7 @@ import yaml
 
 from . import notebook_record as rec
 from . import store
+from .notebook_exec import QUIET_ENV, execute, quiet_outputs  # noqa: F401
 from .notebook_params import (cell_params, check_param_types, list_notebooks, load_params,  # noqa: F401
                               needs_of, notebook_source, parameter_defaults, parameter_names,
                               read_params_file)
@@ -104,11 +106,6 @@ BOOK_PROFILE = "cpu"
 RENDER_FLAGS = ("-W", "-n", "--keep-going", "--all")
 #: File mode of executed notebooks (readable by all, like the sources they come from).
 EXECUTED_MODE = 0o644
-#: The kernel's environment while a notebook executes: no progress bars (tqdm's defaults and
-#: the hub's / transformers' "Loading weights"), no "IProgress not found" warning. What still
-#: reaches stderr is moved out of the notebook by :func:`quiet_outputs`.
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore:IProgress not found"}
 
 
 def repo_root() -> Path:
@@ -195,85 +192,12 @@ def run_notebook(
     if not force and not marker.exists() and recorded.get("digest") == rec.digest(inputs):
         log.info("%s is current (digest %s); skipped", name, recorded["digest"][:12])
         return target
-    nb = _execute(name, inputs, root, marker, progress)
+    nb = execute(name, inputs, root, marker, progress)
     rec.write_atomic(nb, target)
     os.chmod(target, EXECUTED_MODE)  # the temporary file's 0600 would hide it from others
     marker.unlink(missing_ok=True)
     marker.with_suffix(".ipynb").unlink(missing_ok=True)
     return target
-
-
-def _execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
-    """Run the notebook into the git-ignored ``.stamps`` folder; return it with its record.
-
-    On failure the partial notebook is kept as ``<marker>.ipynb`` and the error written to
-    ``marker``, then the exception propagates.
-    """
-    import jupytext
-    import nbformat
-    import papermill
-
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    running = marker.parent / f"{name}.running.ipynb"
-    started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
-    try:
-        with _environment(QUIET_ENV):
-            papermill.execute_notebook(
-                jupytext.read(root / "notebooks" / f"{name}.md"), str(running),
-                parameters=inputs["params"], cwd=str(root / "notebooks"), kernel_name="python3",
-                progress_bar=progress, log_output=False,
-            )
-    except BaseException as err:
-        if running.exists():
-            os.replace(running, marker.with_suffix(".ipynb"))
-        # papermill's error names the notebook's own exception; others give their message.
-        kind = getattr(err, "ename", type(err).__name__)
-        text = (str(getattr(err, "evalue", err)).strip().splitlines() or [""])[0]
-        marker.write_text(json.dumps({
-            "error": f"{kind}: {text}"[:500],
-            "digest": rec.digest(inputs), "at": started.isoformat(timespec="seconds"),
-        }, indent=2))
-        raise
-    nb, stderr = quiet_outputs(nbformat.read(running, as_version=4))
-    (marker.parent / f"{name}.stderr.txt").write_text(stderr)
-    running.unlink()
-    record = rec.make_record(inputs, started, time.monotonic() - clock, root,
-                             f"notebooks/{name}.md")
-    return rec.with_record(nb, record)
-
-
-@contextlib.contextmanager
-def _environment(values: dict):
-    """Set environment variables (a kernel started inside inherits them); restore on exit.
-    ``PYTHONWARNINGS`` is appended to, not replaced."""
-    saved = {k: os.environ.get(k) for k in values}
-    for key, value in values.items():
-        old = saved[key] if key == "PYTHONWARNINGS" else None
-        os.environ[key] = f"{old},{value}" if old else value
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-def quiet_outputs(nb):
-    """``(nb, text)``: the notebook without its stderr stream outputs (progress bars, library
-    warnings: the book shows results only) and the text they held, cell by cell."""
-    removed = []
-    for index, cell in enumerate(nb.cells):
-        kept = []
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                removed.append(f"[cell {index}] {output.get('text', '')}")
-            else:
-                kept.append(output)
-        if cell.cell_type == "code":
-            cell.outputs = kept
-    return nb, "".join(removed)
 
 
 def params_dir(profile: str, params: dict, root: str | Path | None = None) -> Path:
