@@ -184,12 +184,15 @@ def test_notebook_05_table8_on_the_per_window_nll(setup):
     """Fig. 3's models: SparseGPT at every fig3 sparsity on the windows, and Table 8's NLL rows
     (LayerIF - baseline per window, the sparsities averaged) equal to scipy's paired t."""
     _, results, model = setup
-    params = {**SIZES, "models": [model], "methods": ["magnitude"], "sparsity": 0.5,
+    params = {**SIZES, "models": [model], "methods": ["sparsegpt"], "sparsity": 0.5,
               "fig3_models": [model], "fig3_sparsities": [0.4, 0.5],
               "task_specific": {"models": [], "tasks": [], "method": "wanda", "n_train": 4, "n_val": 4,
                                 "n_examples": 3},
               "nll": {"ppl_samples": 2, "ppl_len": 16}}   # the evaluation's own windows: reused
+    listed = pruning_study.settings(params, model)
+    assert len(listed) == len(set(listed)) == 1 + 2 * 4   # SparseGPT at 50% (Table 2 and Fig. 3) once
     result = pruning_study.run(params, results=results)
+    assert len(result.log.loc[model]) == len(listed)       # one log row (and its seconds) each
     gpt = {s for s in result.windows[model] if s.method == "sparsegpt"}
     assert {(s.allocation, s.sparsity) for s in gpt} == {(a, sp) for a in pruning.ALLOCATIONS for sp in (0.4, 0.5)}
     rows = [r for r in pruning_study.verdicts(result) if r.where == "Table 8 (sensitive measure)"]

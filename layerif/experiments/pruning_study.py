@@ -58,11 +58,12 @@ class PruningStudy:
 
 def settings(params: dict, model: str) -> list[Setting]:
     """The dense model, every (pruner, allocation) at ``sparsity``, and SparseGPT at every
-    level of ``fig3_sparsities`` for the Fig. 3 models."""
+    level of ``fig3_sparsities`` for the Fig. 3 models; each setting once (Fig. 3's level at
+    ``sparsity`` is Table 2's SparseGPT row)."""
     out = pruning.grid(params["methods"], sparsities=[params["sparsity"]])
     if model in params["fig3_models"]:
         out += pruning.grid(["sparsegpt"], sparsities=params["fig3_sparsities"], dense=False)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def _own_scores(params: dict, task: str) -> list[Setting]:
@@ -85,7 +86,7 @@ def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
     ``sparsity``, and SparseGPT across ``fig3_sparsities`` for the Fig. 3 models) on the ``nll``
     windows (:func:`.pruning.window_evaluations`; more than the zero-shot evaluation's where
     the budget allows: the paired per-window test is where the power is)."""
-    return {m: pruning.window_evaluations(results, m, params, list(dict.fromkeys(settings(params, m)[1:])), evals[m])
+    return {m: pruning.window_evaluations(results, m, params, settings(params, m)[1:], evals[m])
             for m in params["models"]}
 
 
