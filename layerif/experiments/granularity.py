@@ -8,10 +8,9 @@ decides §5's claim with the pruners' examples pooled.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 import pandas as pd
 
@@ -108,12 +107,9 @@ def window_table(result: GranularityStudy, level: float = 0.05) -> pd.DataFrame:
     """Per pruner: per block minus per matrix in NLL per token (nats; negative: the per-block
     model predicts the held-out text better), paired over the ``nll`` windows: difference,
     its ``1 - level`` interval, p and the windows (:func:`layerif.stats.paired_nll`)."""
-    parts = {}
-    for model, w in result.windows.items():
-        rows = {b.method: tables.window_row(w[b], w[m], level)
-                for b, m in zip(_granular(result.params, "block"), _granular(result.params, "matrix"))}
-        parts[model] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
-    return tables.by_model(parts).round(4)
+    pairs = {b.method: (b, m)
+             for b, m in zip(_granular(result.params, "block"), _granular(result.params, "matrix"))}
+    return tables.window_pairs_table(result.windows, pairs, "method", level)
 
 
 def _pruner(result: GranularityStudy) -> tuple[str, float]:

@@ -22,7 +22,8 @@ from .scoring import POOL
 
 __all__ = ["AVERAGE", "AVERAGE_ABOVE", "accuracy_table", "by_model", "dense_check", "fixed_choice_tasks",
            "granularity_table", "method_by_allocation", "paired_comparison",
-           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "window_row", "window_sides", "window_versus", "wins",
+           "paper_pair", "smoothing_table", "task_specific_table", "table8", "versus", "window_line",
+           "window_pairs_table", "window_row", "window_sides", "window_versus", "wins",
            "aggregation_table", "perplexity_wins", "DIVERGED", "perplexity_text", "readable_perplexity"]
 
 AVERAGE, AVERAGE_ABOVE = "average", "average (tasks above chance)"
@@ -276,6 +277,17 @@ def window_row(a: Evaluation, b: Evaluation, level: float = 0.05) -> dict:
     t = stats.paired_nll(a.windows, b.windows, level=1 - level)
     return {"NLL difference": t.estimate, "CI low": t.ci_low, "CI high": t.ci_high, "p": t.pvalue,
             "windows": t.n}
+
+
+def window_pairs_table(windows: Mapping[str, Mapping[Setting, Evaluation]], pairs: Mapping,
+                       names, level: float = 0.05) -> pd.DataFrame:
+    """Per model of ``windows`` ({model: {Setting: Evaluation}}), one :func:`window_row` of ``a``
+    minus ``b`` per ``key -> (a, b)`` of ``pairs``, the keys indexed by ``names``."""
+    def table(w: Mapping[Setting, Evaluation]) -> pd.DataFrame:
+        rows = {key: window_row(w[a], w[b], level) for key, (a, b) in pairs.items()}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis(names)
+
+    return by_model({model: table(w) for model, w in windows.items()}).round(4)
 
 
 def window_sides(table: pd.DataFrame) -> tuple[int, int]:

@@ -61,22 +61,18 @@ def run(params: dict, profile: str = "smoke", results=None) -> SmoothingStudy:
         {m: pruning.window_evaluations(results, m, params, settings(params)[1:], e) for m, e in evals.items()})
 
 
-def _pairs(params: dict) -> list[tuple[float, str, Setting, Setting]]:
-    """(epsilon, pruner, smoothed setting, raw setting) of every cell of Table 6."""
+def _pairs(params: dict) -> dict[tuple[float, str], tuple[Setting, Setting]]:
+    """(epsilon, pruner) -> (smoothed setting, raw setting), every cell of Table 6."""
     sp = params["sparsity"]
-    return [(e, m, *(Setting(m, "LayerIF", sp, epsilon=e, smooth=s) for s in (True, False)))
-            for e in params["epsilons"] for m in params["methods"]]
+    return {(e, m): tuple(Setting(m, "LayerIF", sp, epsilon=e, smooth=s) for s in (True, False))
+            for e in params["epsilons"] for m in params["methods"]}
 
 
 def window_table(result: SmoothingStudy, level: float = 0.05) -> pd.DataFrame:
     """Per (epsilon, pruner): smoothed minus raw in NLL per token (nats; negative: smoothing
     lets the model predict the held-out text better), paired over the ``nll`` windows:
     difference, its ``1 - level`` interval, p and the windows (:func:`layerif.stats.paired_nll`)."""
-    parts = {}
-    for model, w in result.windows.items():
-        rows = {(e, m): tables.window_row(w[s], w[r], level) for e, m, s, r in _pairs(result.params)}
-        parts[model] = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["epsilon", "method"])
-    return tables.by_model(parts).round(4)
+    return tables.window_pairs_table(result.windows, _pairs(result.params), ["epsilon", "method"], level)
 
 
 def paper_table(result: SmoothingStudy) -> pd.DataFrame:
@@ -194,13 +190,13 @@ def _nll_rows(result: SmoothingStudy, level: float) -> list[Verdict]:
     printed, rows = _paper_cells(), []
     d = math.log(1 - float(printed.mean()) / 100)
     for model, w in result.windows.items():
-        pairs = _pairs(result.params)
+        smooth, raw = zip(*_pairs(result.params).values())
         rows.append(pv.window_verdict(
-            w, [p[2] for p in pairs], [p[3] for p in pairs], d, level,
+            w, smooth, raw, d, level,
             claim=f"smoothing the scores lowers held-out NLL ({result.params['sparsity']:.0%})",
             model=model, where="Table 6 (sensitive measure)",
             paper_value=f"{int((printed > 0).sum())} of {printed.size} cells positive (mean {printed.mean():+.2f}%)",
-            notebook=NOTEBOOK, what=f"{len(pairs)} (epsilon, pruner) cells averaged per window",
+            notebook=NOTEBOOK, what=f"{len(smooth)} (epsilon, pruner) cells averaged per window",
             contrast="smoothed - raw",
             note=f"d: the cells' mean {printed.mean():+.2f}% as the same relative drop in perplexity, "
                  f"ln(1 - r) = {d:+.4f}"))
