@@ -152,8 +152,7 @@ def bootstrap_stability(values, n_boot: int = 1000, level: float = 0.95, seed: i
     pairs = row_spearman(rs[:-1], rs[1:]) if len(rs) > 1 else np.array([])
     summary = {"rank_stability": float(np.nanmean(pairs)) if pairs.size else np.nan,
                "rank_vs_full": float(np.nanmean(row_spearman(rs, full.to_numpy()))),
-               "experts_moved": float(np.abs(re_ - e_full.to_numpy()).sum(axis=1).mean()
-                                      / (2 * e_full.sum())),
+               "experts_moved": float(np.mean([expert_distance(e, e_full) for e in re_])),
                "n_boot": int(n_boot)}
     return per_block, summary
 
