@@ -10,8 +10,7 @@ what other libraries take: a dict keyed by full module path (PEFT ``rank_pattern
 or a flat list in depth order (AlphaPruning/OWL-style ``ratios``).
 
 Checking the inputs (a finite Series per block, aligned parameter counts, a block index) is
-:mod:`layerif.layer_series`; :func:`as_layer_series`, :func:`aligned_params` and
-:func:`layer_index` stay importable from here.
+:mod:`layerif.layer_series`, shared with the model-only baselines.
 """
 from __future__ import annotations
 

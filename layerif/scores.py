@@ -37,7 +37,6 @@ from .gradients import (Batches, GradientEngine, attached_lora, find_units, has_
                         units_table)
 from .models import model_id as _model_id
 from .models import resolve_device, transformer_blocks
-from .score_result import KIND  # noqa: F401 (still importable as layerif.scores.KIND)
 from .score_result import (AGGREGATIONS, LayerScores, ScoreConfig, aggregate_values,
                            score_identity)
 

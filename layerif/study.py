@@ -23,12 +23,11 @@ Where executed notebooks go
     ``cpu`` (the book's profile) -> ``book/executed/<name>.ipynb``, committed to git so a
     fresh clone renders the book without re-running; ``smoke`` and ``paper`` ->
     ``results/<profile>/executed/<name>.ipynb`` (git-ignored). Profiles never overwrite each
-    other's notebooks. The kernel runs without progress bars (:data:`QUIET_ENV`), and what
-    still reaches stderr is moved out of the executed notebook into the git-ignored
-    ``.stamps/<name>.stderr.txt`` (:func:`quiet_outputs`): the book shows results only.
-    Executing one notebook (papermill, the quiet environment, the record attached, the
-    failure marker written) is :mod:`layerif.notebook_exec`; ``QUIET_ENV`` and
-    ``quiet_outputs`` stay importable from here.
+    other's notebooks. Executing one notebook is :mod:`layerif.notebook_exec`: the kernel
+    runs without progress bars (its ``QUIET_ENV``), what still reaches stderr is moved out of
+    the executed notebook into the git-ignored ``.stamps/<name>.stderr.txt`` (its
+    ``quiet_outputs``), the run record is attached and a failure marker written: the book
+    shows results only.
 
 When a notebook runs
     Its *digest* covers the source bytes, the merged parameters, the profile and, for every
@@ -66,7 +65,7 @@ import yaml
 
 from . import notebook_record as rec
 from . import store
-from .notebook_exec import QUIET_ENV, execute, quiet_outputs  # noqa: F401
+from .notebook_exec import execute
 from .notebook_params import (cell_params, check_param_types, list_notebooks, load_params,  # noqa: F401
                               needs_of, notebook_source, parameter_defaults, parameter_names,
                               read_params_file)
@@ -86,7 +85,6 @@ __all__ = [
     "parameter_defaults",
     "parameter_names",
     "params_dir",
-    "quiet_outputs",
     "ran_since",
     "read_params_file",
     "render_book",

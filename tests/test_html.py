@@ -51,7 +51,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerif import study
+from layerif import notebook_exec, study
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -757,7 +757,7 @@ def test_quiet_outputs_moves_stderr_out_and_the_clutter_check_sees_it():
     assert output_clutter(nb) == ["cell 0: stderr '\\rLoading weights: 100%'",
                                   "cell 0: repr '<Styler at 0x7f5a2>'",
                                   "cell 0: path '/work/main'"]
-    quiet, removed = study.quiet_outputs(nb)
+    quiet, removed = notebook_exec.quiet_outputs(nb)
     assert removed == "[cell 0] \rLoading weights: 100%"
     assert [o.get("name", o["output_type"]) for o in quiet.cells[0].outputs] == [
         "stdout", "execute_result", "display_data"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..allocate import as_layer_series, largest_remainder
+from ..allocate import largest_remainder
+from ..layer_series import as_layer_series
 
 __all__ = ["alphalora"]
 

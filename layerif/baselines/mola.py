@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..allocate import layer_index
+from ..layer_series import layer_index
 
 __all__ = ["MOLA_PATTERNS", "mola"]
 

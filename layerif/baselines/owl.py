@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..allocate import as_layer_series
+from ..layer_series import as_layer_series
 
 __all__ = ["owl_sparsity"]
 
