@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import notebook_record as rec
+from . import usage
 
 __all__ = ["QUIET_ENV", "execute", "quiet_outputs"]
 
@@ -28,7 +29,8 @@ QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 def execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
     """Run ``notebooks/<name>.md`` under ``root`` with ``inputs["params"]`` into the folder of
     ``marker`` (the git-ignored ``.stamps``); return the executed notebook with its record
-    (:func:`layerif.notebook_record.make_record` of ``inputs``). ``progress``: papermill's
+    (:func:`layerif.notebook_record.make_record` of ``inputs``, with the stored results the
+    execution read or computed: :mod:`layerif.usage`). ``progress``: papermill's
     cell progress bar.
 
     On failure the partial notebook is kept as ``<marker>.ipynb`` and the error written to
@@ -41,14 +43,16 @@ def execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
     marker.parent.mkdir(parents=True, exist_ok=True)
     running = marker.parent / f"{name}.running.ipynb"
     started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    uses = marker.parent / f"{name}.results.jsonl"
     try:
-        with _environment(QUIET_ENV):
+        with _environment(QUIET_ENV), usage.recording(uses):
             papermill.execute_notebook(
                 jupytext.read(root / "notebooks" / f"{name}.md"), str(running),
                 parameters=inputs["params"], cwd=str(root / "notebooks"), kernel_name="python3",
                 progress_bar=progress, log_output=False,
             )
     except BaseException as err:
+        uses.unlink(missing_ok=True)
         if running.exists():
             os.replace(running, marker.with_suffix(".ipynb"))
         # papermill's error names the notebook's own exception; others give their message.
@@ -63,7 +67,8 @@ def execute(name: str, inputs: dict, root: Path, marker: Path, progress: bool):
     (marker.parent / f"{name}.stderr.txt").write_text(stderr)
     running.unlink()
     record = rec.make_record(inputs, started, time.monotonic() - clock, root,
-                             f"notebooks/{name}.md")
+                             f"notebooks/{name}.md", results=usage.read(uses, root))
+    uses.unlink()
     return rec.with_record(nb, record)
 
 

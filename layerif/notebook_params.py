@@ -50,16 +50,22 @@ def load_params(name: str, profile: str, root: str | Path | None = None) -> dict
 def load_options(params) -> dict:
     """The keyword arguments of :func:`layerif.models.load_model` that a notebook's ``params``
     set: ``{"dtype": params["model_dtype"]}`` (one of :data:`MODEL_DTYPES`; ``"float32"``,
-    ``load_model``'s own default, when ``params`` has none). The experiments pass them to
-    every model they load (the paper profile loads its 7B models in bfloat16).
+    ``load_model``'s own default, when ``params`` has none) and, when ``params["device_map"]``
+    is not None, that ``device_map`` (``"auto"``: accelerate spreads the model over the GPUs
+    present; a ``{module: device}`` mapping). The experiments pass them to every model they
+    load (the paper profile loads its 7B models in bfloat16 with ``device_map="auto"``).
 
     Raises:
-        ValueError: a ``model_dtype`` that is not one of :data:`MODEL_DTYPES`.
+        ValueError: a ``model_dtype`` that is not one of :data:`MODEL_DTYPES`, or a
+            ``device_map`` that is neither None, a string nor a mapping.
     """
     dtype = params.get("model_dtype", MODEL_DTYPES[0])
     check(isinstance(dtype, str) and dtype in MODEL_DTYPES, "model_dtype", dtype,
           f"one of {MODEL_DTYPES}")
-    return {"dtype": dtype}
+    device_map = params.get("device_map")
+    check(device_map is None or (isinstance(device_map, (str, dict)) and device_map != ""),
+          "device_map", device_map, 'None (one device), "auto" or a {module: device} mapping')
+    return {"dtype": dtype, **({} if device_map is None else {"device_map": device_map})}
 
 
 def needs_of(name: str, root: str | Path | None = None) -> list[str]:

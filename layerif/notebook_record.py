@@ -33,6 +33,7 @@ from typing import Any
 import nbformat
 
 from ._version import __version__
+from . import usage
 from .gitstate import OUTPUT_PATHS, git_state
 
 __all__ = [
@@ -135,7 +136,7 @@ def host_summary() -> dict:
 
 
 def make_record(inputs: dict, started: dt.datetime, wall_s: float, root: str | Path,
-                source: str) -> dict:
+                source: str, results: dict | None = None) -> dict:
     """A full record: ``inputs`` plus their digest and the facts of this execution.
 
     Args:
@@ -144,6 +145,9 @@ def make_record(inputs: dict, started: dt.datetime, wall_s: float, root: str | P
         wall_s: its wall time in seconds.
         root: the study root (for :func:`layerif.gitstate.git_state`).
         source: the source's path relative to ``root``, for the reader.
+        results: the stored results the execution read or computed
+            (:func:`layerif.usage.read`), kept with their summary ``cold``
+            (:func:`layerif.usage.cold_cost`: what they cost to compute).
     """
     git = git_state(root) or {"commit": None, "dirty": None}
     return {
@@ -157,6 +161,7 @@ def make_record(inputs: dict, started: dt.datetime, wall_s: float, root: str | P
         "commit": git["commit"],
         "dirty": git["dirty"],
         "host": host_summary(),
+        **({} if results is None else {"cold": usage.cold_cost(results), "results": results}),
     }
 
 

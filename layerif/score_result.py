@@ -218,11 +218,13 @@ class LayerScores:
         return score_identity(self.config, self.model_id, self.task, self.train_ids, self.val_ids,
                               dtype=self.model_dtype)
 
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+    def save(self, directory: str | Path, overwrite: bool = False,
+             seconds: float | None = None) -> Path:
         """Write ``influence.pt`` (float64 values), ``units.csv`` and ``manifest.json``
         atomically through :func:`layerif.store.save`; a re-save of the same identity
         replaces the folder. In a process group only rank 0 writes (the others return the
-        path at once).
+        path at once). ``seconds``: what computing the scores cost, kept in the manifest
+        (``extra["compute_seconds"]``) for the cold cost of a run (:mod:`layerif.usage`).
 
         Raises:
             layerif.store.ResultMismatch: ``directory`` holds a result of another identity
@@ -241,6 +243,8 @@ class LayerScores:
             self.units.to_csv(folder / "units.csv")
 
         extra = {"info": self.info, "blocks": blocks, "runtime": self.config.runtime()}
+        if seconds is not None:
+            extra["compute_seconds"] = round(float(seconds), 2)
         return store.save(directory, self.identity(), write, extra=extra, overwrite=overwrite)
 
     @classmethod

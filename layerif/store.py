@@ -37,12 +37,13 @@ import importlib.metadata
 import json
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Collection
 
 import pandas as pd
 
-from . import _version, atomic, fingerprint, frames
+from . import _version, atomic, fingerprint, frames, usage
 from ._config import ConfigBase, jsonable
 from .frames import TABLE_CSV, TABLE_SCHEMA
 from .gitstate import git_state, package_checkout
@@ -185,6 +186,7 @@ def load_if_matching(directory: str | Path, ident: dict) -> dict | None:
     saved, given = saved_identity(manifest), _normal(ident)
     if not _same(saved, given):
         raise ResultMismatch(directory, saved, given)
+    usage.note(directory, manifest, computed=False)
     return manifest
 
 
@@ -257,7 +259,8 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
         write(tmp)
         if (tmp / MANIFEST).exists():
             raise ValueError(f"write={write!r} wrote {MANIFEST}: the store writes it")
-        write_manifest(tmp, _manifest(tmp, ident, extra))
+        manifest = _manifest(tmp, ident, extra)
+        write_manifest(tmp, manifest)
         with atomic.lock(target):
             atomic.recover(target, _complete, keep=tmp)
             _guard(target, ident, overwrite)
@@ -265,6 +268,7 @@ def save(directory: str | Path, ident: dict, write: Callable[[Path], None],
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    usage.note(target, manifest, computed=True)
     return target
 
 
@@ -390,7 +394,10 @@ def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
         return (load or load_frame)(directory)
     if not overwrite and load_if_matching(directory, ident) is not None:
         return (load or load_frame)(directory)
+    start = time.perf_counter()
     value = compute()
+    if usage.manifest_seconds({"extra": extra}) is None:  # the cold cost of what has no clock
+        extra = {**(extra or {}), "compute_seconds": round(time.perf_counter() - start, 2)}
     if save_as is not None:
         save_as(directory, value, ident, extra, overwrite)
     else:

@@ -47,6 +47,10 @@ def test_scores_saved_once_then_loaded(scored, model_dir):
     assert set(again["status"]) == {"loaded"}
     first = scoring.load_scores(results, model_dir, "mrpc", "datainf")
     assert first.task == "mrpc" and len(first.train_ids) == 9
+    # the shared pass's seconds, split between the methods it computed (the cold cost)
+    mrpc = runs.loc["mrpc"]
+    saved = [store.load_manifest(p)["extra"]["compute_seconds"] for p in mrpc["path"]]
+    assert sum(saved) == pytest.approx(mrpc["seconds"].iloc[0], abs=0.1) and saved[0] == saved[1]
     # A different slice of data is a different identity: refused, never read silently.
     with pytest.raises(store.ResultMismatch):
         scoring.score_tasks(model_dir, ["mrpc"], config.replace(n_train=8), results,

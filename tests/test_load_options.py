@@ -69,3 +69,34 @@ def test_pruning_runs_take_the_dtype_from_their_notebooks_params(tmp_path):
     assert pruning.from_params(tmp_path, "smollm2-135m", params).load_kwargs == {"dtype": "float32"}
     run = pruning.from_params(tmp_path, "smollm2-135m", {**params, "model_dtype": "bfloat16"})
     assert run.load_kwargs == {"dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("device_map", ["auto", {"": "cpu"}])
+def test_a_device_map_reaches_load_model_and_loads_the_same_model(device_map):
+    """``device_map`` is passed through (None: not at all); on this CPU the mapped load gives
+    the same weights and the same logits as the plain one."""
+    options = load_options({"model_dtype": "float32", "device_map": device_map})
+    assert options == {"dtype": "float32", "device_map": device_map}
+    assert load_options({"device_map": None}) == {"dtype": "float32"}
+    plain, tok = load_model("smollm2-135m", device="cpu", **load_options({}))
+    mapped, _ = load_model("smollm2-135m", **options)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, mapped(ids).logits)
+
+
+@pytest.mark.parametrize("bad", ["", 0, ["cpu"]])
+def test_a_bad_device_map_is_one_line_naming_it(bad):
+    with pytest.raises(ValueError) as err:
+        load_options({"device_map": bad})
+    assert str(err.value).startswith(f"device_map={bad!r} is invalid: expected None")
+
+
+@pytest.mark.parametrize("name", sorted(LOADING))
+def test_paper_spreads_its_models_with_a_device_map_and_the_book_profiles_do_not(name):
+    """The paper profile loads its 7B models with ``device_map="auto"``; cpu and smoke leave
+    the parameter to its cell default None (one device), so their loads are as before."""
+    assert load_options(study.load_params(name, "paper", REPO))["device_map"] == "auto"
+    assert study.parameter_defaults(name, REPO)["device_map"] is None
+    for profile in ("cpu", "smoke"):
+        assert "device_map" not in load_options(study.load_params(name, profile, REPO))

@@ -71,18 +71,34 @@ def test_the_not_reproduced_line_agrees_with_the_counts_beside_it():
     assert "no comparison is significantly in its favour" in lines[1]
 
 
-def test_cold_cost_sums_the_seconds_results_recorded(tmp_path):
-    for kind, i, extra in [("pruning", 0, {"prune_seconds": 60, "eval_seconds": 30}),
-                           ("pruning", 1, {"prune_seconds": 30}), ("scores", 0, {})]:
-        folder = tmp_path / kind / str(i)
-        folder.mkdir(parents=True)
-        (folder / "manifest.json").write_text(json.dumps({"extra": extra}))
-    cold = reproduction.cold_cost("cpu", tmp_path)
-    assert cold.loc["pruning"].tolist() == [2, 2, 2.0] and cold.loc["scores"].tolist() == [0 + 1, 0, 0.0]
+def test_cold_cost_sums_each_result_the_notebooks_read_once(tmp_path):
+    base = tmp_path / "results" / "cpu"
+    for rel in ("pruning/0", "pruning/1", "scores/0", "pruning/old"):  # old: read by no notebook
+        (base / rel).mkdir(parents=True)
+        (base / rel / "manifest.json").write_text("{}")
+    used = {"results/cpu/pruning/0": {"seconds": 90.0, "computed": False},
+            "results/cpu/pruning/1": {"seconds": 30.0, "computed": True},
+            "results/cpu/scores/0": {"seconds": None, "computed": False}}
+    cold = reproduction.cold_cost("cpu", tmp_path, used=used)
+    assert cold.loc["pruning"].tolist() == [2, 2, 2.0] and cold.loc["scores"].tolist() == [1, 0, 0.0]
+    assert cold.attrs["unread"] == 1
     table = pd.DataFrame({"wall_min": [1.5, np.nan], "machine": ["x", None]})
     text = reproduction.totals(table, cold).data
     assert "1.5 min over the 1 of 2 notebooks" in text and "Cold cost: 2.0 min" in text
-    assert "scores (1 of 1)" in text
+    assert "the 3 stored results the notebooks read" in text and "scores (1 of 1)" in text
+    assert "no notebook read (earlier parameters): 1." in text
+
+
+def test_used_results_is_the_union_of_the_records(monkeypatch):
+    records = {"a.ipynb": {"results": {"r/1": {"seconds": 5.0, "computed": True}}},
+               "b.ipynb": {"results": {"r/1": {"seconds": 5.0, "computed": False},
+                                       "r/2": {"seconds": None, "computed": False}}},
+               "c.ipynb": None}
+    status = pd.DataFrame({"path": list(records)}, index=["a", "b", "c"])
+    monkeypatch.setattr(reproduction.study, "status", lambda profile, root: status)
+    monkeypatch.setattr(reproduction.notebook_record, "read_record", records.get)
+    assert reproduction.used_results("cpu") == {"r/1": {"seconds": 5.0, "computed": True},
+                                                "r/2": {"seconds": None, "computed": False}}
 
 
 def test_the_running_notebook_is_not_read_from_its_own_previous_record():

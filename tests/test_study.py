@@ -381,3 +381,42 @@ def test_params_file_values_of_the_right_type_pass_the_check(tmp_path):
     assert study.parameter_defaults("typed", root) == {
         "profile": "smoke", "models": ["smollm2-135m"], "sizes": [0.3, 0.5], "n_examples": 4,
         "rate": 0.5, "quick": False, "prune": {"n_samples": 4}, "later": None}
+
+
+# c computes one result through the store and loads another saved before it ran.
+C = FRONT.format(extra="") + """
+# c
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "smoke"
+```
+
+```{code-cell} ipython3
+import pandas as pd
+from layerif import store
+ident = store.identity("toy", {}, None, {"n": 1})
+base = store.results_dir(profile, "..")
+store.cached(base / "old", ident, lambda: 1 / 0)        # saved before: loaded, never computed
+store.cached(base / "new", ident, lambda: pd.DataFrame({"v": [1.0]}))
+store.cached(base / "new", ident, lambda: 1 / 0)        # a second use of the same result
+```
+"""
+
+
+def test_the_record_lists_the_results_a_run_used_and_their_cold_cost(tmp_path):
+    from layerif import store
+    root = _write(tmp_path, {"notebooks/c.md": C, "params/cpu/c.yaml": "{}\n"})
+    ident = store.identity("toy", {}, None, {"n": 1})
+    store.save_frame(store.results_dir("cpu", root) / "old", __import__("pandas").DataFrame({"v": [2.0]}),
+                     ident, extra={"prune_seconds": 30.0, "eval_seconds": 12.5})
+    record = _record(study.run_notebook("c", "cpu", root=root, progress=False))
+    old, new = record["results"]["results/cpu/old"], record["results"]["results/cpu/new"]
+    assert old == {"seconds": 42.5, "computed": False}
+    assert new["computed"] is True and 0 <= new["seconds"] < 30   # measured by store.cached
+    saved = store.load_manifest(store.results_dir("cpu", root) / "new")["extra"]
+    assert saved == {"compute_seconds": new["seconds"]}
+    assert record["cold"] == {"cold_s": round(42.5 + new["seconds"], 1), "results": 2,
+                              "computed": 1, "untimed": 0}
+    assert not list((root / "book" / "executed").rglob("*.jsonl"))  # the log is not left behind

@@ -16,14 +16,14 @@ from .. import notebook_record, store, study
 from .prose import bullets
 
 __all__ = ["COLUMNS", "RUNNING", "SHOWN", "cold_cost", "params_text", "reproduction_table", "shown",
-           "total_wall_time", "totals"]
+           "total_wall_time", "totals", "used_results"]
 
 #: The state of the notebook that shows the table (its own record is the previous execution's).
 RUNNING = "this notebook (running)"
 #: The columns :func:`shown` keeps (no parameters blob: each notebook's page shows its own).
-SHOWN = ["state", "started", "wall_min", "commit", "dirty", "layerif_version", "machine", "message"]
+SHOWN = ["state", "started", "wall_min", "cold_min", "results", "commit", "dirty", "layerif_version", "machine", "message"]
 
-COLUMNS = ["state", "profile", "params", "started", "wall_min", "commit", "dirty",
+COLUMNS = ["state", "profile", "params", "started", "wall_min", "cold_min", "results", "commit", "dirty",
            "layerif_version", "machine", "message"]
 
 
@@ -50,8 +50,10 @@ def reproduction_table(profile: str = "cpu", root: str | Path | None = None,
     Columns: ``state`` (``current`` | ``stale`` | ``missing`` | ``failed``, from
     :func:`layerif.study.status`), ``profile``, ``params`` (the recorded parameters; the
     profile's file when never executed), ``started`` (UTC), ``wall_min`` (wall time in
-    minutes), ``commit`` (12 digits), ``dirty`` (uncommitted changes at the time), the
-    ``layerif_version``, the ``machine`` and ``message`` (what to run when not current).
+    minutes), ``cold_min`` (what the results it read or computed cost to compute, from their
+    recorded seconds: :mod:`layerif.usage`) and ``results`` (how many), ``commit`` (12
+    digits), ``dirty`` (uncommitted changes at the time), the ``layerif_version``, the
+    ``machine`` and ``message`` (what to run when not current).
     ``running``: the notebook showing the table; its row is :data:`RUNNING` with no record
     (what it would read is its own previous execution).
     """
@@ -63,10 +65,12 @@ def reproduction_table(profile: str = "cpu", root: str | Path | None = None,
             st["state"], st["message"] = RUNNING, ""
         record = (notebook_record.read_record(st["path"]) or {}) if name != running else {}
         params = record.get("params") or study.load_params(name, profile, root)
-        wall = record.get("wall_s")
+        wall, cold = record.get("wall_s"), record.get("cold")
         rows[name] = {"state": st["state"], "profile": record.get("profile", profile),
                       "params": params_text(params), "started": record.get("started"),
                       "wall_min": np.nan if wall is None else round(wall / 60, 1),
+                      "cold_min": round(cold["cold_s"] / 60, 1) if cold else np.nan,
+                      "results": cold["results"] if cold else np.nan,
                       "commit": (record.get("commit") or "")[:12] or None,
                       "dirty": record.get("dirty"), "layerif_version": record.get("layerif_version"),
                       "machine": _machine(record) if record else None,
@@ -89,22 +93,41 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     return table[SHOWN]
 
 
-def cold_cost(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
-    """Per kind of stored result (the first folder under the profile's results): how many
-    results there are, how many record their compute seconds (``extra.*_seconds`` of the
-    manifest, measured when the result was computed), and those seconds summed (minutes)."""
-    base = Path(results or store.results_dir(profile))
+def used_results(profile: str = "cpu", root: str | Path | None = None) -> dict[str, dict]:
+    """The stored results the notebooks' last executions read or computed (their records'
+    ``results``, :mod:`layerif.usage`), each once: path relative to the study root ->
+    ``{"seconds", "computed"}``."""
+    out: dict[str, dict] = {}
+    for _, st in study.status(profile, root).iterrows():
+        for path, entry in ((notebook_record.read_record(st["path"]) or {}).get("results") or {}).items():
+            seen = out.setdefault(path, {"seconds": None, "computed": False})
+            seen["computed"] |= bool(entry.get("computed"))
+            if entry.get("seconds") is not None:
+                seen["seconds"] = entry["seconds"]
+    return dict(sorted(out.items()))
+
+
+def cold_cost(profile: str = "cpu", root: str | Path | None = None,
+              used: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The cold cost of the book: per kind of result (the folder under the profile's results)
+    that the notebooks read (:func:`used_results`, each result once), how many there are, how
+    many record their compute seconds (measured when the result was computed) and those
+    seconds summed (minutes). Attribute ``attrs["unread"]``: stored results no notebook read
+    (earlier parameters)."""
+    used = used_results(profile, root) if used is None else used
+    base, top = store.results_dir(profile, root), Path("results", profile)  # used: root-relative
     rows = {}
-    for path in sorted(base.rglob(store.MANIFEST)):
-        kind = path.relative_to(base).parts[0]
-        extra = json.loads(path.read_text()).get("extra") or {}
-        secs = [float(v) for k, v in extra.items() if k.endswith("seconds") and v is not None]
-        row = rows.setdefault(kind, {"results": 0, "with seconds": 0, "minutes": 0.0})
+    for path, entry in used.items():
+        parts = Path(path).relative_to(top).parts if Path(path).is_relative_to(top) else ("other",)
+        row = rows.setdefault(parts[0], {"results": 0, "with seconds": 0, "minutes": 0.0})
         row["results"] += 1
-        row["with seconds"] += bool(secs)
-        row["minutes"] += sum(secs) / 60
+        row["with seconds"] += entry["seconds"] is not None
+        row["minutes"] += (entry["seconds"] or 0.0) / 60
     out = pd.DataFrame.from_dict(rows, orient="index", columns=["results", "with seconds", "minutes"])
     out.index.name = "result kind"
+    stored = {str(p.parent.relative_to(base)) for p in base.rglob(store.MANIFEST)} if base.exists() else set()
+    out.attrs["unread"] = len(stored - {str(Path(p).relative_to(top)) for p in used
+                                         if Path(p).is_relative_to(top)})
     return out.round({"minutes": 1})
 
 
@@ -121,7 +144,9 @@ def totals(table: pd.DataFrame, cold: pd.DataFrame):
         f"Last executions: {wall['minutes']:.1f} min over the {wall['recorded']} of "
         f"{wall['notebooks']} notebooks with a record. Each loaded what earlier executions had "
         "saved, so this is the cost of a re-run on a full store, not of the study.",
-        f"Cold cost: {timed['minutes'].sum():.1f} min of compute recorded by the stored results "
-        f"themselves ({kinds} results; some belong to earlier parameters).",
+        f"Cold cost: {timed['minutes'].sum():.1f} min of compute recorded by the "
+        f"{int(cold['results'].sum())} stored results the notebooks read, each counted once "
+        f"({kinds} results).",
         f"Not recorded (results saved without their seconds, so the cold cost is a lower bound): "
-        f"{missing}."])
+        f"{missing}.",
+        f"Stored results no notebook read (earlier parameters): {cold.attrs.get('unread', 0)}."])

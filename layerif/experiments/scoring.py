@@ -161,7 +161,7 @@ def score_tasks(model_name: str, tasks, config: ScoreConfig, results: str | Path
                                     task=label, progress=progress)
             seconds = time.perf_counter() - start
             for m, s in computed.items():  # rank 0 writes; the others wait until it has
-                s.save(folders[m], overwrite=overwrite)
+                s.save(folders[m], overwrite=overwrite, seconds=seconds / len(computed))
             distributed.barrier()
         rows += [{"task": label, "method": m, "status": "computed" if m in missing else "loaded",
                   "seconds": round(seconds, 1), "n_train": len(train), "n_val": len(val),
