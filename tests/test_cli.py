@@ -207,6 +207,31 @@ def test_evaluate_prints_saves_and_reloads(tiny_dir, tmp_path, capsys):
     assert run.default_out("smoke", "a/b", config).parent.name == "a--b"  # store.slug
 
 
+def test_evaluate_and_prune_take_the_dtype_into_the_identity_and_the_folder(tiny_dir, tmp_path, capsys):
+    """--dtype bfloat16: the model loads in bfloat16, the identity says so, the default folder
+    is its own, and a float32 result is never read or replaced as a bfloat16 one."""
+    from layerif import store
+    from layerif.evaluate import EvalConfig, run
+
+    out = tmp_path / "ev"
+    argv = ["evaluate", str(tiny_dir), "--profile", "smoke", "--tasks", "rte", "--n-examples",
+            "2", "--device", "cpu", "--out", str(out)]
+    assert cli.main(argv + ["--dtype", "bfloat16"]) == 0
+    assert store.load_manifest(out)["model_dtype"] == "bfloat16"
+    _fails(argv + ["--dtype", "float32"], capsys, "another identity")
+    config = EvalConfig(**study.load_params("05_pruning", "smoke")["evaluation"]).replace(
+        tasks=("rte",), n_examples=2)
+    assert run.default_out("smoke", "m", config, dtype="bfloat16").name == (
+        run.default_out("smoke", "m", config).name + "-bfloat16")
+    assert run.default_out("smoke", "m", config, dtype="float32") == run.default_out("smoke", "m", config)
+    pruned = tmp_path / "pr"
+    assert cli.main(["prune", str(tiny_dir), "--sparsity", "0.5", "--profile", "smoke", "--tasks",
+                     "--device", "cpu", "--dtype", "bfloat16", "--out", str(pruned)]) == 0
+    assert store.load_manifest(pruned / "evaluation")["model_dtype"] == "bfloat16"
+    _fails(["prune", str(tiny_dir), "--sparsity", "0.5", "--profile", "smoke", "--dtype",
+            "float64"], capsys, "--dtype")
+
+
 # ----------------------------------------------------------------------------- --help and errors
 SUBCOMMANDS = ["run", "book", "status", "scores", "allocate", "prune", "evaluate", "describe",
                "sync-notebooks", "tasks"]

@@ -60,25 +60,28 @@ class SavedEvaluation:
     status: str               #: "computed" or "loaded"
 
 
-def evaluation_identity(model_name: str, evaluation: EvalConfig) -> dict:
+def evaluation_identity(model_name: str, evaluation: EvalConfig, dtype=None) -> dict:
     """The store identity of a model's evaluation: the config's identity (run-time fields
     left out), the model (a local checkpoint by its weights) and the perplexity text."""
     data = {"perplexity": "boolq passages (layerif.data.perplexity_tokens, seed 0)"}
-    return store.identity(KIND, {"evaluation": evaluation.identity()}, model_name, data)
+    return store.identity(KIND, {"evaluation": evaluation.identity()}, model_name, data,
+                          dtype=dtype)
 
 
 def default_out(profile: str, model_name: str, evaluation: EvalConfig,
-                root: str | Path | None = None) -> Path:
-    """``results/<profile>/evaluated/<model>/<first 10 hex digits of the config's sha256>``:
-    one folder per evaluation config, so evaluating with other tasks or sizes never meets
+                root: str | Path | None = None, dtype=None) -> Path:
+    """``results/<profile>/evaluated/<model>/<first 10 hex digits of the config's sha256>``
+    (``-<dtype>`` appended for a model loaded in another dtype than float32): one folder per
+    evaluation config and dtype, so evaluating with other tasks, sizes or dtype never meets
     a folder of another identity (the model's name through :func:`layerif.store.slug`)."""
     key = hashlib.sha256(json.dumps(evaluation.identity(), sort_keys=True, default=str).encode())
-    return store.results_dir(profile, root) / "evaluated" / store.slug(model_name) / key.hexdigest()[:10]
+    name = key.hexdigest()[:10] + (f"-{store.identity_dtype(dtype)}" if store.identity_dtype(dtype) else "")
+    return store.results_dir(profile, root) / "evaluated" / store.slug(model_name) / name
 
 
 def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
                       device: str = "auto", overwrite: bool = False,
-                      progress: bool = True) -> SavedEvaluation:
+                      progress: bool = True, load_kwargs: dict | None = None) -> SavedEvaluation:
     """Load ``model_name``, evaluate it under ``evaluation`` and save the table in ``out``.
 
     Args:
@@ -89,6 +92,8 @@ def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
         device: where the model runs (``"auto"``: CUDA if present).
         overwrite: replace a saved result of another identity.
         progress: progress bars.
+        load_kwargs: more arguments of :func:`layerif.load_model` (``dtype``, part of the
+            identity, and ``device_map``: :func:`layerif.notebook_params.load_options`).
 
     Raises:
         ValueError: ``evaluation`` is not an EvalConfig, or the evaluation is not finite
@@ -104,10 +109,12 @@ def evaluate_and_save(model_name: str, evaluation: EvalConfig, out: str | Path,
     computed = []
 
     def compute() -> pd.DataFrame:
-        model, tokenizer = load_model(model_name, device=device)
+        model, tokenizer = load_model(model_name, device=device, **load_kwargs)
         computed.append(True)
         return evaluation_table(model, tokenizer, evaluation, progress=progress)
 
-    table = store.cached(out, evaluation_identity(model_name, evaluation), compute,
+    load_kwargs = load_kwargs or {}
+    ident = evaluation_identity(model_name, evaluation, load_kwargs.get("dtype"))
+    table = store.cached(out, ident, compute,
                          overwrite=overwrite, allow_nonfinite=NONFINITE_OK)
     return SavedEvaluation(table, out, "computed" if computed else "loaded")

@@ -99,7 +99,7 @@ evaluate_pruned = evaluation_table
 
 
 def pruned_identity(config: PruneConfig, allocation, model_name: str,
-                    evaluation: EvalConfig) -> dict:
+                    evaluation: EvalConfig, dtype=None) -> dict:
     """The store identity of a pruned model's evaluation: the config's identity, the
     allocation (every per-block ratio, or the global sparsity), the evaluation config, the
     model (a local checkpoint by its weights) and the perplexity text."""
@@ -109,7 +109,7 @@ def pruned_identity(config: PruneConfig, allocation, model_name: str,
         alloc = {"global": round(float(allocation), 12)}
     settings = {"prune": config.identity(), "allocation": alloc, "evaluation": evaluation.identity()}
     data = {"perplexity": "boolq passages (layerif.data.perplexity_tokens, seed 0)"}
-    return store.identity(KIND, settings, model_name, data)
+    return store.identity(KIND, settings, model_name, data, dtype=dtype)
 
 
 @dataclass
@@ -132,7 +132,8 @@ def default_out(profile: str, model_name: str, method: str, label: str,
 
 def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: PruneConfig,
                        out: str | Path, evaluation: EvalConfig, device: str = "auto",
-                       overwrite: bool = False, progress: bool = True) -> PrunedEvaluation:
+                       overwrite: bool = False, progress: bool = True,
+                       load_kwargs: dict | None = None) -> PrunedEvaluation:
     """Load a model, prune it, evaluate it and save both tables in the results store.
 
     ``out/sparsity`` holds the :func:`~layerif.prune.sparsity_report` (global sparsity in
@@ -153,6 +154,8 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
         device: where the model runs (``"auto"``: CUDA if present).
         overwrite: replace results of another identity.
         progress: progress bars.
+        load_kwargs: more arguments of :func:`layerif.load_model` (``dtype``, part of the
+            identity, and ``device_map``: :func:`layerif.notebook_params.load_options`).
     """
     from ..models import load_model, transformer_blocks
 
@@ -162,12 +165,13 @@ def prune_and_evaluate(model_name: str, allocation: pd.Series | float, config: P
         raise ValueError(f"evaluation={evaluation!r} is invalid: expected an EvalConfig")
     allocation = _check_allocation(allocation)
     out = Path(out)
-    ident = pruned_identity(config, allocation, model_name, evaluation)
+    load_kwargs = load_kwargs or {}
+    ident = pruned_identity(config, allocation, model_name, evaluation, load_kwargs.get("dtype"))
     done: dict = {}
 
     def computed() -> dict:  # prune and evaluate once, for whichever table is missing
         if not done:
-            model, tokenizer = load_model(model_name, device=device)
+            model, tokenizer = load_model(model_name, device=device, **load_kwargs)
             _check_blocks(allocation, len(transformer_blocks(model)), model_name)
             report = prune(model, tokenizer, allocation, config, progress=progress)
             done.update(report=report, extra={"global_sparsity": report.attrs["global_sparsity"],
