@@ -185,6 +185,29 @@ def test_paired_tests_match_scipy():
     assert default.index.get_level_values("baseline").unique().tolist() == ["AlphaLoRA", "MoLA 5555"]
 
 
+def test_margin_tests_beside_accuracy_match_scipy():
+    """The sensitive measure of every MoE comparison: the gold margin's paired t, per task
+    (same seed) and pooled over Table 7's cells (each example's margin averaged over the
+    family's methods and the seeds), equal to scipy's ttest_rel on the same numbers."""
+    rng = np.random.default_rng(1)
+    runs = {s: _run(r.examples["correct"].to_numpy(), rng.normal(size=30)) for s, r in _runs().items()}
+    margin = lambda m, t, pb, s: runs[MoESetting(m, t, pb, s)].examples["margin"].to_numpy()
+    paired = tables.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=1)
+    a, b = margin("LayerIF +ve", "t2", 5.0, 1), margin("AlphaLoRA", "t2", 5.0, 1)
+    assert paired.loc[("t2", "AlphaLoRA"), "margin p"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    assert paired.loc[("t2", "AlphaLoRA"), "margin difference"] == pytest.approx((a - b).mean())
+    t7 = tables.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",)}, [2.5, 5.0], n_boot=200)
+    cell = lambda m, t, pb: np.mean([margin(m, t, pb, s) for s in (0, 1)
+                                     if MoESetting(m, t, pb, s) in runs], axis=0)
+    keys = [("t1", 2.5), ("t1", 5.0), ("t2", 2.5), ("t2", 5.0)]
+    ours = np.concatenate([cell("LayerIF +ve", *k) for k in keys])
+    theirs = np.concatenate([cell("AlphaLoRA", *k) for k in keys])
+    row = t7.loc["AlphaLora"]
+    assert row["margin p"] == pytest.approx(sps.ttest_rel(ours, theirs).pvalue)
+    assert row["margin difference"] == pytest.approx((ours - theirs).mean())
+    assert row["margin CI low"] < row["margin difference"] < row["margin CI high"]
+
+
 def test_notebook_verdicts_restate_table7_with_the_one_rule():
     names = {"t1": "sst2", "t2": "csqa"}  # task labels the paper's Table 1 has rows for
     runs = {MoESetting(s.method, names[s.task], s.per_block, s.seed): r for s, r in _runs().items()}

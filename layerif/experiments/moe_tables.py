@@ -152,8 +152,9 @@ def _examples(runs, method: str, task: str, per_block: float, seed: int | None) 
 def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines=None,
                    per_block: float = 5.0, seed: int = 0) -> pd.DataFrame:
     """``ours`` against each baseline (default: every other method, in the order first run) per
-    task, on the same examples and seed: accuracy difference and McNemar's exact p (index task,
-    baseline)."""
+    task, on the same examples and seed: accuracy difference and McNemar's exact p, and the
+    sensitive measure beside them, the gold margin's mean difference (nats) and its paired t
+    p (index task, baseline)."""
     if baselines is None:
         baselines = [m for m in dict.fromkeys(s.method for s in runs) if m != ours]
     rows = {}
@@ -168,7 +169,9 @@ def paired_by_task(runs: Mapping[MoESetting, MoERun], ours: str, baselines=None,
                 raise ValueError("runs are invalid: expected evaluations of the same examples "
                                  "in the same order")
             mc = stats.mcnemar(mine["correct"].to_numpy() > 0.5, theirs["correct"].to_numpy() > 0.5)
-            rows[(task, base)] = {"difference": mc.estimate, "McNemar p": mc.pvalue, "n": mc.n}
+            margin = stats.paired_margin(mine, theirs)
+            rows[(task, base)] = {"difference": mc.estimate, "McNemar p": mc.pvalue, "n": mc.n,
+                                  "margin difference": margin.estimate, "margin p": margin.pvalue}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.names = ["task", "baseline"]
     return out
@@ -184,7 +187,9 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
     and over seeds. Columns: average accuracy over the cells both have, the difference, the
     paper's paired t-test over the cells, and a paired bootstrap over the examples of all
     cells (each example's correctness averaged over the family's methods and the seeds),
-    with its 95% interval; ``seed spread`` repeats the mean seed-to-seed range for scale;
+    with its 95% interval; ``margin *``: the sensitive measure on the same pooled examples,
+    the gold margin's mean difference (nats) with its paired t interval and p
+    (:func:`layerif.stats.paired_margin`); ``seed spread`` repeats the mean seed-to-seed range for scale;
     ``MDE (t over settings)`` is the smallest difference the paired t-test over the cells
     detects with 80% power (:mod:`layerif.power`). With ``effects`` (family -> an accuracy
     difference, a fraction), ``n needed (t over settings)``: the cells that would detect it.
@@ -213,10 +218,14 @@ def versus(runs: Mapping[MoESetting, MoERun], ours: str, families: Mapping[str, 
         ea = pd.concat([pooled[ours][k]["correct"] for k in common]).to_numpy()
         eb = pd.concat([pooled[name][k]["correct"] for k in common]).to_numpy()
         boot = stats.bootstrap_diff_ci(ea, eb, paired=True, n_boot=n_boot)
+        margin = stats.paired_margin(*(pd.concat([pooled[n][k]["margin"] for k in common]).to_numpy()
+                                       for n in (ours, name)))
         rows[name] = {"average accuracy": b.mean(), f"{ours} - baseline": a.mean() - b.mean(),
                       "t-test p (per setting)": t.pvalue if t else np.nan, "settings": len(common),
                       "bootstrap CI low": boot.ci_low, "bootstrap CI high": boot.ci_high,
                       "bootstrap p": boot.pvalue, "examples": len(ea),
+                      "margin difference": margin.estimate, "margin CI low": margin.ci_low,
+                      "margin CI high": margin.ci_high, "margin p": margin.pvalue,
                       "seed spread": seed_spread_value,
                       "MDE (t over settings)": t.mde if t else np.nan}
         if effects is not None:
