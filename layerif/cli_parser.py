@@ -20,7 +20,20 @@ def build() -> argparse.ArgumentParser:
     """The ``layerif`` parser: one subcommand per verb."""
     p = argparse.ArgumentParser(prog="layerif", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_book(sub)
+    _add_status(sub)
+    _add_scores(sub)
+    _add_allocate(sub)
+    _add_prune(sub)
+    _add_evaluate(sub)
+    _add_moe(sub)
+    _add_describe(sub)
+    _add_misc(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser(
         "run", help="execute notebooks with a parameter profile (skipping current ones)",
         description="Execute notebooks in run order with params/<profile>/. A notebook is "
@@ -42,6 +55,8 @@ def build() -> argparse.ArgumentParser:
                      "notebook names")
     run.add_argument("--force", action="store_true", help="re-run current notebooks too")
 
+
+def _add_book(sub) -> None:
     book = sub.add_parser(
         "book", help="bring all notebooks up to date; with --profile cpu also render the book",
         description="Run every notebook that is not current, then render _build/html from "
@@ -52,6 +67,8 @@ def build() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="cpu", choices=study.PROFILES)
     book.add_argument("--force", action="store_true", help="re-run current notebooks too")
 
+
+def _add_status(sub) -> None:
     stat = sub.add_parser(
         "status", help="say which executed notebooks are current, stale, missing or failed",
         description="One line per notebook: current | stale (which input changed: source, "
@@ -59,6 +76,8 @@ def build() -> argparse.ArgumentParser:
         "1 when any notebook is not current.")
     stat.add_argument("--profile", default="cpu", choices=study.PROFILES)
 
+
+def _add_scores(sub) -> None:
     sc = sub.add_parser(
         "scores", help="LayerIF scores of a model on tasks, saved under results/<profile>/scores",
         description="Score each TASK (a registry task, or pruning_pool) with the sizes of "
@@ -77,6 +96,8 @@ def build() -> argparse.ArgumentParser:
                     help="comma-separated: datainf, hessian_free, exact")
     sc.add_argument("--overwrite", action="store_true", help="replace results of another identity")
 
+
+def _add_allocate(sub) -> None:
     al = sub.add_parser(
         "allocate", help="experts or sparsity per block from saved scores, as CSV",
         description="Read a LayerScores folder (from `layerif scores`) and print (or --out) a "
@@ -91,6 +112,8 @@ def build() -> argparse.ArgumentParser:
     al.add_argument("--no-smooth", action="store_true", help="sparsity: skip Savitzky-Golay")
     al.add_argument("--out", help="write the CSV here instead of printing it")
 
+
+def _add_prune(sub) -> None:
     pr = sub.add_parser(
         "prune", help="prune a model (per-block or global sparsity), evaluate it, save both",
         description="Load MODEL, prune every transformer block with the calibration size of "
@@ -119,6 +142,8 @@ def build() -> argparse.ArgumentParser:
     load_options_args(pr)
     device_and_overwrite(pr)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser(
         "evaluate", help="zero-shot accuracy and perplexity of a model, saved under results/",
         description="Load MODEL and measure perplexity on held-out BoolQ passages and "
@@ -142,6 +167,8 @@ def build() -> argparse.ArgumentParser:
     load_options_args(ev)
     device_and_overwrite(ev)
 
+
+def _add_moe(sub) -> None:
     mo = sub.add_parser(
         "moe", help="fine-tune a LoRA-MoE with an expert allocation on a task, evaluate, save",
         description="Attach a LoRA-MoE to MODEL with experts per block from --method (LayerIF "
@@ -172,12 +199,16 @@ def build() -> argparse.ArgumentParser:
                     "(default: results/<profile>)")
     device_and_overwrite(mo, "replace a run of another identity")
 
+
+def _add_describe(sub) -> None:
     desc = sub.add_parser("describe", help="print a model's transformer blocks")
     desc.add_argument("model", nargs="?", default="smollm2-135m")
 
+
+def _add_misc(sub) -> None:
+    """The subcommands without options: sync-notebooks and tasks."""
     sub.add_parser("sync-notebooks", help="write notebooks/*.ipynb from the MyST sources (nbval)")
     sub.add_parser("tasks", help="print the task registry's split sizes")
-    return p
 
 
 def load_options_args(parser) -> None:
