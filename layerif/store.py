@@ -37,7 +37,6 @@ import importlib.metadata
 import json
 import platform
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -394,10 +393,9 @@ def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
         return (load or load_frame)(directory)
     if not overwrite and load_if_matching(directory, ident) is not None:
         return (load or load_frame)(directory)
-    start = time.perf_counter()
-    value = compute()
+    value, seconds = usage.timed(compute)
     if usage.manifest_seconds({"extra": extra}) is None:  # the cold cost of what has no clock
-        extra = {**(extra or {}), "compute_seconds": round(time.perf_counter() - start, 2)}
+        extra = {**(extra or {}), "compute_seconds": round(seconds, 2)}
     if save_as is not None:
         save_as(directory, value, ident, extra, overwrite)
     else:

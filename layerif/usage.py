@@ -12,15 +12,38 @@ compute, whether this execution computed them or loaded them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["LOG_ENV", "cold_cost", "manifest_seconds", "note", "read", "recording"]
+__all__ = ["LOG_ENV", "cold_cost", "manifest_seconds", "note", "read", "recording", "timed"]
 
 #: The environment variable naming the file the results' uses are appended to.
 LOG_ENV = "LAYERIF_RESULT_LOG"
+
+
+_NESTED = contextvars.ContextVar("layerif_usage_nested", default=None)
+
+
+def timed(compute: Callable[[], Any]) -> tuple[Any, float]:
+    """``(compute(), its own seconds)``: the wall time of ``compute`` less that of the timed
+    computations it ran inside (a result computed while computing another is counted once,
+    by itself, so the seconds of all results add up to the time spent)."""
+    token = _NESTED.set([0.0])
+    start = time.perf_counter()
+    try:
+        value = compute()
+    finally:
+        inner = _NESTED.get()[0]
+        _NESTED.reset(token)
+    elapsed = time.perf_counter() - start
+    outer = _NESTED.get()
+    if outer is not None:
+        outer[0] += elapsed
+    return value, max(elapsed - inner, 0.0)
 
 
 def manifest_seconds(manifest: dict) -> float | None:

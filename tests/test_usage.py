@@ -58,3 +58,27 @@ def test_recording_restores_an_outer_log(tmp_path, monkeypatch):
     with usage.recording(tmp_path / "inner.jsonl"):
         pass
     assert __import__("os").environ[usage.LOG_ENV] == str(tmp_path / "outer.jsonl")
+
+
+def test_a_result_computed_inside_another_is_timed_once(tmp_path):
+    """The outer result's compute_seconds leave out the inner result's computation, so the
+    seconds of the two add up to the time spent, not more."""
+    import time
+
+    def inner():
+        time.sleep(0.6)
+        return pd.DataFrame({"v": [1.0]})
+
+    def outer():
+        store.cached(tmp_path / "inner", IDENT, inner)
+        time.sleep(0.05)
+        return pd.DataFrame({"v": [2.0]})
+
+    start = time.perf_counter()
+    store.cached(tmp_path / "outer", IDENT, outer)
+    spent = time.perf_counter() - start
+    secs = {n: store.load_manifest(tmp_path / n)["extra"]["compute_seconds"] for n in ("inner", "outer")}
+    assert secs["inner"] >= 0.6 and 0.05 <= secs["outer"] < 0.6  # counted twice: >= 0.65
+    assert secs["inner"] + secs["outer"] <= spent + 0.02
+    value, own = usage.timed(lambda: 7)
+    assert value == 7 and 0 <= own < 0.05
