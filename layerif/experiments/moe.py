@@ -7,7 +7,8 @@ notebook 02 does), the training and evaluation examples of each task, the adapte
 training recipes -- and :meth:`MoEStudy.run` attaches the adapter, fine-tunes, evaluates on
 held-out examples, measures the routers' load and detaches it again (``detach`` gives back
 the exact base model, so one loaded model serves every run). Each run is saved under
-``<results>/moe/<model>/<task>/<per_block>/<method>/seed-<seed>`` with its identity (method,
+``<results>/moe/<model>/<task>/<per_block>/<method>/seed-<seed>`` (``--<recipe>`` added for
+a recipe :mod:`.moe_recipe` chose other than ``train``'s) with its identity (method,
 per-block experts, adapter and training configs, seed, the example ids), so an interrupted
 study resumes and a re-run trains only what is missing.
 
@@ -105,7 +106,7 @@ class MoEStudy:
         moe_config: the adapter recipe (its ``seed`` is replaced by each setting's).
         train_config: the training recipe (its ``seed`` is replaced by each setting's).
         n_train: training examples per task (the first of the task's seeded train split).
-        n_eval: held-out evaluation examples per task (the registry's ``test`` split).
+        n_eval: held-out evaluation examples per task (the registry's ``test`` split: :attr:`eval_split`).
         beta: the exponent of LayerIF's and AlphaLoRA's mapping.
         per_block: the budgets the allocations are computed for.
         allocations: the allocation table itself (index method, task, per_block; columns the
@@ -114,16 +115,22 @@ class MoEStudy:
             model alone).
         load_kwargs: more arguments of :func:`layerif.load_model` (the model's ``dtype``:
             :func:`layerif.notebook_params.load_options`).
+        recipe_tag: a recipe chosen other than ``train_config``'s default (moe_recipe.tuned):
+            appended to the trained runs' folders (``seed-0--<tag>``), beside the default's runs.
     """
+
+    eval_split = "test"  # the split of the held-out examples (moe_recipe's trials: "validation")
 
     def __init__(self, results: str | Path, model_name: str, labels, moe_config: MoEConfig,
                  train_config: TrainConfig, n_train: int, n_eval: int, beta: float = 2.5,
                  per_block=(2.5, 5.0, 7.0), allocations: pd.DataFrame | None = None,
-                 device: str = "auto", progress: bool = True, load_kwargs: dict | None = None):
+                 device: str = "auto", progress: bool = True, load_kwargs: dict | None = None,
+                 recipe_tag: str = ""):
         self.results, self.model_name, self.labels = Path(results), model_name, list(labels)
         self.moe_config, self.train_config = moe_config, train_config.replace(progress=False)
         self.n_train, self.n_eval, self.beta = int(n_train), int(n_eval), float(beta)
         self.per_block, self.progress = tuple(float(p) for p in per_block), progress
+        self.recipe_tag = recipe_tag
         self.model, self.tokenizer = load_model(model_name, device=device, **(load_kwargs or {}))
         self._given = allocations
         self._tables: dict[bool, pd.DataFrame] = {}
@@ -146,7 +153,7 @@ class MoEStudy:
         """The training and held-out evaluation examples of a task label."""
         if task not in self._examples:
             self._examples[task] = (label_examples(task, "train", self.n_train),
-                                    label_examples(task, "test", self.n_eval))
+                                    label_examples(task, self.eval_split, self.n_eval))
         return self._examples[task]
 
     def experts(self, setting: MoESetting) -> pd.Series | None:
@@ -190,8 +197,10 @@ class MoEStudy:
                                "eval_ids": [e.id for e in test]}, dtype=self.model.dtype)
 
     def folder(self, setting: MoESetting) -> Path:
+        tag = f"--{self.recipe_tag}" if self.recipe_tag and setting.method != BASE else ""
         return (self.results / "moe" / store.slug(self.model_name) / store.slug(setting.task)
-                / f"{setting.per_block:g}" / method_folder(setting.method) / f"seed-{setting.seed}")
+                / f"{setting.per_block:g}" / method_folder(setting.method)
+                / f"seed-{setting.seed}{tag}")
 
     def run(self, setting: MoESetting, overwrite: bool = False) -> MoERun:
         """Train and evaluate one setting, or load it when saved with the same identity
@@ -274,15 +283,18 @@ def grid(tasks, methods, seeds=(0,), spread: Mapping | None = None,
 
 def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
     """Notebook 03: every setting of ``params["plans"]`` (:func:`grid`) of every model, trained
-    or loaded (:meth:`MoEStudy.run_all`), and the notebook's tables."""
+    or loaded (:meth:`MoEStudy.run_all`) with the model's recipe (:func:`.moe_recipe.tuned`:
+    chosen on validation examples when ``params["recipe_search"]`` is set), and the tables."""
     check(len(params["plans"]) > 0, "plans", params["plans"], "at least one model's plan")
+    from .moe_recipe import tuned  # moe_recipe builds on MoEStudy: imported here, not above
     results = Path(results or store.results_dir(profile))
-    moe_config, train_config = recipe(params)
-    runs, logs, identical = {}, {}, {}
+    moe_config = recipe(params)[0]
+    runs, logs, identical, searches = {}, {}, {}, {}
     for model, plan in params["plans"].items():
+        searches[model], train_config, tag = tuned(params, model, results, load_options(params))
         study = MoEStudy(results, model, params["labels"], moe_config, train_config,
                          params["n_train"], params["n_eval"], progress=False,
-                         load_kwargs=load_options(params))
+                         load_kwargs=load_options(params), recipe_tag=tag)
         runs[model], logs[model] = study.run_all(grid(**plan)), study.log
         trained = {(s.method, s.task, s.per_block) for s in runs[model]}
         identical[model] = tables.identical_allocations(study.allocations(), trained)
@@ -291,8 +303,8 @@ def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
     sizes = (f"{len(log)} runs of {', '.join(runs)}; {params['n_train']} training and "
              f"{params['n_eval']} held-out examples per task; cold cost of the runs (stored "
              f"training + evaluation seconds): {cold:.1f} min")
-    return tables.notebook_tables(runs, log, params, sizes,
-                                  pd.concat(identical, names=["model"]))
+    return tables.notebook_tables(runs, log, params, sizes, pd.concat(identical, names=["model"]),
+                                  pd.concat(searches, names=["model"]))
 
 
 def recipe_table(params: Mapping) -> pd.DataFrame:

@@ -330,7 +330,8 @@ class MoEResult:
     """What notebook 03 shows (:func:`notebook_tables`): ``models`` maps each model to its
     tables by name (:data:`SHOWN`; :func:`table` stacks one over the models) and ``noise`` (its
     mean seed-to-seed range, NaN when not measured); ``log`` is the run log, ``table7_paper``
-    the first model's Table 7 beside the paper's, ``ours`` the method compared with the others."""
+    the first model's Table 7 beside the paper's, ``ours`` the method compared with the others,
+    ``recipes`` each model's recipe search (:func:`.moe_recipe.search`; empty: none)."""
 
     runs: dict
     models: dict
@@ -339,6 +340,7 @@ class MoEResult:
     sizes: str
     ours: str
     identical: pd.DataFrame = None
+    recipes: pd.DataFrame = None
 
 
 #: The per-model tables of :class:`MoEResult`, in the notebook's order.
@@ -385,7 +387,8 @@ def table7_comparison(table7: pd.DataFrame, ours: str, model: str) -> pd.DataFra
 
 
 def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: str,
-                    identical: pd.DataFrame | None = None) -> MoEResult:
+                    identical: pd.DataFrame | None = None,
+                    recipes: pd.DataFrame | None = None) -> MoEResult:
     """Notebook 03's result from its runs (model -> ``{MoESetting: MoERun}``), run log and
     parameters (``ours``, ``n_eval``, each plan's first task for the loss curves)."""
     ours = params.get("ours", "LayerIF +ve")
@@ -396,7 +399,8 @@ def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: st
               else pd.DataFrame())
     if identical is None:
         identical = pd.DataFrame({"identical allocations": pd.Series(dtype=object)})
-    return MoEResult(runs, models, log, table7, sizes, ours, identical)
+    recipes = pd.DataFrame() if recipes is None else recipes
+    return MoEResult(runs, models, log, table7, sizes, ours, identical, recipes)
 
 
 def table(result: MoEResult, name: str) -> pd.DataFrame:
