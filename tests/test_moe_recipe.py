@@ -92,7 +92,16 @@ def test_no_search_gives_exactly_todays_recipe(monkeypatch):
     assert TrainConfig.preset("paper", **{**cpu["train"], **first}) == moe_study.recipe(cpu)[1]
 
 
-@pytest.mark.parametrize("winner, tag", [(0, ""), (2, "lr-0.0001_epochs-4")])
+def test_recipe_folder_and_name_do_not_depend_on_the_order_of_the_fields():
+    """The notebook gets its parameters through papermill (keys sorted), notebook 10 from the
+    YAML file (keys as written): both must find the same stored trials."""
+    assert moe_recipe.recipe_slug({"lr": 1e-3, "epochs": 2}) == "epochs-2_lr-0.001"
+    assert moe_recipe.recipe_slug({"epochs": 2, "lr": 1e-3}) == "epochs-2_lr-0.001"
+    assert moe_recipe.recipe_name({"lr": 3e-4, "epochs": 2}) == "epochs=2, lr=0.0003"
+    assert moe_recipe.recipe_slug({}) == "train"
+
+
+@pytest.mark.parametrize("winner, tag", [(0, ""), (2, "epochs-4_lr-0.0001")])
 def test_tuned_applies_the_winner_and_tags_only_a_new_recipe(monkeypatch, winner, tag):
     """The chosen candidate's fields replace ``train``'s; today's recipe winning keeps the
     runs' folders (no tag), another gets folders of its own."""

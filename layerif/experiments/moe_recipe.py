@@ -68,14 +68,15 @@ def search_spec(params: Mapping) -> dict | None:
 
 
 def recipe_slug(overrides: Mapping) -> str:
-    """A candidate as a folder name (``{"lr": 0.001, "epochs": 2}`` -> ``"lr-0.001_epochs-2"``)."""
-    return store.slug("_".join(f"{k}-{v}" for k, v in overrides.items()) or "train")
+    """A candidate as a folder name, fields sorted (``{"lr": 0.001, "epochs": 2}`` ->
+    ``"epochs-2_lr-0.001"``: the same folder whatever order the parameters come in)."""
+    return store.slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items())) or "train")
 
 
 def recipe_name(overrides: Mapping) -> str:
-    """A candidate as a short name (``{"lr": 0.001, "epochs": 2}`` -> ``"lr=0.001, epochs=2"``;
-    ``{}``: ``"train as given"``)."""
-    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "train as given"
+    """A candidate as a short name, fields sorted (``{"lr": 0.001, "epochs": 2}`` ->
+    ``"epochs=2, lr=0.001"``; ``{}``: ``"train as given"``)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "train as given"
 
 
 class RecipeTrials(MoEStudy):
