@@ -155,8 +155,10 @@ def _type_name(value) -> str:
 def _fits(value, like) -> bool:
     """``value`` (from YAML) has the type of the parameter cell's ``like``: bools only for
     bools, ints or floats for numbers, lists for lists or tuples (element by element when
-    ``like``'s elements share one type), mappings for dicts; anything fits None."""
-    if like is None:
+    ``like``'s elements share one type), mappings for dicts; anything fits None, and None
+    (YAML ``null``: off, all, not set, as ``recipe_search: null`` or ``n_examples: null``)
+    fits anything."""
+    if like is None or value is None:
         return True
     if isinstance(like, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(like, bool)

@@ -378,6 +378,8 @@ def test_params_file_values_of_the_right_type_pass_the_check(tmp_path):
     good = {"models": ["a", "b"], "sizes": [1, 0.25], "n_examples": 20, "rate": 1,
             "quick": True, "prune": {"seq_len": 8}, "later": [1], "computed": "anything"}
     study.check_param_types("typed", "cpu", good, "--params", root)  # no error
+    # null switches a parameter off (recipe_search: null, n_examples: null): never a type error
+    study.check_param_types("typed", "cpu", {"prune": None, "n_examples": None}, "--params", root)
     assert study.parameter_defaults("typed", root) == {
         "profile": "smoke", "models": ["smollm2-135m"], "sizes": [0.3, 0.5], "n_examples": 4,
         "rate": 0.5, "quick": False, "prune": {"n_samples": 4}, "later": None}
