@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import study
+from .paths import PROFILES
 from .evaluate.suite import BACKENDS
 from .notebook_params import MODEL_DTYPES
 from .prune.config import METHODS
@@ -49,7 +49,7 @@ def _add_run(sub) -> None:
         "[smollm2-135m]'); `layerif status` lists the notebook names")
     run.add_argument("notebooks", nargs="*", help="notebook names, e.g. 01_layer_scores "
                      "(default: all, in run order)")
-    run.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    run.add_argument("--profile", default="cpu", choices=PROFILES)
     run.add_argument("--params", metavar="FILE", help="YAML file of parameter values "
                      "overriding the profile's (keys: the notebook's parameters cell); needs "
                      "notebook names")
@@ -64,7 +64,7 @@ def _add_book(sub) -> None:
         "any warning or unresolved reference fails the build and is printed). With --profile "
         "smoke or paper the notebooks are only run, into results/<profile>/executed/, and "
         "nothing is rendered: the book always shows the cpu profile.")
-    book.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    book.add_argument("--profile", default="cpu", choices=PROFILES)
     book.add_argument("--force", action="store_true", help="re-run current notebooks too")
 
 
@@ -74,7 +74,7 @@ def _add_status(sub) -> None:
         description="One line per notebook: current | stale (which input changed: source, "
         "params, upstream) | missing | failed, and the command that fixes it. Exit status "
         "1 when any notebook is not current.")
-    stat.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    stat.add_argument("--profile", default="cpu", choices=PROFILES)
 
 
 def _add_scores(sub) -> None:
@@ -86,7 +86,7 @@ def _add_scores(sub) -> None:
         "Saved results of the same identity are loaded, not recomputed; a saved result of "
         "another identity is refused unless --overwrite.")
     sc.add_argument("tasks", nargs="+", help="task names, e.g. mrpc sst2 pruning_pool")
-    sc.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    sc.add_argument("--profile", default="cpu", choices=PROFILES)
     sc.add_argument("--model", default="smollm2-135m", help="embedded name, directory or hub id")
     sc.add_argument("--n-train", type=int, help="training examples per task (default: the "
                     "profile's params)")
@@ -130,7 +130,7 @@ def _add_prune(sub) -> None:
     ratios.add_argument("--sparsity", type=float, help="one global sparsity in (0, 1) for "
                         "every block, instead of --allocation")
     pr.add_argument("--method", default="wanda", choices=METHODS)
-    pr.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    pr.add_argument("--profile", default="cpu", choices=PROFILES)
     pr.add_argument("--ties", default="exact", choices=TIES, help="exact (default) or the "
                     "published code's threshold rule (reference)")
     pr.add_argument("--out", help="result folder (default: results/<profile>/pruned/<model>/"
@@ -155,7 +155,7 @@ def _add_evaluate(sub) -> None:
         epilog="example: layerif evaluate smollm2-135m --profile smoke --tasks boolq rte")
     ev.add_argument("model", help="embedded name (smollm2-135m, gemma3-270m), local "
                     "checkpoint directory or hub id")
-    ev.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    ev.add_argument("--profile", default="cpu", choices=PROFILES)
     ev.add_argument("--tasks", nargs="*", help="zero-shot tasks (default: the paper's seven; "
                     "`layerif tasks` lists them); --tasks with no names: perplexity only")
     ev.add_argument("--n-examples", type=limit, help="examples per task, or 'all' (default: "
@@ -190,7 +190,7 @@ def _add_moe(sub) -> None:
                     "for --method (2.5, 5 or 7; default 5)")
     mo.add_argument("--seed", type=int, default=0, help="adapter initialisation, data order "
                     "and dropout seed")
-    mo.add_argument("--profile", default="cpu", choices=study.PROFILES)
+    mo.add_argument("--profile", default="cpu", choices=PROFILES)
     mo.add_argument("--n-train", type=limit, help="training examples (default: n_train of "
                     "params/<profile>/03_lora_moe.yaml)")
     mo.add_argument("--n-eval", type=limit, help="held-out examples (default: n_eval of "
