@@ -12,6 +12,7 @@ import torch
 from scipy import stats as sps
 
 from layerif import ScoreConfig, cli, moe, store, study
+from layerif.experiments import moe_compare
 from layerif.experiments import moe_tables as tables
 from layerif.experiments import scoring
 from layerif.experiments import moe as moe_study
@@ -160,14 +161,14 @@ def test_accuracy_table_and_seed_spread():
 
 def test_paired_tests_match_scipy():
     runs = _runs()
-    paired = tables.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=0)
+    paired = moe_compare.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=0)
     a = runs[MoESetting("LayerIF +ve", "t1", 5.0, 0)].examples["correct"].to_numpy()
     b = runs[MoESetting("AlphaLoRA", "t1", 5.0, 0)].examples["correct"].to_numpy()
     n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
     p = sps.binomtest(n10, n01 + n10, 0.5).pvalue if n01 + n10 else 1.0
     assert paired.loc[("t1", "AlphaLoRA"), "McNemar p"] == pytest.approx(p)
     assert paired.loc[("t1", "AlphaLoRA"), "difference"] == pytest.approx(a.mean() - b.mean())
-    t7 = tables.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",), "Mola": ("MoLA 5555", "MoLA 1234")},
+    t7 = moe_compare.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",), "Mola": ("MoLA 5555", "MoLA 1234")},
                        [2.5, 5.0], n_boot=500)
     cell = lambda m, t, pb: np.mean([r.examples["correct"].mean() for s, r in runs.items()
                                      if s.method == m and s.task == t and s.per_block == pb])
@@ -181,7 +182,7 @@ def test_paired_tests_match_scipy():
     assert t7.loc["Mola", "average accuracy"] == pytest.approx(np.mean(mola))
     row = t7.loc["Mola"]
     assert row["bootstrap CI low"] <= row["LayerIF +ve - baseline"] <= row["bootstrap CI high"]
-    default = tables.paired_by_task(runs, "LayerIF +ve")  # every other method run at 5 per block
+    default = moe_compare.paired_by_task(runs, "LayerIF +ve")  # every other method run at 5 per block
     assert default.index.get_level_values("baseline").unique().tolist() == ["AlphaLoRA", "MoLA 5555"]
 
 
@@ -192,11 +193,11 @@ def test_margin_tests_beside_accuracy_match_scipy():
     rng = np.random.default_rng(1)
     runs = {s: _run(r.examples["correct"].to_numpy(), rng.normal(size=30)) for s, r in _runs().items()}
     margin = lambda m, t, pb, s: runs[MoESetting(m, t, pb, s)].examples["margin"].to_numpy()
-    paired = tables.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=1)
+    paired = moe_compare.paired_by_task(runs, "LayerIF +ve", ["AlphaLoRA"], seed=1)
     a, b = margin("LayerIF +ve", "t2", 5.0, 1), margin("AlphaLoRA", "t2", 5.0, 1)
     assert paired.loc[("t2", "AlphaLoRA"), "margin p"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
     assert paired.loc[("t2", "AlphaLoRA"), "margin difference"] == pytest.approx((a - b).mean())
-    t7 = tables.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",)}, [2.5, 5.0], n_boot=200)
+    t7 = moe_compare.versus(runs, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",)}, [2.5, 5.0], n_boot=200)
     cell = lambda m, t, pb: np.mean([margin(m, t, pb, s) for s in (0, 1)
                                      if MoESetting(m, t, pb, s) in runs], axis=0)
     keys = [("t1", 2.5), ("t1", 5.0), ("t2", 2.5), ("t2", 5.0)]

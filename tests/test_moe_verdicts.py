@@ -1,7 +1,7 @@
 """Notebook 03's claims (layerif.experiments.moe_verdicts): the five verdicts on hand-made runs.
 
 References: the paper's d read from the printed Table 7 / Table 4; the interval recomputed by
-moe_tables.versus over the tasks kept; the MDE and n needed from layerif.power on the
+moe_compare.versus over the tasks kept; the MDE and n needed from layerif.power on the
 per-setting differences computed here by hand; each verdict also read off the interval as a
 set of points against 0 and d.
 """
@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from layerif import paper, power
+from layerif.experiments import moe_compare
 from layerif.experiments import moe_tables as tables
 from layerif.experiments import moe_verdicts as mv
 from layerif.experiments import verdict as V
@@ -117,7 +118,7 @@ def test_a_task_at_chance_is_left_out_and_the_rest_decides():
     assert row.statistic == pytest.approx(diffs.mean()) and "over 2 settings" in row.ours
     assert "csqa left out: no model compared is above the chance bar 0.50" in row.ours
     kept = {s: r for s, r in runs.items() if s.task == "sst2"}
-    ref = tables.versus(kept, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",)}).loc["AlphaLora"]
+    ref = moe_compare.versus(kept, "LayerIF +ve", {"AlphaLora": ("AlphaLoRA",)}).loc["AlphaLora"]
     assert (row.ci_low, row.ci_high) == pytest.approx((100 * ref["bootstrap CI low"],
                                                        100 * ref["bootstrap CI high"]))
     assert row.p == ref["bootstrap p"] and row.verdict == V.HELD

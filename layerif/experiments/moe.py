@@ -48,7 +48,8 @@ from ..train import TrainConfig, finetune, tokenize_texts
 from . import moe_tables as tables
 from . import moe_verdicts
 from .allocation import block_alpha, expert_allocations
-from .moe_tables import BASE, LORA, MoEResult
+from .moe_compare import BASE
+from .moe_tables import LORA, MoEResult
 from .scoring import aggregated_scores, label_examples
 from .prose import bullets
 from .verdict import Verdict

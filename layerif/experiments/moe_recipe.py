@@ -33,7 +33,7 @@ from .. import store
 from .._config import check
 from ..train import TrainConfig
 from .moe import MoERun, MoESetting, MoEStudy, method_folder, recipe
-from .moe_tables import BASE
+from .moe_compare import BASE
 
 __all__ = ["FIELDS", "KIND", "RecipeTrials", "choose", "recipe_name", "recipe_slug", "search",
            "search_spec", "tuned"]

@@ -8,7 +8,7 @@ Gemma-3-270M, whose text claims only "superior average performance" -- a sign, s
 difference the table prints.
 
 **Measure**: accuracy in points, LayerIF minus the family, over the (task, budget) settings
-both ran (:func:`.moe_tables.versus`). **Interval**: the paired bootstrap over the pooled
+both ran (:func:`.moe_compare.versus`). **Interval**: the paired bootstrap over the pooled
 held-out examples. **MDE and n needed**: the paired t-test over the settings, each a
 fine-tune (the binding constraint: more held-out examples do not shrink the run-to-run
 spread), n counted in settings. Verdict: :func:`.verdict.decide_effect`.
@@ -31,7 +31,8 @@ import pandas as pd
 
 from .. import paper, stats
 from . import moe_tables as tables
-from .moe_tables import BASE, FAMILIES, MoEResult
+from .moe_compare import BASE, versus
+from .moe_tables import FAMILIES, MoEResult
 from .verdict import Verdict, decide_effect, decided, untestable_reason
 
 __all__ = ["TABLE4_FAMILIES", "paper_effect", "task_reasons", "verdicts"]
@@ -109,7 +110,7 @@ def _row(result: MoEResult, model: str, family: str, level: float) -> Verdict:
     kept = {s: r for s, r in runs.items() if s.task not in reasons}
     if not any(s.method in FAMILIES[family] for s in kept):
         kept = runs   # nothing testable: the numbers over every task, for the record
-    r = tables.versus(kept, ours, {family: FAMILIES[family]}, None, found["noise"],
+    r = versus(kept, ours, {family: FAMILIES[family]}, None, found["noise"],
                       effects={family: d / 100}).loc[family]
     diff, noise = 100 * r[f"{ours} - baseline"], found["noise"]
     spread = f"seed spread {100 * noise:.1f}" if pd.notna(noise) else "seed spread not measured"
