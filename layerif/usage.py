@@ -17,9 +17,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["LOG_ENV", "cold_cost", "manifest_seconds", "note", "read", "recording", "timed"]
+__all__ = ["LOG_ENV", "cold_cost", "manifest_seconds", "merge", "note", "read", "recording", "timed"]
 
 #: The environment variable naming the file the results' uses are appended to.
 LOG_ENV = "LAYERIF_RESULT_LOG"
@@ -82,21 +82,31 @@ def recording(path: str | Path) -> Iterator[Path]:
             os.environ[LOG_ENV] = old
 
 
+def merge(uses: Iterable[tuple[str, dict]]) -> dict[str, dict]:
+    """One entry per folder from ``(folder, {"seconds", "computed"})`` uses, in folder order:
+    ``computed`` when any use computed it, ``seconds`` the last recorded (None when none
+    recorded any). The one rule for a log's lines (:func:`read`) and for several runs' records
+    (notebook 10's book total)."""
+    out: dict[str, dict] = {}
+    for where, use in uses:
+        entry = out.setdefault(str(where), {"seconds": None, "computed": False})
+        entry["computed"] |= bool(use.get("computed"))
+        if use.get("seconds") is not None:
+            entry["seconds"] = use["seconds"]
+    return dict(sorted(out.items()))
+
+
 def read(path: str | Path, root: str | Path | None = None) -> dict[str, dict]:
     """The results used, one entry per folder (relative to ``root`` when under it): its
     ``seconds`` (None when its manifest records none) and ``computed`` (by any of its uses)."""
-    out: dict[str, dict] = {}
     lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
-    for line in filter(None, lines):
-        use = json.loads(line)
-        where = Path(use["path"])
-        if root is not None and where.is_relative_to(Path(root).resolve()):
-            where = where.relative_to(Path(root).resolve())
-        entry = out.setdefault(str(where), {"seconds": None, "computed": False})
-        entry["computed"] |= use["computed"]
-        if use["seconds"] is not None:
-            entry["seconds"] = use["seconds"]
-    return dict(sorted(out.items()))
+    base = None if root is None else Path(root).resolve()
+
+    def where(use: dict) -> Path:
+        found = Path(use["path"])
+        return found.relative_to(base) if base is not None and found.is_relative_to(base) else found
+
+    return merge((where(use), use) for use in map(json.loads, filter(None, lines)))
 
 
 def cold_cost(results: dict[str, dict]) -> dict:

@@ -170,8 +170,7 @@ def tuned(params: Mapping, model_name: str, results: str | Path,
         return pd.DataFrame(), train_config, ""
     table = search(params, model_name, results, load_kwargs)
     choice = choose(table)
-    base = table.loc[table["method"] == BASE, "val accuracy"]
-    table["beats base"] = (table["val accuracy"] > base.iloc[0]) & (table["method"] != BASE)
+    table["beats base"] = (table["val accuracy"] > choice["base val accuracy"]) & (table["method"] != BASE)
     table["chosen"] = table.index == choice["trial"]
     candidate = spec["candidates"][choice["trial"]]
     chosen = train_config.replace(**candidate)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import notebook_record, store, study
+from .. import notebook_record, store, study, usage
 from .prose import bullets
 
 __all__ = ["COLUMNS", "RUNNING", "SHOWN", "cold_cost", "params_text", "reproduction_table", "shown",
@@ -97,14 +97,8 @@ def used_results(profile: str = "cpu", root: str | Path | None = None) -> dict[s
     """The stored results the notebooks' last executions read or computed (their records'
     ``results``, :mod:`layerif.usage`), each once: path relative to the study root ->
     ``{"seconds", "computed"}``."""
-    out: dict[str, dict] = {}
-    for _, st in study.status(profile, root).iterrows():
-        for path, entry in ((notebook_record.read_record(st["path"]) or {}).get("results") or {}).items():
-            seen = out.setdefault(path, {"seconds": None, "computed": False})
-            seen["computed"] |= bool(entry.get("computed"))
-            if entry.get("seconds") is not None:
-                seen["seconds"] = entry["seconds"]
-    return dict(sorted(out.items()))
+    records = (notebook_record.read_record(st["path"]) or {} for _, st in study.status(profile, root).iterrows())
+    return usage.merge(use for record in records for use in (record.get("results") or {}).items())
 
 
 def cold_cost(profile: str = "cpu", root: str | Path | None = None,
