@@ -11,7 +11,7 @@ import pytest
 
 from layerif import ScoreConfig, store, study
 from layerif.experiments import moe as moe_study
-from layerif.experiments import moe_recipe, scoring
+from layerif.experiments import moe_recipe, moe_runs, moe_verdicts, scoring
 from layerif.experiments.moe import BASE, LORA
 from layerif.experiments.moe_recipe import choose, search_spec, tuned
 from layerif.train import TrainConfig
@@ -76,7 +76,7 @@ def test_no_search_gives_exactly_todays_recipe(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("no model is loaded without a recipe search")
 
-    monkeypatch.setattr(moe_study, "load_model", no_model)
+    monkeypatch.setattr(moe_runs, "load_model", no_model)
     cpu = study.load_params("03_lora_moe", "cpu")
     for spec in (None, "absent"):
         params = {k: v for k, v in cpu.items() if k != "recipe_search"}
@@ -117,6 +117,56 @@ def test_tuned_applies_the_winner_and_tags_only_a_new_recipe(monkeypatch, winner
     assert table["beats base"].tolist() == [i == winner for i in range(3)] + [False]
 
 
+def _tuned(monkeypatch, accuracies, base, params):
+    table = _table(accuracies, base=base).assign(n_val=64)
+    monkeypatch.setattr(moe_recipe, "search", lambda *a, **k: table)
+    return tuned(params, "gemma3-270m", "/nonexistent")[0]
+
+
+def test_no_gain_names_the_best_recipe_and_the_base_model(monkeypatch):
+    """A model whose best candidate is not above its base model on validation trains nothing
+    (issue 22: no allocation compared under a recipe that does not help); the reason carries
+    the numbers it was decided on."""
+    cpu = study.load_params("03_lora_moe", "cpu")
+    flagged = _tuned(monkeypatch, [0.45, 0.484375, 0.4], 0.515625, cpu)
+    why = moe_recipe.no_gain(flagged, cpu)
+    assert why is not None
+    assert "best: lr=1, 0.484 vs base 0.516" in why and "64 sst2 validation examples" in why
+    # equal to the base model is no gain either (choose's rule)
+    assert moe_recipe.no_gain(_tuned(monkeypatch, [0.5, 0.5, 0.5], 0.5, cpu), cpu) is not None
+    helped = _tuned(monkeypatch, [0.45, 0.6, 0.4], 0.55, cpu)
+    assert moe_recipe.no_gain(helped, cpu) is None
+    keep = {**cpu, "recipe_search": {**cpu["recipe_search"], "skip_if_no_gain": False}}
+    assert moe_recipe.no_gain(flagged, keep) is None
+    assert moe_recipe.no_gain(pd.DataFrame(), {**cpu, "recipe_search": None}) is None
+    with pytest.raises(ValueError, match="recipe_search.skip_if_no_gain"):
+        search_spec({**cpu, "recipe_search": {**cpu["recipe_search"], "skip_if_no_gain": "no"}})
+
+
+def test_a_model_no_recipe_helps_trains_nothing_and_reads_untestable(monkeypatch):
+    cpu = study.load_params("03_lora_moe", "cpu")
+    flagged = _tuned(monkeypatch, [0.45, 0.484375, 0.4], 0.515625, cpu)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a skipped model is not loaded")
+
+    monkeypatch.setattr(moe_runs, "load_model", no_model)
+    monkeypatch.setattr(moe_study, "tuned", lambda *a, **k: (flagged, moe_study.recipe(cpu)[1], ""))
+    with pytest.raises(ValueError, match="plans.*skipped"):
+        moe_study.run({**cpu, "plans": {"gemma3-270m": cpu["plans"]["gemma3-270m"]}}, "cpu")
+    why = moe_recipe.no_gain(flagged, cpu)
+    result = moe_study.MoEResult({}, {}, pd.DataFrame(), pd.DataFrame(), "", "LayerIF +ve",
+                                 skipped={"gemma3-270m": why})
+    rows = moe_verdicts.verdicts(result)
+    assert [r.claim for r in rows] == ["LayerIF allocation beats AlphaLora (LoRA-MoE)",
+                                       "LayerIF allocation beats Mola (LoRA-MoE)"]
+    for row, family in zip(rows, ("AlphaLora", "Mola")):
+        d = moe_verdicts.paper_effect("gemma3-270m", family)[0]
+        assert row.verdict == "untestable here" and row.model == "gemma3-270m"
+        assert row.effect == pytest.approx(d) and np.isnan(row.p) and np.isnan(row.mde)
+        assert why in row.ours and why in row.test and row.where == "Table 4"
+
+
 @pytest.fixture(scope="module")
 def scored(save_tiny, tmp_path_factory):
     """The tiny checkpoint scored on sst2 (notebook 01's result): (path, label, results)."""
@@ -131,7 +181,7 @@ def scored(save_tiny, tmp_path_factory):
 def _params(label, path):
     return {**study.load_params("03_lora_moe", "smoke"), "labels": [label],
             "plans": {path: {"tasks": [label], "methods": ["LayerIF +ve", LORA, BASE]}},
-            "recipe_search": {"method": LORA, "task": label, "n_val": 4,
+            "recipe_search": {"method": LORA, "task": label, "n_val": 4, "skip_if_no_gain": False,
                               "candidates": [{"lr": 1e-2}, {"lr": 1e-4, "epochs": 2}]}}
 
 

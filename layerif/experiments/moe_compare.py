@@ -14,7 +14,7 @@ import pandas as pd
 from .. import stats
 
 if TYPE_CHECKING:
-    from .moe import MoERun, MoESetting
+    from .moe_runs import MoERun, MoESetting
 
 __all__ = ["BASE", "paired_by_task", "versus"]
 

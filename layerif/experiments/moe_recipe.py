@@ -11,6 +11,11 @@ notebook 03's runs train on, on one task (``recipe_search.task``), and is scored
 notebook 03 reports. The base model is scored on the same examples. The candidate with the
 highest validation accuracy (ties: the one listed first) is the recipe of all the model's runs,
 on every task of its plan (:func:`tuned`, called by :func:`layerif.experiments.moe.run`).
+When even the chosen candidate does not score above the base model on those validation
+examples, fine-tuning does not help the model at these sizes, and comparing allocations under
+that recipe would measure the recipe: :func:`no_gain` gives the reason and notebook 03 trains
+none of the model's allocations (its verdict rows read *untestable here*), unless the search
+sets ``skip_if_no_gain: false``.
 
 Each trial is a :class:`~layerif.experiments.moe.MoEStudy` run (the same training and evaluation
 code) stored under ``<results>/moe_recipe/<model>/<task>/<method>/<recipe>`` with its own
@@ -32,11 +37,11 @@ import pandas as pd
 from .. import store
 from .._config import check
 from ..train import TrainConfig
-from .moe import MoERun, MoESetting, MoEStudy, method_folder, recipe
+from .moe_runs import MoERun, MoESetting, MoEStudy, method_folder, recipe
 from .moe_compare import BASE
 
-__all__ = ["FIELDS", "KIND", "RecipeTrials", "choose", "recipe_name", "recipe_slug", "search",
-           "search_spec", "tuned"]
+__all__ = ["FIELDS", "KIND", "RecipeTrials", "choose", "no_gain", "recipe_name", "recipe_slug",
+           "search", "search_spec", "tuned"]
 
 KIND = "moe_recipe_trial"
 #: The :class:`TrainConfig` fields a candidate may change (the seed is each run's own).
@@ -64,6 +69,8 @@ def search_spec(params: Mapping) -> dict | None:
     for c in candidates:
         check(isinstance(c, Mapping) and set(c) <= set(FIELDS), "recipe_search.candidates",
               c, f"a mapping of TrainConfig fields among {list(FIELDS)}")
+    check(isinstance(spec.get("skip_if_no_gain", True), bool), "recipe_search.skip_if_no_gain",
+          spec.get("skip_if_no_gain"), "true or false")
     return dict(spec)
 
 
@@ -175,3 +182,24 @@ def tuned(params: Mapping, model_name: str, results: str | Path,
     candidate = spec["candidates"][choice["trial"]]
     chosen = train_config.replace(**candidate)
     return table, chosen, "" if chosen == train_config else recipe_slug(candidate)
+
+
+def no_gain(table: pd.DataFrame, params: Mapping) -> str | None:
+    """Why a model's allocations are not trained under its searched recipe, or None.
+
+    A :func:`tuned` table whose chosen candidate does not score above the base model on the
+    validation examples (``beats base`` false): fine-tuning with every candidate leaves the
+    model no better than without it, so an allocation comparison would rank recipes' damage,
+    not allocations. None when nothing was searched (an empty table) or the search sets
+    ``skip_if_no_gain: false``.
+    """
+    spec = search_spec(params)
+    if table.empty or spec is None or not spec.get("skip_if_no_gain", True):
+        return None
+    chosen = table.loc[table["chosen"]].iloc[0]
+    if bool(chosen["beats base"]):
+        return None
+    base = table.loc[table["method"] == BASE, "val accuracy"].iloc[0]
+    return (f"no candidate recipe beats the base model on {int(chosen['n_val'])} {spec['task']} "
+            f"validation examples (best: {chosen['recipe']}, {chosen['val accuracy']:.3f} vs base "
+            f"{base:.3f}), so no allocation was trained")

@@ -9,7 +9,7 @@ difference smaller than that spread is not a difference this study can see.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
@@ -19,7 +19,7 @@ from .. import paper, plots, stats
 from .moe_compare import BASE, paired_by_task, versus
 
 if TYPE_CHECKING:
-    from .moe import MoERun, MoESetting
+    from .moe_runs import MoERun, MoESetting
 
 __all__ = ["AVERAGE", "BASE", "FAMILIES", "LORA", "MoEResult", "PAPER_COLUMNS", "PAPER_TABLES",
            "RUN_COLUMNS", "SHOWN", "TASK_ROWS", "accuracy_table", "budget_figures", "budget_note",
@@ -234,7 +234,9 @@ class MoEResult:
     tables by name (:data:`SHOWN`; :func:`table` stacks one over the models) and ``noise`` (its
     mean seed-to-seed range, NaN when not measured); ``log`` is the run log, ``table7_paper``
     the first model's Table 7 beside the paper's, ``ours`` the method compared with the others,
-    ``recipes`` each model's recipe search (:func:`.moe_recipe.search`; empty: none)."""
+    ``recipes`` each model's recipe search (:func:`.moe_recipe.search`; empty: none),
+    ``skipped`` the models of the plans that trained nothing, each with the reason
+    (:func:`.moe_recipe.no_gain`)."""
 
     runs: dict
     models: dict
@@ -244,6 +246,7 @@ class MoEResult:
     ours: str
     identical: pd.DataFrame = None
     recipes: pd.DataFrame = None
+    skipped: dict = field(default_factory=dict)
 
 
 #: The per-model tables of :class:`MoEResult`, in the notebook's order.
@@ -291,7 +294,8 @@ def table7_comparison(table7: pd.DataFrame, ours: str, model: str) -> pd.DataFra
 
 def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: str,
                     identical: pd.DataFrame | None = None,
-                    recipes: pd.DataFrame | None = None) -> MoEResult:
+                    recipes: pd.DataFrame | None = None,
+                    skipped: Mapping[str, str] | None = None) -> MoEResult:
     """Notebook 03's result from its runs (model -> ``{MoESetting: MoERun}``), run log and
     parameters (``ours``, ``n_eval``, each plan's first task for the loss curves)."""
     ours = params.get("ours", "LayerIF +ve")
@@ -303,7 +307,7 @@ def notebook_tables(runs: Mapping, log: pd.DataFrame, params: Mapping, sizes: st
     if identical is None:
         identical = pd.DataFrame({"identical allocations": pd.Series(dtype=object)})
     recipes = pd.DataFrame() if recipes is None else recipes
-    return MoEResult(runs, models, log, table7, sizes, ours, identical, recipes)
+    return MoEResult(runs, models, log, table7, sizes, ours, identical, recipes, dict(skipped or {}))
 
 
 def table(result: MoEResult, name: str) -> pd.DataFrame:

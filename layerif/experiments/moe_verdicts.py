@@ -21,7 +21,9 @@ of the compared models' mean correctness minus the base model's has its interval
 (:func:`.verdict.untestable_reason`). The base model at chance is no reason here: fine-tuning
 is what teaches the task (SmolLM2's base is below the majority bar on SST-2 and trains to
 80-86%). A comparison with no testable task is *untestable here*; its row shows the numbers
-over every task.
+over every task. A model notebook 03 trained nothing for (no candidate recipe beat its base
+model on validation examples: :func:`.moe_recipe.no_gain`) is *untestable here* with that
+reason and no numbers.
 """
 from __future__ import annotations
 
@@ -98,7 +100,20 @@ def verdicts(result: MoEResult, level: float = 0.05) -> list[Verdict]:
     for model, found in result.models.items():
         for family in found["table7"].drop(index=ours).index:
             rows.append(_row(result, model, family, level))
+    rows += [_untrained(model, family, why) for model, why in result.skipped.items()
+             for family in FAMILIES]
     return rows
+
+
+def _untrained(model: str, family: str, why: str) -> Verdict:
+    """The row of a comparison notebook 03 did not train (``why``: the reason)."""
+    d, printed, which = paper_effect(model, family)
+    decision = decide_effect(float("nan"), float("nan"), d, untestable=why)
+    return decided(decision, float("nan"), float("nan"), unit="points", n_unit="settings",
+                   claim=f"LayerIF allocation beats {family} (LoRA-MoE)", model=model,
+                   where=_where(model), paper=printed, ours="not trained: " + why,
+                   test="; ".join([TEST, which, f"untestable: {why}"]), p=float("nan"),
+                   notebook=NOTEBOOK)
 
 
 def _row(result: MoEResult, model: str, family: str, level: float) -> Verdict:
