@@ -34,7 +34,8 @@ from .allocation import EPSILON, block_alpha, outlier_ratios
 from .scoring import POOL, fingerprint, load_scores, score_tasks
 
 __all__ = ["ALLOCATIONS", "DENSE", "KIND", "PruningRun", "Setting", "evaluate_models", "from_params",
-           "grid", "log", "score_for_pruning", "seconds", "sizes", "window_evaluations"]
+           "grid", "log", "score_for_pruning", "seconds", "sizes", "task_specific_settings",
+           "window_evaluations"]
 
 KIND = "pruned_eval"
 DENSE = "dense"
@@ -343,6 +344,14 @@ def sizes(params: dict) -> str:
     prune, e = PruneConfig(**params["prune"]), EvalConfig(**params["evaluation"])
     return (f"calibration {prune.n_samples} x {prune.seq_len} tokens; {e.n_examples or 'all'} "
             f"examples per task; perplexity on {e.ppl_samples} x {e.ppl_len} tokens")
+
+
+def task_specific_settings(params: dict, task: str) -> list[Setting]:
+    """Notebook 05's ``task_specific`` settings of one task: its pruner at ``sparsity`` with
+    the task's own scores, with the pooled scores, and uniform (in that order)."""
+    ts, sp = params["task_specific"], params["sparsity"]
+    return [Setting(ts["method"], "LayerIF", sp, scores=task), Setting(ts["method"], "LayerIF", sp),
+            Setting(ts["method"], "Uniform", sp)]
 
 
 def grid(methods, allocations=ALLOCATIONS, sparsities=(0.5,), dense: bool = True,

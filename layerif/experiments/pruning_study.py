@@ -17,18 +17,15 @@ from ..notebook_params import load_options
 from . import pruning, pruning_tables as tables
 from .prose import bullets
 from .pruning import DENSE, Setting
-from . import pruning_verdicts as pv
-from .verdict import Verdict, interval, interval_verdict
+from . import pruning_claims
+from .verdict import Verdict
 
 __all__ = ["NOTEBOOK", "PruningStudy", "above_chance_table", "conclusion", "dense_table", "fig3",
            "paired_table", "paper_tables", "run", "settings", "settings_table", "specific_sizes",
            "specific_table", "summary", "table8_table", "table8_vs_paper", "verdicts",
            "window_evaluations", "window_table"]
 
-NOTEBOOK = "05_pruning"
-TABLE_IDS = ("table2", "table5")  # the first model stands for Mistral-7B, the second for Gemma-7B
-BASELINES = ("Uniform", "AlphaPruning", "OWL")
-TABLE8_ROWS = {"AlphaPruning": "Alphapruning", "Uniform": "Uniform", "OWL": "OWL"}
+from .pruning_claims import BASELINES, NOTEBOOK, TABLE_IDS
 
 
 @dataclass(frozen=True)
@@ -66,19 +63,13 @@ def settings(params: dict, model: str) -> list[Setting]:
     return list(dict.fromkeys(out))
 
 
-def _own_scores(params: dict, task: str) -> list[Setting]:
-    ts, sp = params["task_specific"], params["sparsity"]
-    return [Setting(ts["method"], "LayerIF", sp, scores=task), Setting(ts["method"], "LayerIF", sp),
-            Setting(ts["method"], "Uniform", sp)]
-
-
 def _task_specific(results: Path, params: dict, model: str) -> dict:
-    """{task: evaluations of :func:`_own_scores` on that task alone}, scoring each task first."""
+    """{task: evaluations of :func:`.pruning.task_specific_settings` on that task alone}, scoring each task first."""
     ts = params["task_specific"]
     pruning.score_for_pruning(results, model, ts["tasks"], ts["n_train"], ts["n_val"],
                               load_kwargs=load_options(params))
     return {task: pruning.from_params(results, model, params, tasks=(task,), n_examples=ts["n_examples"])
-            .evaluate_all(_own_scores(params, task)) for task in ts["tasks"]}
+            .evaluate_all(pruning.task_specific_settings(params, task)) for task in ts["tasks"]}
 
 
 def window_evaluations(results: Path, params: dict, evals: dict) -> dict:
@@ -276,133 +267,8 @@ def conclusion(result: PruningStudy, level: float = 0.05):
     return bullets(_summary_lines(result, level))
 
 
-# ------------------------------------------------------------------ the claims (notebook 10)
-
 def verdicts(result: PruningStudy, level: float = 0.05) -> list[Verdict]:
-    """Tables 2 / 5 (LayerIF vs each baseline, pruners pooled), Table 8 (SparseGPT across
-    sparsities), and two beyond the paper: lowest perplexity, a task's own scores. Each
-    comparison by the one rule of :mod:`.pruning_verdicts` (accuracy points, the paper's d)."""
-    return (_beats_baselines(result, level) + _nll_beats_baselines(result, level) + _table8(result, level)
-            + _nll_table8(result, level) + _perplexity(result, level) + _own_vs_pooled(result, level))
-
-
-def _beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
-    rows, sp, methods = [], result.params["sparsity"], result.params["methods"]
-    for model, table_id in zip(result.params["models"], TABLE_IDS):
-        evals = result.evals[model]
-        for base in BASELINES:
-            a = pv.pooled([evals[Setting(m, "LayerIF", sp)] for m in methods], methods)
-            b = pv.pooled([evals[Setting(m, base, sp)] for m in methods], methods)
-            found = pv.comparison(a, b, pv.paper_d(table_id, "LayerIF", base, "Average"), level,
-                                  evals[Setting(DENSE)])
-            rows.append(pv.row(
-                found, claim=f"LayerIF sparsity beats {base} at {sp:.0%}", model=model,
-                where=f"{table_id} (Fig. 3)", notebook=NOTEBOOK,
-                paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
-                ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} "
-                     "paired examples",
-                note="d: the table's Average difference"))
-    return rows
-
-
-def _window_verdict(result: PruningStudy, model: str, base: str, cells: list[tuple], d: float,
-                    level: float, **row) -> Verdict:
-    """LayerIF against ``base`` on the per-window NLL, each averaged per window over ``cells``
-    (``(method, sparsity)`` pairs) of :attr:`PruningStudy.windows`."""
-    a, b = ([Setting(m, alloc, s) for m, s in cells] for alloc in ("LayerIF", base))
-    return pv.window_verdict(result.windows[model], a, b, d, level, model=model, notebook=NOTEBOOK, **row)
-
-
-def _nll_beats_baselines(result: PruningStudy, level: float) -> list[Verdict]:
-    """Tables 2 / 5 on the sensitive measure (:mod:`.pruning_verdicts`), pruners averaged."""
-    rows, sp, methods = [], result.params["sparsity"], result.params["methods"]
-    for model, table_id in zip(result.params["models"], TABLE_IDS):
-        for base in BASELINES:
-            d = pv.nll_d(table_id, "LayerIF", base, "Average")
-            rows.append(_window_verdict(
-                result, model, base, [(m, sp) for m in methods], d, level,
-                claim=f"LayerIF sparsity lowers held-out NLL vs {base} at {sp:.0%}",
-                where=f"{table_id} (sensitive measure)",
-                paper_value=tables.paper_pair(table_id, "LayerIF", base, "Average"),
-                what=f"{len(methods)} pruners averaged per window",
-                note=f"d: the table's relative Average gain as the same relative drop in perplexity, "
-                     f"ln(1 - r) = {d:+.4f}"))
-    return rows
-
-
-def _table8(result: PruningStudy, level: float) -> list[Verdict]:
-    rows, printed, sps = [], paper.table("table8"), result.params["fig3_sparsities"]
-    for model, t8 in result.table8.items():
-        evals = result.evals[model]
-        for base, r in t8.drop(index="LayerIF").iterrows():
-            a = pv.pooled([evals[Setting("sparsegpt", "LayerIF", s)] for s in sps], sps)
-            b = pv.pooled([evals[Setting("sparsegpt", base, s)] for s in sps], sps)
-            found = pv.comparison(a, b, pv.paper_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
-                                  level, evals[Setting(DENSE)])
-            rows.append(pv.row(
-                found, claim=f"LayerIF beats {base} across sparsities (SparseGPT)", model=model,
-                where="Table 8, Fig. 3", notebook=NOTEBOOK,
-                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
-                + f", p = {printed.at[TABLE8_ROWS[base], 'p-value']:.5f}",
-                ours=f"{100 * r['LayerIF - baseline']:+.2f} points over {int(r['settings'])} settings, "
-                     f"{int(r['examples'])} examples",
-                note=f"d: the table's Average Accuracy difference; the paper's paired t over settings "
-                     f"here: p = {r['t-test p (per setting)']:.3g}"))
-    return rows
-
-
-def _nll_table8(result: PruningStudy, level: float) -> list[Verdict]:
-    """Table 8 on the sensitive measure: SparseGPT's LayerIF against each baseline, the
-    ``fig3_sparsities`` averaged per window; d as in :func:`_nll_beats_baselines`."""
-    rows, sps = [], result.params["fig3_sparsities"]
-    for model in result.table8:
-        for base in BASELINES:
-            d = pv.nll_d("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy")
-            rows.append(_window_verdict(
-                result, model, base, [("sparsegpt", s) for s in sps], d, level,
-                claim=f"LayerIF lowers held-out NLL vs {base} across sparsities (SparseGPT)",
-                where="Table 8 (sensitive measure)",
-                paper_value=tables.paper_pair("table8", "LayerIF", TABLE8_ROWS[base], "Average Accuracy"),
-                what=f"{len(sps)} sparsities averaged per window",
-                note=f"d: the table's relative Average Accuracy gain as the same relative drop in "
-                     f"perplexity, ln(1 - r) = {d:+.4f}"))
-    return rows
-
-
-def _perplexity(result: PruningStudy, level: float) -> list[Verdict]:
-    """Not in the paper, a rate claim: LayerIF's model is the lowest of the four allocations in
-    more than 1 in 4 settings, decided on the Clopper-Pearson interval of the win rate by
-    :func:`.verdict.interval_verdict` (no d: a threshold claim)."""
-    rows = []
-    for model in result.params["models"]:
-        w = tables.perplexity_wins(result.acc[model])
-        lo, hi = pv.rate_interval(w["wins"], w["settings"], level)
-        rows.append(Verdict(
-            "LayerIF's pruned model has the lowest perplexity (not in the paper)", model,
-            "beyond the paper", "not in paper",
-            f"lowest in {w['wins']} of {w['settings']} (pruner, sparsity) settings",
-            "one-sided binomial against 1 in 4 (settings not independent); held: win-rate "
-            "interval above 1/4, not held: below, else underpowered", float(w["p"]),
-            f"{interval(lo, hi)} (win rate, Clopper-Pearson)",
-            interval_verdict(lo, hi, above=0.25, below=0.25), NOTEBOOK, w["wins"] / max(w["settings"], 1),
-            ci_low=lo, ci_high=hi))
-    return rows
-
-
-def _own_vs_pooled(result: PruningStudy, level: float) -> list[Verdict]:
-    """Not in the paper, a sign claim: d is the paper's LayerIF-over-Uniform gain at 50%
-    (Table 2's Average, +0.29 points), the size of effect the paper credits to the allocation."""
-    ts, sp, rows = result.params["task_specific"], result.params["sparsity"], []
-    d = pv.paper_d("table2", "LayerIF", "Uniform", "Average")
-    for model, by_task in result.specific_evals.items():
-        own = pv.pooled([by_task[t][_own_scores(result.params, t)[0]] for t in ts["tasks"]], ts["tasks"])
-        pool = pv.pooled([by_task[t][_own_scores(result.params, t)[1]] for t in ts["tasks"]], ts["tasks"])
-        found = pv.comparison(own, pool, d, level, result.evals[model][Setting(DENSE)])
-        rows.append(pv.row(
-            found, claim=f"a task's own scores prune it better than the pooled vector ({ts['method']} {sp:.0%})",
-            model=model, where="beyond the paper (it prunes every task with one vector)",
-            paper_value="not in paper", notebook=NOTEBOOK,
-            ours=f"{100 * found['test'].estimate:+.1f} accuracy points over {found['test'].n} paired examples",
-            note=f"d: the paper's LayerIF gain over Uniform (table2, Average, {d:+.2f}), the effect it "
-                 "credits to the allocation (the paper makes no claim here)"))
-    return rows
+    """Tables 2 / 5 (LayerIF vs each baseline, pruners pooled, on accuracy and on the per-window
+    NLL), Table 8 (SparseGPT across sparsities, both measures), and two beyond the paper:
+    lowest perplexity, a task's own scores (:mod:`.pruning_claims`; the rows of notebook 10)."""
+    return pruning_claims.verdicts(result, level)
