@@ -31,7 +31,6 @@ Guarantees:
 """
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import importlib.metadata
 import json
@@ -42,7 +41,7 @@ from typing import Any, Callable, Collection
 
 import pandas as pd
 
-from . import _version, atomic, fingerprint, frames, usage
+from . import _version, atomic, fingerprint, frames, readmode, usage
 from ._config import ConfigBase, jsonable
 from .frames import TABLE_CSV, TABLE_SCHEMA
 from .gitstate import git_state, package_checkout
@@ -51,6 +50,7 @@ from .manifest import (MANIFEST, CorruptResult, file_records, load_manifest, rea
                        write_manifest)
 from .models import resolve_dtype
 from .paths import PROFILES, results_dir, slug, study_root
+from .readmode import MissingResult, is_read_only, read_only
 
 __all__ = ["IDENTITY_KEYS", "MANIFEST", "OPTIONAL_IDENTITY_KEYS", "TABLE_CSV", "TABLE_SCHEMA",
            "CorruptResult", "ProvenanceError", "ResultMismatch", "differences", "environment",
@@ -323,48 +323,6 @@ def load_frame(directory: str | Path, ident: dict | None = None) -> pd.DataFrame
 
 
 # -- the one load-or-compute ---------------------------------------------------------------
-class MissingResult(FileNotFoundError):
-    """A result asked for under :func:`read_only` is not saved, or saved under another identity.
-
-    Its message names the notebook that produces the result and the command to run."""
-
-    def __init__(self, notebook, what: list[str], command: str | None = None):
-        self.notebooks = [notebook] if isinstance(notebook, str) else list(notebook)
-        self.notebook, self.what = self.notebooks[0], list(what)
-        shown = "; ".join(self.what[:4]) + (f" (+{len(self.what) - 4} more)" if len(self.what) > 4 else "")
-        names = " ".join(self.notebooks)
-        run = command or f"layerif run {names}"
-        super().__init__(f"{'notebooks' if len(self.notebooks) > 1 else 'notebook'} {names} "
-                         f"saved no {shown}: run `{run}`")
-
-
-_READ_ONLY = contextvars.ContextVar("layerif_store_read_only", default=None)
-
-
-class read_only:
-    """Within ``with store.read_only(notebook, command):`` :func:`cached` never computes.
-
-    A result that is absent, or saved under another identity, raises :class:`MissingResult`
-    naming ``notebook`` (the one whose run saves it) and ``command`` (how to run it).
-    Notebook 10 re-reads every notebook's results this way."""
-
-    def __init__(self, notebook: str, command: str | None = None):
-        self.notebook, self.command = notebook, command
-        self._token = None
-
-    def __enter__(self) -> "read_only":
-        self._token = _READ_ONLY.set((self.notebook, self.command))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _READ_ONLY.reset(self._token)
-
-
-def is_read_only() -> bool:
-    """Whether the caller is inside :class:`read_only`."""
-    return _READ_ONLY.get() is not None
-
-
 def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
            overwrite: bool = False, extra: dict | None = None,
            load: Callable[[Path], Any] | None = None,
@@ -380,7 +338,7 @@ def cached(directory: str | Path, ident: dict, compute: Callable[[], Any], *,
     results raise :class:`MissingResult`.
     """
     directory = Path(directory)
-    mode = _READ_ONLY.get()
+    mode = readmode.current()
     if mode is not None:
         try:
             found = load_if_matching(directory, ident)
