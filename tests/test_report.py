@@ -99,6 +99,10 @@ def test_used_results_is_the_union_of_the_records(monkeypatch):
     monkeypatch.setattr(reproduction.notebook_record, "read_record", records.get)
     assert reproduction.used_results("cpu") == {"r/1": {"seconds": 5.0, "computed": True},
                                                 "r/2": {"seconds": None, "computed": False}}
+    # the notebook showing the table: its record on disk is a previous execution's, left out
+    assert reproduction.used_results("cpu", running="a") == {"r/1": {"seconds": 5.0, "computed": False},
+                                                             "r/2": {"seconds": None, "computed": False}}
+    assert reproduction.used_results("cpu", running="b") == {"r/1": {"seconds": 5.0, "computed": True}}
 
 
 def test_the_running_notebook_is_not_read_from_its_own_previous_record():

@@ -93,22 +93,26 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     return table[SHOWN]
 
 
-def used_results(profile: str = "cpu", root: str | Path | None = None) -> dict[str, dict]:
+def used_results(profile: str = "cpu", root: str | Path | None = None,
+                 running: str | None = None) -> dict[str, dict]:
     """The stored results the notebooks' last executions read or computed (their records'
     ``results``, :mod:`layerif.usage`), each once: path relative to the study root ->
-    ``{"seconds", "computed"}``."""
-    records = (notebook_record.read_record(st["path"]) or {} for _, st in study.status(profile, root).iterrows())
+    ``{"seconds", "computed"}``. ``running``: a notebook whose record is left out (the one
+    showing the table: its record on disk is its previous execution's, and what it re-reads
+    is the other notebooks' results)."""
+    records = (notebook_record.read_record(st["path"]) or {}
+               for name, st in study.status(profile, root).iterrows() if name != running)
     return usage.merge(use for record in records for use in (record.get("results") or {}).items())
 
 
 def cold_cost(profile: str = "cpu", root: str | Path | None = None,
-              used: dict[str, dict] | None = None) -> pd.DataFrame:
+              used: dict[str, dict] | None = None, running: str | None = None) -> pd.DataFrame:
     """The cold cost of the book: per kind of result (the folder under the profile's results)
     that the notebooks read (:func:`used_results`, each result once), how many there are, how
     many record their compute seconds (measured when the result was computed) and those
     seconds summed (minutes). Attribute ``attrs["unread"]``: stored results no notebook read
-    (earlier parameters)."""
-    used = used_results(profile, root) if used is None else used
+    (earlier parameters). ``running``: as in :func:`used_results`."""
+    used = used_results(profile, root, running) if used is None else used
     base, top = store.results_dir(profile, root), Path("results", profile)  # used: root-relative
     rows = {}
     for path, entry in used.items():
