@@ -5,6 +5,8 @@ examples), today's recipe when no search is asked for, and the stored trials on 
 References: hand-made search tables; the registry's splits read directly; the profile's
 committed recipe field by field; each trial's manifest read back from disk.
 """
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -220,3 +222,34 @@ def test_trials_round_trip_through_the_store(scored):
     # neither candidate is the smoke recipe: the trained runs' folders carry the recipe
     assert folders[LORA].name == f"seed-0--{moe_recipe.recipe_slug(candidate)}"
     assert folders[BASE].name == "seed-0"   # untrained: no recipe in its identity or folder
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_layerif_moe_trains_with_the_recipe_notebook_03_chose(monkeypatch):
+    """`layerif moe` (single_run) gets the model's searched recipe and its folder tag, as
+    notebook 03's runs do; a model no candidate helps is trained all the same, with a warning."""
+    cpu = study.load_params("03_lora_moe", "cpu")
+    seen = {}
+
+    class Study:
+        def __init__(self, results, model, labels, moe_config, train_config, *args, **kwargs):
+            seen.update(train_config=train_config, tag=kwargs["recipe_tag"], moe=moe_config)
+            raise _Captured
+
+    chosen = moe_study.recipe(cpu)[1].replace(lr=1e-4, epochs=4)
+    for table, warns in ((_table([0.5, 0.6], base=0.55), False), (_table([0.5, 0.52], base=0.55), True)):
+        table = table.assign(n_val=64, chosen=[False, True, False],
+                             **{"beats base": [False, not warns, False]})
+        monkeypatch.setattr(moe_study, "tuned", lambda *a, t=table, **k: (t, chosen, "epochs-4_lr-0.0001"))
+        monkeypatch.setattr(moe_study, "MoEStudy", Study)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(_Captured):
+                moe_study.single_run("gemma3-270m", "sst2", "MoLA 5555", params=cpu, results="/nonexistent")
+        assert any("no candidate recipe beats" in str(w.message) for w in caught) == warns
+        assert seen["train_config"] == chosen and seen["tag"] == "epochs-4_lr-0.0001"
+        assert seen["moe"] == moe_study.recipe(cpu)[0]
+

@@ -9,6 +9,7 @@ setting of :func:`grid` trained or loaded (:class:`.moe_runs.MoEStudy`), then th
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -146,6 +147,10 @@ def single_run(model_name: str, task: str, method: str | None = None, allocation
     profile)``, the one source of sizes), an allocation ``method`` computed from the task's
     saved scores (LayerIF) or the model alone (AlphaLoRA, MoLA, the plain LoRA), or
     ``allocation`` (a CSV of experts per block, or a Series); saved in the profile's store.
+    The recipe is the one notebook 03 trains the model with (:func:`.moe_recipe.tuned`: with
+    ``recipe_search`` set, the search is loaded, or run first, and the run lands in the same
+    folders as the notebook's); a model no candidate helps is trained all the same, with a
+    warning giving :func:`.moe_recipe.no_gain`'s reason.
 
     Returns ``(run, folder)``.
     """
@@ -156,16 +161,30 @@ def single_run(model_name: str, task: str, method: str | None = None, allocation
           f"notebook 03's parameters with {sorted(need)} (params/<profile>/03_lora_moe.yaml)")
     table = None
     if allocation is not None:
-        experts = allocation if isinstance(allocation, pd.Series) else read_experts(allocation)
-        method = f"allocation {Path(str(allocation)).stem}" if not isinstance(allocation, pd.Series) \
-            else "allocation"
-        per_block = float(experts.sum()) / len(experts)
-        table = experts.to_frame().T.set_axis(
-            pd.MultiIndex.from_tuples([(method, MODEL_ONLY, per_block)],
-                                      names=["method", "task", "per_block"]))
-        table["total"] = int(experts.sum())
-    moe_study = MoEStudy(results or store.results_dir(params["profile"]), model_name, [task],
-                         *recipe(params), n_train or params["n_train"], n_eval or params["n_eval"],
-                         allocations=table, device=device, load_kwargs=load_options(params))
+        method, per_block, table = _given(allocation)
+    results = Path(results or store.results_dir(params["profile"]))
+    search, train_config, tag = tuned(params, model_name, results, load_options(params))
+    why = no_gain(search, params)
+    if why:
+        warnings.warn(f"{model_name}: {why} in notebook 03; this run uses the best recipe anyway",
+                      stacklevel=2)
+    moe_study = MoEStudy(results, model_name, [task], recipe(params)[0], train_config,
+                         n_train or params["n_train"], n_eval or params["n_eval"],
+                         allocations=table, device=device, load_kwargs=load_options(params),
+                         recipe_tag=tag)
     setting = MoESetting(method, task, float(per_block), seed)
     return moe_study.run(setting, overwrite), moe_study.folder(setting)
+
+
+def _given(allocation) -> tuple[str, float, pd.DataFrame]:
+    """A given allocation (a CSV of experts per block, or a Series) as ``(method, experts per
+    block, allocation table)`` of :class:`MoEStudy`'s ``allocations``."""
+    experts = allocation if isinstance(allocation, pd.Series) else read_experts(allocation)
+    method = ("allocation" if isinstance(allocation, pd.Series)
+              else f"allocation {Path(str(allocation)).stem}")
+    per_block = float(experts.sum()) / len(experts)
+    table = experts.to_frame().T.set_axis(
+        pd.MultiIndex.from_tuples([(method, MODEL_ONLY, per_block)],
+                                  names=["method", "task", "per_block"]))
+    table["total"] = int(experts.sum())
+    return method, per_block, table
