@@ -72,3 +72,26 @@ def test_paper_scale_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "2 blocks, width 64" in out and "peak process RSS" in out
     assert "perplexity" in out and "wanda" in out and "sparsegpt" not in out
+
+
+def test_influence_bench_times_every_phase_and_states_every_goal(save_tiny, capsys):
+    """`python -m layerif.bench influence` at a tiny scale: the epoch, both score targets, the
+    shared passes and the authors' loop each get a row with a positive time and the ratio to
+    the epoch that its seconds give; every goal is printed as PASS or MISS."""
+    from layerif.bench import influence
+
+    argv = ["--model", str(save_tiny(2)), "--random-weights", "--device", "cpu", "--n-train", "4",
+            "--n-val", "2", "--max-length", "16", "--batch-size", "2", "--loop-examples", "2"]
+    assert influence.main(argv) == 0
+    out = capsys.readouterr().out
+    table = out.split("\nphase")[1].split("\n\n")[0].splitlines()[1:]
+    labels = ["plain fwd+bwd epoch", "LayerIF, full attention weights", "datainf + hessian_free",
+              "LayerIF, LoRA r=8", "authors' loop, est. 2 blocks"]
+    assert [next(lab for lab in labels if row.startswith(lab)) for row in table] == labels
+    ratios = [float(row.split()[-3]) for row in table]
+    assert ratios[0] == 1.0 and all(math.isfinite(r) and r > 0 for r in ratios)
+    assert [int(row.split()[-2]) for row in table] == [1, 2, 2, 2, 2]   # passes
+    goals = [line for line in out.splitlines() if line.startswith(("PASS", "MISS"))]
+    assert len(goals) == 5 and any("per-block loop" in g for g in goals)
+    with pytest.raises(SystemExit):
+        influence.main(argv + ["--shared-rounds", "0"])

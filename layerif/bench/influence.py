@@ -158,11 +158,7 @@ def block_loop(model, tokenizer, train, val, blocks, max_length, n_examples, dev
     return times
 
 
-def main(argv=None) -> int:
-    from layerif.gradients import encode
-    from layerif.models import resolve_device, transformer_blocks
-    from layerif.scores import ScoreConfig
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m layerif.bench influence",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -184,6 +180,81 @@ def main(argv=None) -> int:
                         "read; weights are random (same timings, no weight files needed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    return parser
+
+
+def _score_phases(args, model, tok, train, val, device, epoch: float, record) -> dict:
+    """Scores with full weights and with LoRA, and the shared DataInf + Hessian-free passes,
+    each timed and passed to ``record``; returns their ratios (``weights``, ``lora`` to the
+    epoch, ``shared`` to DataInf alone)."""
+    from layerif.scores import ScoreConfig
+
+    base = dict(device=str(device), batch_size=args.batch_size, max_length=args.max_length,
+                lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank)
+    results = {}
+    for target in ("weights", "lora"):
+        config = ScoreConfig(target=target, **base)
+        seconds, scores = timed_scores(model, tok, train, val, config, device, args.progress)
+        results[target] = seconds / epoch
+        label = (f"LayerIF, full attention weights ({scores.info['storage']})" if target ==
+                 "weights" else f"LayerIF, LoRA r={args.lora_rank} ({scores.info['storage']})")
+        record(label, seconds, scores.info["passes"])
+        if target == "weights":
+            alone, shared, passes = shared_vs_alone(model, tok, train, val, config, device,
+                                                    args.progress, args.shared_rounds, seconds)
+            results["shared"] = shared / alone
+            record(f"datainf + hessian_free (shared passes, {scores.info['storage']})",
+                   shared, passes)
+    return results
+
+
+def _loop_phase(args, model, tok, train, val, device, n_blocks: int, record) -> float | None:
+    """The authors' per-block loop on its first and last block, scaled to every block and
+    example (None with ``--skip-loop``)."""
+    if args.skip_loop:
+        return None
+    n_all = len(train) + len(val)
+    n_loop = min(args.loop_examples or n_all, n_all)
+    blocks = sorted({0, n_blocks - 1})
+    times = block_loop(model, tok, train, val, blocks, args.max_length, n_loop, device)
+    estimate = sum(times) / len(times) * n_blocks * n_all / n_loop
+    note = "" if n_loop == n_all else f", timed on {n_loop} examples, scaled"
+    record(f"authors' loop, est. {n_blocks} blocks (blocks {blocks}{note})", estimate, n_blocks)
+    return estimate
+
+
+def _report(rows, results: dict, epoch: float, loop_estimate: float | None, device) -> None:
+    """The phase table, the CUDA peak, and each goal as PASS / MISS."""
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'phase':<{width}} {'seconds':>9} {'x epoch':>8} {'passes':>7} {'peak RSS GB':>12}")
+    for label, seconds, passes, rss in rows:
+        print(f"{label:<{width}} {seconds:>9.1f} {seconds / epoch:>8.2f} {passes:>7} {rss:>12.2f}")
+    if device.type == "cuda":
+        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB")
+    print()
+    checks = [
+        (f"full weights <= {GOALS['weights']}x epoch", results["weights"] <= GOALS["weights"],
+         f"{results['weights']:.2f}x"),
+        (f"LoRA <= {GOALS['lora']}x epoch", results["lora"] <= GOALS["lora"],
+         f"{results['lora']:.2f}x"),
+        (f"datainf + hessian_free (shared passes) <= {GOALS['shared']}x DataInf alone",
+         results["shared"] <= GOALS["shared"], f"{results['shared']:.2f}x"),
+        (f"peak RSS <= {GOALS['rss_gb']} GB", _peak_rss_gb() <= GOALS["rss_gb"],
+         f"{_peak_rss_gb():.2f} GB"),
+    ]
+    if loop_estimate is not None:
+        speedup = loop_estimate / (results["weights"] * epoch)
+        checks.append((f">= {GOALS['loop_speedup']:.0f}x faster than the per-block loop",
+                       speedup >= GOALS["loop_speedup"], f"{speedup:.1f}x"))
+    for goal, ok, value in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {goal}: {value}")
+
+
+def main(argv=None) -> int:
+    from layerif.gradients import encode
+    from layerif.models import resolve_device, transformer_blocks
+
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.shared_rounds < 1:
         parser.error(f"--shared-rounds={args.shared_rounds} is invalid: expected an int >= 1")
@@ -212,58 +283,9 @@ def main(argv=None) -> int:
 
     epoch = plain_epoch(model, all_batches, device)
     record("plain fwd+bwd epoch (n+m)", epoch, 1)
-
-    base = dict(device=str(device), batch_size=args.batch_size, max_length=args.max_length,
-                lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank)
-    results = {}
-    for target in ("weights", "lora"):
-        config = ScoreConfig(target=target, **base)
-        seconds, scores = timed_scores(model, tok, train, val, config, device, args.progress)
-        results[target] = seconds / epoch
-        label = (f"LayerIF, full attention weights ({scores.info['storage']})" if target ==
-                 "weights" else f"LayerIF, LoRA r={args.lora_rank} ({scores.info['storage']})")
-        record(label, seconds, scores.info["passes"])
-        if target == "weights":
-            alone, shared, passes = shared_vs_alone(model, tok, train, val, config, device,
-                                                    args.progress, args.shared_rounds, seconds)
-            results["shared"] = shared / alone
-            record(f"datainf + hessian_free (shared passes, {scores.info['storage']})",
-                   shared, passes)
-
-    loop_estimate = None
-    if not args.skip_loop:
-        n_all = len(train) + len(val)
-        n_loop = min(args.loop_examples or n_all, n_all)
-        blocks = sorted({0, n_blocks - 1})
-        times = block_loop(model, tok, train, val, blocks, args.max_length, n_loop, device)
-        loop_estimate = sum(times) / len(times) * n_blocks * n_all / n_loop
-        note = "" if n_loop == n_all else f", timed on {n_loop} examples, scaled"
-        record(f"authors' loop, est. {n_blocks} blocks (blocks {blocks}{note})",
-               loop_estimate, n_blocks)
-
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'phase':<{width}} {'seconds':>9} {'x epoch':>8} {'passes':>7} {'peak RSS GB':>12}")
-    for label, seconds, passes, rss in rows:
-        print(f"{label:<{width}} {seconds:>9.1f} {seconds / epoch:>8.2f} {passes:>7} {rss:>12.2f}")
-    if device.type == "cuda":
-        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB")
-    print()
-    checks = [
-        (f"full weights <= {GOALS['weights']}x epoch", results["weights"] <= GOALS["weights"],
-         f"{results['weights']:.2f}x"),
-        (f"LoRA <= {GOALS['lora']}x epoch", results["lora"] <= GOALS["lora"],
-         f"{results['lora']:.2f}x"),
-        (f"datainf + hessian_free (shared passes) <= {GOALS['shared']}x DataInf alone",
-         results["shared"] <= GOALS["shared"], f"{results['shared']:.2f}x"),
-        (f"peak RSS <= {GOALS['rss_gb']} GB", _peak_rss_gb() <= GOALS["rss_gb"],
-         f"{_peak_rss_gb():.2f} GB"),
-    ]
-    if loop_estimate is not None:
-        speedup = loop_estimate / (results["weights"] * epoch)
-        checks.append((f">= {GOALS['loop_speedup']:.0f}x faster than the per-block loop",
-                       speedup >= GOALS["loop_speedup"], f"{speedup:.1f}x"))
-    for goal, ok, value in checks:
-        print(f"{'PASS' if ok else 'MISS'}  {goal}: {value}")
+    results = _score_phases(args, model, tok, train, val, device, epoch, record)
+    loop_estimate = _loop_phase(args, model, tok, train, val, device, n_blocks, record)
+    _report(rows, results, epoch, loop_estimate, device)
     return 0
 
 
