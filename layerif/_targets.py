@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .models import is_conv1d, linear_modules, transformer_blocks
+from .rng import seeded
 
 __all__ = ["Unit", "attached_lora", "find_units", "select_modules", "units_table"]
 
@@ -180,8 +181,7 @@ def attached_lora(model: nn.Module, modules: str | tuple[str, ...] = "attention"
     originals = {t: model.get_submodule(t) for t in targets}
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                         target_modules=targets)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             inject_adapter_in_model(config, model)

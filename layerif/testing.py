@@ -9,6 +9,8 @@ import string
 
 import torch
 
+from .rng import seeded
+
 __all__ = ["char_tokenizer", "shared_model", "tiny_llama", "tiny_model"]
 
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -68,8 +70,7 @@ def tiny_llama(
         eos_token_id=2,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):  # seeded init; the caller's RNG state is left alone
-        torch.manual_seed(seed)
+    with seeded(seed):  # seeded init; the caller's RNG state is left alone
         model = LlamaForCausalLM(config).to(dtype)
     model.eval()
     model._layerif_model_id = f"tiny-llama-{n_layers}x{hidden}-seed{seed}"

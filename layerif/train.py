@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ._config import ConfigBase, check, field
 from .moe import balance_loss, moe_layers
+from .rng import seeded
 from .tokens import collate, pad_token_id
 
 __all__ = ["TrainConfig", "causal_lm_loss", "finetune", "linear_schedule", "tokenize_texts"]
@@ -156,9 +157,7 @@ def finetune(model: nn.Module, tokenizer, train_examples: Sequence | torch.Tenso
         state = getattr(model, "_layerif_moe", None)
         balance_coef = state["config"].balance_coef if state is not None else 0.0
     device = params[0].device
-    forked = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked):  # dropout draws; the caller's RNG is left alone
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, device):  # dropout draws; the caller's RNG is left alone
         return _train(model, tokenizer, rows, params, cfg, balance_coef)
 
 

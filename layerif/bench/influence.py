@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from ..rng import seeded
 from ..tokens import with_pad_token
 from ._common import sync
 
@@ -70,8 +71,8 @@ def _load(args, device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(args.model)
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(config).to(device).eval()
+    with seeded(args.seed):
+        model = AutoModelForCausalLM.from_config(config).to(device).eval()
     model._layerif_model_id = f"{args.model} (random weights)"
     return model, with_pad_token(AutoTokenizer.from_pretrained(args.model))
 

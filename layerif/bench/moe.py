@@ -29,6 +29,7 @@ import torch
 
 from .. import moe
 from ..models import load_model, resolve_device, transformer_blocks
+from ..rng import seeded
 from ..tokens import with_pad_token
 from ..train import finetune
 from ._common import PeakMemory
@@ -47,8 +48,8 @@ def _load(name, device, random_init):
     from ..models import EMBEDDED_MODELS, cache_dir
 
     source = str(cache_dir() / "models" / name) if name in EMBEDDED_MODELS else name
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).to(resolve_device(device))
+    with seeded(0):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).to(resolve_device(device))
     return model.eval(), with_pad_token(AutoTokenizer.from_pretrained(source))
 
 
@@ -141,9 +142,9 @@ def _layer_table(device, dispatches=DISPATCHES, n_tokens=1024, d_in=576, d_out=1
     x = torch.randn(n_tokens, d_in, device=device, requires_grad=True)
 
     def make(e, k, dispatch):
-        torch.manual_seed(0)
-        base = torch.nn.Linear(d_in, d_out, bias=False, device=device).requires_grad_(False)
-        return moe.LoRAMoELinear(base, e, k, rank=8, alpha=16.0, dropout=0.05, dispatch=dispatch).train()
+        with seeded(0, device):
+            base = torch.nn.Linear(d_in, d_out, bias=False, device=device).requires_grad_(False)
+            return moe.LoRAMoELinear(base, e, k, rank=8, alpha=16.0, dropout=0.05, dispatch=dispatch).train()
 
     configs = [(1, 1, "- (plain LoRA)")] + [(e, 2, d) for e in experts for d in dispatches]
     layers = [make(e, k, "auto" if e == 1 else d) for e, k, d in configs]

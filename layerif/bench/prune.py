@@ -15,6 +15,7 @@ import torch
 
 from ..models import load_model, resolve_device
 from ..prune import PruneConfig, prune_model
+from ..rng import seeded
 from ._common import timed
 
 GOALS = {"wanda": 2.0, "sparsegpt": 10.0}
@@ -47,8 +48,8 @@ def _synthetic_smollm2(device, dtype):
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                          tie_word_embeddings=True, rope_theta=100000.0)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    with seeded(0):
+        model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
 
     class _Vocab:  # _tokens only needs len() for random ids
         def __len__(self):

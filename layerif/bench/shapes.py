@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._config import check
+from ..rng import seeded
 
 __all__ = ["SHAPES", "PAPER_DTYPE", "build", "config", "scaled"]
 
@@ -83,9 +84,7 @@ def build(fields: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
     from transformers import AutoModelForCausalLM
 
     cfg = config(fields, vocab_size)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.device(device):
-        torch.manual_seed(seed)
+    with seeded(seed, device), torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.eval()
     model._layerif_model_id = f"{name} (random weights)"

@@ -29,6 +29,7 @@ from torch import nn
 
 from .._config import ConfigBase, check, field
 from ..models import linear_modules, transformer_blocks
+from ..rng import seeded
 from .layer import DISPATCH, LoRAMoELinear, _MaskHolder
 
 log = logging.getLogger(__name__)
@@ -246,14 +247,7 @@ def _init_rng(seed: int | None, device: torch.device):
     """A seeded private RNG stream for the adapter's initialisation (or nothing for None)."""
     if seed is None:
         return contextlib.nullcontext()
-    return _seeded(seed, [device] if device.type == "cuda" else [])
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, devices):
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    return seeded(seed, device)
 
 
 def _capture_mask(model, args, kwargs):
