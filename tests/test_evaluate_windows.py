@@ -89,9 +89,25 @@ def test_saved_evaluation_round_trip_and_paired_nll(tiny64, tmp_path):
     assert res.estimate == pytest.approx(per_token.mean(), rel=1e-12) and res.n == 6
 
 
+def test_an_evaluation_saved_before_windows_were_kept_loads_unchanged(tiny64, tmp_path):
+    """A manifest written before windows were kept (``extra`` with the perplexity only) loads
+    with no windows and its perplexity as saved; the config identity is what it was."""
+    model, tokenizer = tiny64
+    config = EvalConfig(tasks=(), ppl_samples=4, ppl_len=17, batch_size=2)
+    ev = evaluate_suite(model, tokenizer, config, {"toy": _examples()}, _tokens(rows=4), progress=False)
+    ident = store.identity("test", {"evaluation": config.identity()}, "tiny", {})
+    legacy = {"label": "x", "perplexity": float(ev.perplexity)}     # no "windows" key
+    store.save_frame(tmp_path, ev.examples[["label", "correct", "margin"]], ident, extra=legacy)
+    manifest = json.loads((tmp_path / store.MANIFEST).read_text())
+    frame = store.load_frame(tmp_path)
+    back = Evaluation.from_saved(frame, manifest["extra"])
+    assert back.windows is None and back.perplexity == ev.perplexity and back.examples is frame
+    saved = manifest["config"]["evaluation"]
+    assert EvalConfig(**saved).identity() == saved
+
+
 def _saved_folders(limit=6):
-    """Zero-shot evaluations saved before windows were kept (the perplexity-only ones of the
-    per-window NLL test, ``ppl-only-*``, were saved with them)."""
+    """Zero-shot evaluations of the committed store (each keeps its perplexity windows)."""
     manifests = sorted(m for m in RESULTS.glob("**/manifest.json") if "/ppl-only-" not in str(m))
     step = max(1, len(manifests) // limit)
     return [m.parent for m in manifests[::step][:limit]]
@@ -99,13 +115,14 @@ def _saved_folders(limit=6):
 
 @pytest.mark.skipif(not RESULTS.is_dir(), reason="no committed cpu results")
 @pytest.mark.parametrize("folder", _saved_folders(), ids=lambda p: str(p.relative_to(RESULTS)))
-def test_evaluations_saved_before_windows_load_unchanged(folder):
+def test_committed_zero_shot_evaluations_load_with_their_windows(folder):
     manifest = json.loads((folder / store.MANIFEST).read_text())
     frame = store.load_frame(folder)
     ev = Evaluation.from_saved(frame, manifest["extra"])
-    assert ev.windows is None and ev.perplexity == manifest["extra"]["perplexity"]
-    assert ev.examples is frame
-    # The evaluation config's identity (part of the store identity) is what it was.
+    assert ev.examples is frame and ev.perplexity == manifest["extra"]["perplexity"]
+    w = ev.windows
+    assert len(w) == manifest["config"]["evaluation"]["ppl_samples"]
+    assert np.exp(w["nll_sum"].sum() / w["n_tokens"].sum()) == pytest.approx(ev.perplexity, rel=1e-9)
     saved = manifest["config"]["evaluation"]
     assert EvalConfig(**saved).identity() == saved
 
