@@ -76,8 +76,9 @@ def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
     runs, logs, identical, searches, skipped = {}, {}, {}, {}, {}
     for model, plan in params["plans"].items():
         searches[model], train_config, tag = tuned(params, model, results, load_options(params))
-        skipped[model] = no_gain(searches[model], params)
-        if skipped[model]:
+        why = no_gain(searches[model], params)
+        if why:
+            skipped[model] = why
             continue
         study = MoEStudy(results, model, params["labels"], moe_config, train_config,
                          params["n_train"], params["n_eval"], progress=False,
@@ -85,7 +86,6 @@ def run(params: Mapping, profile: str = "smoke", results=None) -> MoEResult:
         runs[model], logs[model] = study.run_all(grid(**plan)), study.log
         trained = {(s.method, s.task, s.per_block) for s in runs[model]}
         identical[model] = tables.identical_allocations(study.allocations(), trained)
-    skipped = {m: why for m, why in skipped.items() if why}
     check(len(runs) > 0, "plans", list(params["plans"]),
           f"at least one model a recipe helps (skipped: {skipped})")
     log = pd.concat(logs, names=["model", "run"])
